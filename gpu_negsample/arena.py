@@ -1,0 +1,42 @@
+"""One contiguous, aligned buffer that holds every array of a loaded table.
+
+Keeping the table in one allocation is what lets a later layer place it in shared
+memory or pin (register) it for the GPU with a single call. ``allocate`` is the hook:
+it receives a byte count and returns a writable uint8 numpy array of that size.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+ALIGN = 64  # a cache line on the CPU, and >= the 16-byte vector loads of the GPU gather
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def default_allocate(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, dtype=np.uint8)
+
+
+class Arena:
+    """Copies a list of arrays into one buffer; ``views`` are the packed arrays, same order."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], allocate: Callable[[int], np.ndarray] = default_allocate):
+        layout = []
+        total = 0
+        for a in arrays:
+            layout.append(total)
+            total += _aligned(a.nbytes)
+        self.buffer = allocate(max(total, ALIGN))
+        self.views: list[np.ndarray] = []
+        for a, start in zip(arrays, layout):
+            view = self.buffer[start: start + a.nbytes].view(a.dtype).reshape(a.shape)
+            view[...] = a
+            self.views.append(view)
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.nbytes

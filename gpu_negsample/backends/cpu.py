@@ -1,0 +1,118 @@
+"""The CPU backend: numba kernels over numpy arrays, results as torch tensors (zero-copy)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..columns import Column
+from ..index import IndexArrays
+from . import cpu_gather as g
+from . import cpu_sampling as s
+
+
+@dataclass
+class SampleOutput:
+    ids: np.ndarray       # int64, sum(counts)
+    status: np.ndarray    # int8 per positive, cpu_sampling.STATUS_*
+    attempts: np.ndarray  # int64 per positive: alias draws made
+
+
+def _word_view(a: np.ndarray) -> np.ndarray:
+    """2-D view of a row-major array as the widest unsigned word that divides a row."""
+    rows = a.shape[0]
+    flat = a.reshape(rows, -1)
+    row_bytes = flat.shape[1] * a.itemsize
+    for size in (8, 4, 2, 1):
+        if row_bytes % size == 0:
+            return flat.view(np.dtype(f"u{size}")).reshape(rows, row_bytes // size)
+    raise AssertionError("unreachable: 1 divides every row")
+
+
+class CpuBackend:
+    name = "cpu"
+
+    @staticmethod
+    def to_torch(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a)
+
+    @staticmethod
+    def lookup(slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        from ..hashing import lookup_many
+
+        return lookup_many(slots, keys)
+
+    @staticmethod
+    def valid_ids(ix: IndexArrays, ids: np.ndarray, default_id: int) -> np.ndarray:
+        out = np.empty_like(ids)
+        g.valid_ids(ix.id_slots, ids, np.int64(default_id), out)
+        return out
+
+    @staticmethod
+    def rows_or_default(ix: IndexArrays, ids: np.ndarray, default_row: int) -> tuple[np.ndarray, int]:
+        out = np.empty(ids.shape[0], dtype=np.int64)
+        missing = g.rows_or_default(ix.id_slots, ids, np.int64(default_row), out)
+        return out, int(missing)
+
+    @staticmethod
+    def combine(origin: np.ndarray, counts: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+        sampled_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=sampled_offsets[1:])
+        out_offsets = sampled_offsets[:-1] + np.arange(counts.shape[0], dtype=np.int64)
+        out = np.empty(sampled.shape[0] + origin.shape[0], dtype=np.result_type(origin, sampled))
+        g.combine_with_counts(origin, out_offsets, sampled, sampled_offsets, out)
+        return out
+
+    @staticmethod
+    def sample(ix: IndexArrays, req_offsets, req_segs, counts, own_offsets, own_ids,
+               batch, distinct: bool, call: int, key: tuple, fill_id: int) -> SampleOutput:
+        out_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=out_offsets[1:])
+        out = np.empty(int(out_offsets[-1]), dtype=np.int64)
+        status = np.empty(counts.shape[0], dtype=np.int8)
+        attempts = np.empty(counts.shape[0], dtype=np.int64)
+        if batch is None:
+            use_batch = False
+            batch_slots = np.full((2, 2), np.iinfo(np.int64).min, dtype=np.int64)
+            batch_mass = np.zeros(1, dtype=np.uint64)
+            batch_dom = np.zeros(1, dtype=np.bool_)
+        else:
+            use_batch = True
+            batch_slots, unique_ids = batch
+            batch_mass, batch_dom = s.batch_exclusion(ix, unique_ids, ix.seg_total.shape[0])
+        s.sample_rows(ix, req_offsets, req_segs, counts, out_offsets, own_offsets, own_ids,
+                      use_batch, batch_slots, batch_mass, batch_dom, distinct,
+                      np.uint64(call & 0xFFFFFFFF), key[0], key[1], np.int64(fill_id), out, status, attempts)
+        return SampleOutput(out, status, attempts)
+
+    @staticmethod
+    def log_q(ix: IndexArrays, req_offsets, req_segs, item_offsets, item_ids) -> np.ndarray:
+        out = np.empty(item_ids.shape[0], dtype=np.float64)
+        s.log_q_rows(ix, req_offsets, req_segs, item_offsets, item_ids, out)
+        return out
+
+    @staticmethod
+    def gather_dense(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        words = _word_view(values)
+        out = np.empty((rows.shape[0], words.shape[1]), dtype=words.dtype)
+        g.gather_rows(words, rows, out)
+        return out.view(values.dtype).reshape((rows.shape[0],) + values.shape[1:])
+
+    @staticmethod
+    def gather_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out_offsets = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+        g.gather_lengths(offsets, rows, out_offsets)
+        np.cumsum(out_offsets, out=out_offsets)
+        words = values.view(np.dtype(f"u{values.itemsize}"))
+        out = np.empty(int(out_offsets[-1]), dtype=words.dtype)
+        g.gather_ragged(words, offsets, rows, out_offsets, out)
+        return out.view(values.dtype), out_offsets
+
+    @classmethod
+    def gather_strings(cls, col: Column, rows: np.ndarray) -> np.ndarray:
+        data, offsets = cls.gather_ragged(col.values, col.offsets, rows)
+        width = max(1, int(np.diff(offsets).max(initial=0)))
+        fixed = np.zeros((rows.shape[0], width), dtype=np.uint8)
+        g.strings_to_fixed_width(data, offsets, fixed)
+        return fixed.view(np.dtype(f"S{width}")).reshape(rows.shape[0])

@@ -1,0 +1,228 @@
+"""Category-conditional alias sampling with exclusion: the numba (CPU) kernel.
+
+One positive row is one unit of work; row ``i``'s draw ``j`` reads Philox counters
+(call, i, j, attempt) only, so results do not depend on how rows are spread over threads.
+The CUDA kernel (kernels/, a later layer) implements the same steps in the same order.
+
+Per positive row with categories c_1..c_m and excluded ids E:
+
+1. remaining mass R_k = total(c_k) - weight of E inside c_k (exact integers); if the
+   dominant item of c_k is in E, c_k's table without the dominant is used.
+2. per draw j: attempt 0's word r3 picks c_k with probability R_k / sum(R) (m > 1 only);
+3. if R_k is at least half of the chosen table's mass, alias draws with rejection of E
+   (and, without replacement, of ids already drawn for this row), at most MAX_ATTEMPTS;
+   otherwise, or when the attempts run out, an exact scan of the segment picks the
+   target mass among the remaining items. Expected alias draws per negative <= 2.
+4. without replacement the drawn item's mass leaves R and the dominant flag updates.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from ..hashing import probe
+from ..rng import MASK32, SHIFT32, mul32hi, mulhi64, philox4x32_10
+
+MAX_ATTEMPTS = 32
+STATUS_OK = 0
+STATUS_NO_CANDIDATE = 1   # every candidate of the row is excluded (or has zero weight)
+STATUS_TOO_FEW = 2        # without replacement: fewer distinct candidates than asked
+
+
+@nb.njit(inline="always", cache=True)
+def _is_excluded(item_id, own_ids, own_lo, own_hi, use_batch, batch_slots):
+    if use_batch:
+        return probe(batch_slots, item_id) >= 0
+    for e in range(own_lo, own_hi):
+        if own_ids[e] == item_id:
+            return True
+    return False
+
+
+@nb.njit(inline="always", cache=True)
+def _drawn_before(item_id, out, out_lo, n_drawn):
+    for q in range(out_lo, out_lo + n_drawn):
+        if out[q] == item_id:
+            return True
+    return False
+
+
+@nb.njit(inline="always", cache=True)
+def _own_excluded_mass(ix, seg, own_ids, own_lo, own_hi):
+    """(mass of the row's own excluded ids inside seg, whether seg's dominant is among them)."""
+    mass = np.uint64(0)
+    dominant_out = False
+    for e in range(own_lo, own_hi):
+        item_id = own_ids[e]
+        repeated = False
+        for f in range(own_lo, e):
+            if own_ids[f] == item_id:
+                repeated = True
+                break
+        if repeated:
+            continue
+        row = probe(ix.id_slots, item_id)
+        if row < 0:
+            continue
+        for p in range(ix.item_cat_offsets[row], ix.item_cat_offsets[row + 1]):
+            if ix.item_seg[p] == seg:
+                mass += ix.item_weights[p]
+        if ix.seg_dom_row[seg] == row:
+            dominant_out = True
+    return mass, dominant_out
+
+
+@nb.njit(inline="always", cache=True)
+def _uniform64(r):
+    return r[0] | (r[1] << SHIFT32)
+
+
+@nb.njit(inline="always", cache=True)
+def _draw_in_segment(ix, seg, remaining, dominant_out, r_first, call, row, j, k0, k1,
+                     own_ids, own_lo, own_hi, use_batch, batch_slots, distinct, out, out_lo):
+    """Position (in the segment arrays) of one accepted draw, and the alias attempts it took."""
+    lo = ix.seg_offsets[seg]
+    size = nb.uint64(ix.seg_offsets[seg + 1] - lo)
+    table_mass = ix.seg_total[seg]
+    alias = ix.seg_alias
+    base = lo
+    if dominant_out and ix.seg_nodom_start[seg] >= 0:
+        table_mass -= ix.seg_dom_weight[seg]
+        alias = ix.nodom_alias
+        base = ix.seg_nodom_start[seg]
+    r = r_first
+    attempts = 0
+    if remaining >= table_mass - remaining:  # acceptance >= 1/2
+        for a in range(MAX_ATTEMPTS):
+            if a > 0:
+                r = philox4x32_10(call, row, j, nb.uint64(a), k0, k1)
+            attempts += 1
+            slot = nb.int64(mulhi64(_uniform64(r), size))
+            local = slot if r[2] < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
+            p = lo + local
+            item_id = ix.seg_ids[p]
+            if _is_excluded(item_id, own_ids, own_lo, own_hi, use_batch, batch_slots):
+                continue
+            if distinct and _drawn_before(item_id, out, out_lo, j):
+                continue
+            return p, attempts
+        r = philox4x32_10(call, row, j, nb.uint64(MAX_ATTEMPTS), k0, k1)
+    target = mulhi64(_uniform64(r), remaining)
+    for p in range(lo, ix.seg_offsets[seg + 1]):
+        w = ix.seg_weights[p]
+        if w == 0:
+            continue
+        item_id = ix.seg_ids[p]
+        if _is_excluded(item_id, own_ids, own_lo, own_hi, use_batch, batch_slots):
+            continue
+        if distinct and _drawn_before(item_id, out, out_lo, j):
+            continue
+        if target < w:
+            return p, attempts
+        target -= w
+    return nb.int64(-1), attempts
+
+
+@nb.njit(parallel=True, nogil=True, cache=True)
+def sample_rows(ix, req_offsets, req_segs, counts, out_offsets, own_offsets, own_ids,
+                use_batch, batch_slots, batch_mass, batch_dominant_out, distinct,
+                call, k0, k1, fill_id, out, status, attempts):
+    """Fill out[out_offsets[i]:out_offsets[i]+counts[i]] with row i's negatives.
+
+    status[i] gets STATUS_*; unfilled slots of a failed row hold fill_id; attempts[i]
+    counts the alias draws row i made (exact scans count none).
+    """
+    call = nb.uint64(call) & MASK32
+    for i in nb.prange(counts.shape[0]):
+        count = counts[i]
+        status[i] = STATUS_OK
+        attempts[i] = 0
+        if count == 0:
+            continue
+        row = nb.uint64(i)
+        o = out_offsets[i]
+        c_lo = req_offsets[i]
+        m = req_offsets[i + 1] - c_lo
+        own_lo = own_offsets[i]
+        own_hi = own_offsets[i + 1]
+        remaining = np.empty(m, dtype=np.uint64)
+        dominant_out = np.empty(m, dtype=np.bool_)
+        total = np.uint64(0)
+        for k in range(m):
+            seg = req_segs[c_lo + k]
+            if use_batch:
+                mass = batch_mass[seg]
+                dom = batch_dominant_out[seg]
+            else:
+                mass, dom = _own_excluded_mass(ix, seg, own_ids, own_lo, own_hi)
+            remaining[k] = ix.seg_total[seg] - mass
+            dominant_out[k] = dom
+            total += remaining[k]
+        for j in range(count):
+            if total == 0:
+                status[i] = STATUS_NO_CANDIDATE if j == 0 else STATUS_TOO_FEW
+                for q in range(j, count):
+                    out[o + q] = fill_id
+                break
+            r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
+            k = 0
+            if m > 1:
+                target = mul32hi(r[3], total)
+                acc = np.uint64(0)
+                for k in range(m):
+                    acc += remaining[k]
+                    if target < acc:
+                        break
+            seg = req_segs[c_lo + k]
+            p, used = _draw_in_segment(ix, seg, remaining[k], dominant_out[k], r, call, row, nb.uint64(j),
+                                       k0, k1, own_ids, own_lo, own_hi, use_batch, batch_slots,
+                                       distinct, out, o)
+            attempts[i] += used
+            out[o + j] = ix.seg_ids[p]
+            if distinct:
+                w = ix.seg_weights[p]
+                remaining[k] -= w
+                total -= w
+                if ix.seg_rows[p] == ix.seg_dom_row[seg]:
+                    dominant_out[k] = True
+
+
+@nb.njit(cache=True)
+def batch_exclusion(ix, unique_ids, n_seg):
+    """Per segment: mass of the batch-excluded ids in it, and whether its dominant is excluded."""
+    mass = np.zeros(n_seg, dtype=np.uint64)
+    dominant_out = np.zeros(n_seg, dtype=np.bool_)
+    for e in range(unique_ids.shape[0]):
+        row = probe(ix.id_slots, unique_ids[e])
+        if row < 0:
+            continue
+        for p in range(ix.item_cat_offsets[row], ix.item_cat_offsets[row + 1]):
+            seg = ix.item_seg[p]
+            mass[seg] += ix.item_weights[p]
+            if ix.seg_dom_row[seg] == row:
+                dominant_out[seg] = True
+    return mass, dominant_out
+
+
+@nb.njit(parallel=True, nogil=True, cache=True)
+def log_q_rows(ix, req_offsets, req_segs, item_offsets, item_ids, out):
+    """out[t] = log of the probability that row i's category mixture draws item_ids[t]
+    (before exclusion), for t in item_offsets[i]:item_offsets[i+1]."""
+    for i in nb.prange(item_offsets.shape[0] - 1):
+        c_lo = req_offsets[i]
+        c_hi = req_offsets[i + 1]
+        total = np.uint64(0)
+        for k in range(c_lo, c_hi):
+            total += ix.seg_total[req_segs[k]]
+        for t in range(item_offsets[i], item_offsets[i + 1]):
+            row = probe(ix.id_slots, item_ids[t])
+            mass = np.uint64(0)
+            if row >= 0:
+                for p in range(ix.item_cat_offsets[row], ix.item_cat_offsets[row + 1]):
+                    for k in range(c_lo, c_hi):
+                        if ix.item_seg[p] == req_segs[k]:
+                            mass += ix.item_weights[p]
+            if mass == 0 or total == 0:
+                out[t] = -np.inf
+            else:
+                out[t] = np.log(float(mass)) - np.log(float(total))

@@ -1,0 +1,238 @@
+"""The engine: one pipeline (load -> index -> sample -> valid -> combine -> pack) over a backend.
+
+The engine owns request validation and the loaded state; a backend (``backends/``)
+supplies the kernels. ``reload`` builds the new table and index aside and swaps one
+reference, so a request always sees one whole table, never a half-loaded one.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backends import CpuBackend
+from .backends.cpu_sampling import STATUS_NO_CANDIDATE, STATUS_OK
+from .columns import DENSE, RAGGED, read_table_input
+from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
+from .hashing import build_hash_table
+from .index import Index, build_index
+from .ragged import RaggedTensor
+from .request import int64_array, ragged_rows, row_of_position, sample_counts
+from .rng import split_seed
+from .table import SamplingColumns, Table, build_table
+
+log = logging.getLogger("gpu_negsample")
+
+PROGRESS_MIN_ROWS = 1_000_000
+UNSATISFIABLE_POLICIES = ("raise", "fill")
+
+
+class LoadedTable:
+    """A table, its index, and (built on first use) the one-category index for requests without categories."""
+
+    def __init__(self, table: Table, index: Index, sample_tag: str):
+        self.table = table
+        self.index = index
+        self._sample_tag = sample_tag
+        self._global: Index | None = index if index.segment_count == 1 else None
+        self._lock = threading.Lock()
+
+    def global_index(self) -> Index:
+        with self._lock:
+            if self._global is None:
+                sc = self.table.sampling
+                n = sc.ids.shape[0]
+                rows = np.repeat(np.arange(n), np.diff(sc.cat_offsets))
+                per_item = np.bincount(rows, weights=sc.weights, minlength=n)
+                single = SamplingColumns(sc.ids, np.arange(n + 1, dtype=np.int64), np.zeros(n, np.int64), per_item)
+                self._global = build_index(single, self._sample_tag)
+            return self._global
+
+
+@dataclass
+class Categories:
+    """A request's categories resolved to segments of one index."""
+
+    index: Index
+    offsets: np.ndarray  # int64, positives + 1
+    segments: np.ndarray  # int64
+
+
+class Engine:
+    """Table state plus the sampling pipeline; NegativeSampler is its public face."""
+
+    def __init__(self, sample_tag, dedup_tag, weight_tag, skey_name=None, put_back=True, seed=None,
+                 weight_exponent=1.0, unsatisfiable="raise", fill_id=-1, backend=None):
+        if unsatisfiable not in UNSATISFIABLE_POLICIES:
+            raise ValueError(f"unsatisfiable must be one of {UNSATISFIABLE_POLICIES}; got {unsatisfiable!r}")
+        self.sample_tag, self.dedup_tag, self.weight_tag, self.skey_name = sample_tag, dedup_tag, weight_tag, skey_name
+        self.put_back = bool(put_back)
+        self.seed = secrets.randbits(64) if seed is None else int(seed) & (2**64 - 1)
+        self.weight_exponent = float(weight_exponent)
+        self.unsatisfiable = unsatisfiable
+        self.fill_id = int(fill_id)
+        self.backend = backend or CpuBackend()
+        self._key = split_seed(self.seed)
+        self._calls = itertools.count()
+        self._state: LoadedTable | None = None
+        self.last_attempts = 0  # alias draws made by the last sample call (for benchmarks)
+
+    # ---- loading -------------------------------------------------------------------------
+    def reload(self, data, progress: bool | None = None) -> None:
+        """Load a table; the bar (validate, index) shows for tables of PROGRESS_MIN_ROWS rows or more."""
+        t0 = time.perf_counter()
+        columns = read_table_input(data)
+        rows = next(iter(columns.values())).row_count if columns else 0
+        show = progress if progress is not None else rows >= PROGRESS_MIN_ROWS
+        with tqdm(total=2, desc=f"reload {rows:,} rows", unit="step", disable=not show, leave=False) as bar:
+            bar.set_postfix_str("validating")
+            table = build_table(columns, self.sample_tag, self.dedup_tag, self.weight_tag, self.skey_name,
+                                self.weight_exponent)
+            bar.update()
+            bar.set_postfix_str("indexing")
+            index = build_index(table.sampling, self.sample_tag)
+            bar.update()
+        self._state = LoadedTable(table, index, self.sample_tag)
+        log.info("loaded %s; %s in %.2f s", table.describe(), index.describe(), time.perf_counter() - t0)
+
+    @property
+    def state(self) -> LoadedTable:
+        state = self._state
+        if state is None:
+            raise NotLoadedError("no table is loaded: call reload(neg_data) first")
+        return state
+
+    # ---- sampling ------------------------------------------------------------------------
+    def resolve_categories(self, state: LoadedTable, sample_tag_ragged_tensor, n_positives: int) -> Categories:
+        if sample_tag_ragged_tensor is None:
+            return Categories(state.global_index(), np.arange(n_positives + 1, dtype=np.int64),
+                              np.zeros(n_positives, dtype=np.int64))
+        offsets, cats = ragged_rows(sample_tag_ragged_tensor, "sample_tag_ragged_tensor")
+        if offsets.shape[0] - 1 != n_positives:
+            raise RequestError(
+                f"sample_tag_ragged_tensor has {offsets.shape[0] - 1} rows but there are {n_positives} positives"
+            )
+        segments = self.backend.lookup(state.index.arrays.cat_slots, cats)
+        unknown = np.flatnonzero(segments < 0)
+        if unknown.size:
+            pos = int(unknown[0])
+            raise RequestError(
+                f"positive row {row_of_position(offsets, pos)}: category {int(cats[pos])} is not in the table "
+                f"({unknown.size} unknown value(s)); only categories of column {self.sample_tag!r} can be sampled"
+            )
+        return Categories(state.index, offsets, segments)
+
+    def sample_ids(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None,
+                   avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False):
+        """Negative ids (numpy int64, positive 0's first) and the resolved categories."""
+        state = self.state
+        own_offsets, own_ids = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
+        n = own_offsets.shape[0] - 1
+        counts = sample_counts(sample_cnts, n)
+        cats = self.resolve_categories(state, sample_tag_ragged_tensor, n)
+        per_row = np.diff(cats.offsets)
+        wanted = counts > 0
+        if not self.put_back:
+            bad = np.flatnonzero(wanted & (per_row != 1))
+            if bad.size:
+                row = int(bad[0])
+                raise RequestError(
+                    f"positive row {row} has {int(per_row[row])} categories; sampling without replacement "
+                    "(put_back=False) takes exactly one category per positive"
+                )
+        bad = np.flatnonzero(wanted & (per_row == 0))
+        if bad.size:
+            raise RequestError(f"positive row {int(bad[0])} has no category; give at least one sample tag per positive")
+        batch = None
+        if not avoid_conflict:
+            own_offsets = np.zeros(n + 1, dtype=np.int64)
+            own_ids = np.zeros(0, dtype=np.int64)
+        elif avoid_conflict_with_all_dedup_tags:
+            unique = np.unique(own_ids)
+            batch = (build_hash_table(unique)[0], unique)
+        out = self.backend.sample(
+            cats.index.arrays, cats.offsets, cats.segments, counts, own_offsets, own_ids, batch,
+            not self.put_back, next(self._calls), self._key, self.fill_id)
+        self.last_attempts = int(out.attempts.sum())
+        failed = np.flatnonzero(out.status != STATUS_OK)
+        if failed.size and self.unsatisfiable == "raise":
+            raise self._unsatisfiable_error(int(failed[0]), int(out.status[failed[0]]), failed.size, counts,
+                                            own_offsets, own_ids, cats)
+        return out.ids, cats, counts
+
+    def _unsatisfiable_error(self, row, status, n_failed, counts, own_offsets, own_ids, cats):
+        row_cats = cats.index.categories[cats.segments[cats.offsets[row]:cats.offsets[row + 1]]].tolist()
+        excluded = own_ids[own_offsets[row]:own_offsets[row + 1]].tolist()
+        if status == STATUS_NO_CANDIDATE:
+            why = "every candidate of its categories is excluded or has zero weight"
+        else:
+            why = f"fewer than {int(counts[row])} distinct candidates remain (put_back=False)"
+        return UnsatisfiableRowError(
+            f"positive row {row} (excluded ids {excluded[:8]}, categories {row_cats[:8]}) cannot get "
+            f"{int(counts[row])} negatives: {why}; {n_failed} row(s) fail in all. Lower the count, disable "
+            "avoid_conflict_with_all_dedup_tags, or pass unsatisfiable='fill' to pad such rows with fill_id"
+        )
+
+    def log_q(self, ids, sample_cnts, sample_tag_ragged_tensor, n_positives: int) -> np.ndarray:
+        """log q for combined ids (each positive followed by its negatives)."""
+        state = self.state
+        counts = sample_counts(sample_cnts, n_positives)
+        cats = self.resolve_categories(state, sample_tag_ragged_tensor, n_positives)
+        item_offsets = np.zeros(n_positives + 1, dtype=np.int64)
+        np.cumsum(counts + 1, out=item_offsets[1:])
+        ids = int64_array(ids, "ids")
+        if ids.shape[0] != item_offsets[-1]:
+            raise RequestError(f"ids has {ids.shape[0]} entries; positives + sum(sample_cnts) = {int(item_offsets[-1])}")
+        return self.backend.log_q(cats.index.arrays, cats.offsets, cats.segments, item_offsets, ids)
+
+    # ---- lookups -------------------------------------------------------------------------
+    def valid_sample_ids(self, ids, default_value) -> np.ndarray:
+        return self.backend.valid_ids(self.state.index.arrays, int64_array(ids, "ids"), int(default_value))
+
+    def combine_vector_with_sample_counts(self, origin, sample_cnts, sampled) -> np.ndarray:
+        origin = int64_array(origin, "origin_vector")
+        sampled = int64_array(sampled, "sampled_vector")
+        counts = sample_counts(sample_cnts, origin.shape[0])
+        if counts.sum() != sampled.shape[0]:
+            raise RequestError(
+                f"sampled_vector has {sampled.shape[0]} entries but sample_cnts add up to {int(counts.sum())}"
+            )
+        return self.backend.combine(origin, counts, sampled)
+
+    def pack_feature(self, ids, default_value=-1) -> dict:
+        state = self.state
+        ids = int64_array(ids, "ids")
+        arrays = state.index.arrays
+        default_row = int(self.backend.lookup(arrays.id_slots, np.array([default_value], dtype=np.int64))[0])
+        rows, missing = self.backend.rows_or_default(arrays, ids, max(default_row, 0))
+        if missing and default_row < 0:
+            found = self.backend.lookup(arrays.id_slots, ids)
+            pos = int(np.flatnonzero(found < 0)[0])
+            raise RequestError(
+                f"pack_feature: {missing} id(s) are not in the table (first: {int(ids[pos])} at position {pos}) "
+                f"and default_value {default_value} is not a {self.dedup_tag!r} id of the table either; pass a "
+                "default_value that is in the table (the same one given to valid_sample_ids)"
+            )
+        return gather_columns(self.backend, state.table, rows)
+
+
+def gather_columns(backend, table: Table, rows: np.ndarray) -> dict:
+    """Every table column at the given rows: dense -> Tensor, ragged -> RaggedTensor, string -> np.bytes_ array."""
+    out = {}
+    for name, col in table.columns.items():
+        if col.kind == DENSE:
+            out[name] = backend.to_torch(backend.gather_dense(col.values, rows))
+        elif col.kind == RAGGED:
+            values, offsets = backend.gather_ragged(col.values, col.offsets, rows)
+            weight = None if col.weight is None else backend.gather_ragged(col.weight, col.offsets, rows)[0]
+            out[name] = RaggedTensor(backend.to_torch(values), backend.to_torch(offsets),
+                                     None if weight is None else backend.to_torch(weight))
+        else:
+            out[name] = backend.gather_strings(col, rows)
+    return out

@@ -1,0 +1,90 @@
+"""Open-addressing id -> row hash table, shared by the item index and the category index.
+
+Layout (the same bytes serve the CPU path and, copied as they are, the GPU):
+``slots`` is an int64 array of shape (capacity, 2) holding (key, value) pairs, capacity a
+power of two at least twice the number of keys; empty slots hold ``EMPTY_KEY`` in the key
+word. The home slot of a key is ``splitmix64(key) & (capacity - 1)``; collisions probe
+linearly. Pairs sit side by side so a probe touches one cache line (one sector on a GPU)
+for both the key and its row. INT64_MIN is the empty sentinel and is refused as an id.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+EMPTY_KEY = np.int64(np.iinfo(np.int64).min)
+NOT_FOUND = np.int64(-1)
+
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+
+
+@nb.njit(inline="always", cache=True)
+def splitmix64(key):
+    """The splitmix64 finalizer of an int64 key's bits, as uint64."""
+    z = nb.uint64(key)
+    z = (z ^ (z >> _S30)) * _C1
+    z = (z ^ (z >> _S27)) * _C2
+    return z ^ (z >> _S31)
+
+
+def capacity_for(n_keys: int) -> int:
+    """Smallest power of two >= 2 * n_keys (and >= 2)."""
+    return 1 << max(1, int(2 * max(n_keys, 1) - 1).bit_length())
+
+
+@nb.njit(cache=True)
+def _insert_all(slots, keys):
+    """Insert keys[i] -> i in order; return (-1, -1) or the first duplicate pair (first, second)."""
+    mask = np.uint64(slots.shape[0] - 1)
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        slot = splitmix64(key) & mask
+        while True:
+            held = slots[slot, 0]
+            if held == EMPTY_KEY:
+                slots[slot, 0] = key
+                slots[slot, 1] = i
+                break
+            if held == key:
+                return slots[slot, 1], np.int64(i)
+            slot = (slot + np.uint64(1)) & mask
+    return np.int64(-1), np.int64(-1)
+
+
+def build_hash_table(keys: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Hash table mapping keys[i] -> i.
+
+    Returns (slots, duplicate): duplicate is None or the first (row, row) pair that holds
+    the same key, for the caller's error message. Keys must not contain EMPTY_KEY.
+    """
+    slots = np.empty((capacity_for(keys.shape[0]), 2), dtype=np.int64)
+    slots[:, 0] = EMPTY_KEY
+    first, second = _insert_all(slots, np.ascontiguousarray(keys, dtype=np.int64))
+    return slots, (None if first < 0 else (int(first), int(second)))
+
+
+@nb.njit(inline="always", cache=True)
+def probe(slots, key):
+    """Value stored for key, or NOT_FOUND."""
+    mask = np.uint64(slots.shape[0] - 1)
+    slot = splitmix64(key) & mask
+    while True:
+        held = slots[slot, 0]
+        if held == key:
+            return slots[slot, 1]
+        if held == EMPTY_KEY:
+            return NOT_FOUND
+        slot = (slot + np.uint64(1)) & mask
+
+
+@nb.njit(parallel=True, nogil=True, cache=True)
+def lookup_many(slots, keys):
+    """Values for many keys (NOT_FOUND where absent), in parallel."""
+    out = np.empty(keys.shape[0], dtype=np.int64)
+    for i in nb.prange(keys.shape[0]):
+        out[i] = probe(slots, keys[i])
+    return out

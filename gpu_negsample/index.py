@@ -1,0 +1,191 @@
+"""The sampling index: id -> row hash, category -> segment CSR, per-segment alias tables.
+
+Built once per ``reload`` on the CPU (numba); the CUDA backend mirrors the same arrays.
+
+Weights become integers here: every (item, category) weight w is scaled by one power of
+two so that the sum of all weights is at most 2**62, and floored (a positive weight never
+below 1). All masses the sampler adds, subtracts and compares at run time are sums of
+these integers, so they are exact and associative: any thread order, on either backend,
+gets the same answers. The alias tables are built from the same integers.
+
+A segment's *dominant* item is one holding more than half of the segment's weight. Such
+segments get a second alias table without that item, used when it is excluded: this is
+what bounds the expected draws per negative by 2 when a popular positive is excluded
+from its own category (see ARCHITECTURE.md, "Skew").
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import NamedTuple
+
+import numba as nb
+import numpy as np
+
+from .alias import build_alias, build_segment_alias
+from .errors import TableError
+from .hashing import build_hash_table
+from .table import SamplingColumns
+
+log = logging.getLogger(__name__)
+
+MASS_BITS = 62
+
+
+class IndexArrays(NamedTuple):
+    """Flat arrays of the index, passed as one tuple to the kernels."""
+
+    id_slots: np.ndarray        # (cap, 2) int64: id -> table row
+    cat_slots: np.ndarray       # (cap, 2) int64: category -> segment
+    seg_offsets: np.ndarray     # int64 (S + 1): segment s holds positions seg_offsets[s]:seg_offsets[s+1]
+    seg_rows: np.ndarray        # int64 (P): table row of each position
+    seg_ids: np.ndarray         # int64 (P): item id of each position
+    seg_weights: np.ndarray     # uint64 (P): integer weight of each position
+    seg_alias: np.ndarray       # uint32 (P, 2): (threshold, local alias) per position
+    seg_total: np.ndarray       # uint64 (S): integer weight of each segment
+    seg_dom_row: np.ndarray     # int64 (S): table row of the dominant item, -1 if none
+    seg_dom_weight: np.ndarray  # uint64 (S): its weight, 0 if none
+    seg_nodom_start: np.ndarray # int64 (S): start of the table without the dominant in nodom_alias, -1 if none
+    nodom_alias: np.ndarray     # uint32 (Q, 2)
+    item_cat_offsets: np.ndarray  # int64 (N + 1): row r's (segment, weight) pairs
+    item_seg: np.ndarray        # int64 (P)
+    item_weights: np.ndarray    # uint64 (P)
+
+
+class Index:
+    """The sampling index of one table; ``arrays`` feeds the kernels."""
+
+    def __init__(self, arrays: IndexArrays, categories: np.ndarray, weight_scale_log2: int):
+        self.arrays = arrays
+        self.categories = categories  # segment -> category value
+        self.weight_scale_log2 = weight_scale_log2
+
+    @property
+    def segment_count(self) -> int:
+        return self.categories.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays) + self.categories.nbytes
+
+    def describe(self) -> str:
+        dominated = int((self.arrays.seg_dom_row >= 0).sum())
+        return (
+            f"{self.segment_count:,} categories ({dominated:,} with a dominant item), "
+            f"{self.arrays.seg_ids.shape[0]:,} (item, category) pairs, {self.nbytes / 2**20:,.1f} MiB index"
+        )
+
+
+def quantize_weights(weights: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integer weights (uint64) and the power of two they were scaled by."""
+    total = float(weights.sum())
+    if total <= 0:
+        return np.zeros(weights.shape[0], dtype=np.uint64), 0
+    scale_log2 = int(np.floor(MASS_BITS - np.log2(total)))
+    scaled = np.floor(np.ldexp(weights, scale_log2))
+    # A total just under a power of two can round up past 2**62 in float64; one step back.
+    if float(scaled.sum()) + weights.shape[0] > 2.0 ** 63 - 2.0 ** 40:
+        scale_log2 -= 1
+        scaled = np.floor(np.ldexp(weights, scale_log2))
+    ints = scaled.astype(np.uint64)
+    ints[(ints == 0) & (weights > 0)] = 1
+    return ints, scale_log2
+
+
+@nb.njit(cache=True)
+def _bucket_by_segment(pair_seg, pair_weights, cat_offsets, ids, n_seg):
+    """Counting sort of (item, category) pairs by segment, rows ascending inside each."""
+    n_pairs = pair_seg.shape[0]
+    seg_offsets = np.zeros(n_seg + 1, dtype=np.int64)
+    seg_total = np.zeros(n_seg, dtype=np.uint64)
+    for p in range(n_pairs):
+        seg_offsets[pair_seg[p] + 1] += 1
+        seg_total[pair_seg[p]] += pair_weights[p]
+    for s in range(n_seg):
+        seg_offsets[s + 1] += seg_offsets[s]
+    fill = seg_offsets[:-1].copy()
+    seg_rows = np.empty(n_pairs, dtype=np.int64)
+    seg_ids = np.empty(n_pairs, dtype=np.int64)
+    seg_weights = np.empty(n_pairs, dtype=np.uint64)
+    for row in range(cat_offsets.shape[0] - 1):
+        for p in range(cat_offsets[row], cat_offsets[row + 1]):
+            s = pair_seg[p]
+            at = fill[s]
+            fill[s] += 1
+            seg_rows[at] = row
+            seg_ids[at] = ids[row]
+            seg_weights[at] = pair_weights[p]
+    return seg_offsets, seg_rows, seg_ids, seg_weights, seg_total
+
+
+@nb.njit(cache=True)
+def _dominants(seg_offsets, seg_rows, seg_weights, seg_total):
+    n_seg = seg_offsets.shape[0] - 1
+    dom_row = np.full(n_seg, -1, dtype=np.int64)
+    dom_weight = np.zeros(n_seg, dtype=np.uint64)
+    dom_pos = np.full(n_seg, -1, dtype=np.int64)
+    for s in range(n_seg):
+        best = seg_offsets[s]
+        for p in range(seg_offsets[s], seg_offsets[s + 1]):
+            if seg_weights[p] > seg_weights[best]:
+                best = p
+        w = seg_weights[best]
+        if w > seg_total[s] - w:
+            dom_row[s] = seg_rows[best]
+            dom_weight[s] = w
+            dom_pos[s] = best
+    return dom_row, dom_weight, dom_pos
+
+
+@nb.njit(parallel=True, nogil=True, cache=True)
+def _build_nodom(seg_offsets, seg_weights, seg_total, dom_pos, dom_weight, nodom_start, nodom_alias):
+    for s in nb.prange(seg_offsets.shape[0] - 1):
+        start = nodom_start[s]
+        if start < 0:
+            continue
+        lo = seg_offsets[s]
+        hi = seg_offsets[s + 1]
+        w = seg_weights[lo:hi].copy()
+        w[dom_pos[s] - lo] = 0
+        build_alias(w, nodom_alias[start: start + hi - lo])
+
+
+def build_index(sc: SamplingColumns, sample_tag: str) -> Index:
+    """Index of validated sampling columns; raises TableError for duplicate ids and all-zero categories."""
+    t0 = time.perf_counter()
+    id_slots, duplicate = build_hash_table(sc.ids)
+    if duplicate is not None:
+        a, b = duplicate
+        raise TableError(f"dedup_tag id {int(sc.ids[a])} appears in rows {a} and {b}; ids must be unique")
+    categories, pair_seg = np.unique(sc.categories, return_inverse=True)
+    pair_seg = pair_seg.astype(np.int64).reshape(-1)
+    pair_weights, scale_log2 = quantize_weights(sc.weights)
+    n_seg = categories.shape[0]
+    seg_offsets, seg_rows, seg_ids, seg_weights, seg_total = _bucket_by_segment(
+        pair_seg, pair_weights, sc.cat_offsets, sc.ids, n_seg)
+    empty = np.flatnonzero(seg_total == 0)
+    if empty.size:
+        raise TableError(
+            f"column {sample_tag!r}: category {int(categories[empty[0]])} has only zero weights, so nothing "
+            f"in it can be sampled ({empty.size} such categories); give it a positive weight or drop its rows"
+        )
+    seg_alias = np.empty((seg_ids.shape[0], 2), dtype=np.uint32)
+    build_segment_alias(seg_offsets, seg_weights, seg_alias)
+    dom_row, dom_weight, dom_pos = _dominants(seg_offsets, seg_rows, seg_weights, seg_total)
+    # A dominant that holds the whole segment leaves nothing to build a second table from.
+    has_nodom = (dom_row >= 0) & (seg_total > dom_weight)
+    sizes = np.where(has_nodom, np.diff(seg_offsets), 0)
+    nodom_start = np.where(has_nodom, np.cumsum(sizes) - sizes, -1).astype(np.int64)
+    nodom_alias = np.empty((int(sizes.sum()), 2), dtype=np.uint32)
+    _build_nodom(seg_offsets, seg_weights, seg_total, dom_pos, dom_weight, nodom_start, nodom_alias)
+    cat_slots, _ = build_hash_table(categories)
+    arrays = IndexArrays(
+        id_slots=id_slots, cat_slots=cat_slots, seg_offsets=seg_offsets, seg_rows=seg_rows,
+        seg_ids=seg_ids, seg_weights=seg_weights, seg_alias=seg_alias, seg_total=seg_total,
+        seg_dom_row=dom_row, seg_dom_weight=dom_weight, seg_nodom_start=nodom_start,
+        nodom_alias=nodom_alias, item_cat_offsets=np.ascontiguousarray(sc.cat_offsets, dtype=np.int64),
+        item_seg=pair_seg, item_weights=pair_weights,
+    )
+    index = Index(arrays, categories, scale_log2)
+    log.debug("index built in %.3f s: %s", time.perf_counter() - t0, index.describe())
+    return index

@@ -1,0 +1,104 @@
+"""RaggedTensor: RecIS's variable-length column type (values + row offsets)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class RaggedTensor:
+    """A batch of variable-length rows: ``values`` plus int64 row ``offsets``.
+
+    Row ``i`` is ``values[offsets[i]:offsets[i + 1]]``. As in RecIS, ``offsets()``
+    returns a list of offset tensors, outermost last; this class holds one level (a list
+    of lists of scalars); deeper nesting is refused with an error. ``weight`` is RecIS's
+    optional per-value weight, aligned with ``values``.
+    """
+
+    def __init__(self, values, offsets, weight=None):
+        if isinstance(offsets, (list, tuple)):
+            if len(offsets) != 1:
+                raise NotImplementedError(
+                    f"RaggedTensor holds one ragged level; got {len(offsets)} offset tensors. "
+                    "Flatten the inner levels into the values first."
+                )
+            offsets = offsets[0]
+        self._values = _as_tensor(values)
+        self._offsets = _as_tensor(offsets).to(torch.int64)
+        self._weight = None if weight is None else _as_tensor(weight)
+        self._check()
+
+    def _check(self) -> None:
+        off = self._offsets
+        if off.dim() != 1 or off.numel() == 0:
+            raise ValueError("RaggedTensor offsets must be a non-empty 1-D tensor (rows + 1 entries)")
+        if int(off[0]) != 0 or int(off[-1]) != self._values.shape[0]:
+            raise ValueError(
+                f"RaggedTensor offsets must start at 0 and end at len(values)={self._values.shape[0]}; "
+                f"got first={int(off[0])}, last={int(off[-1])}"
+            )
+        if off.numel() > 1 and bool((off[1:] < off[:-1]).any()):
+            row = int(torch.nonzero(off[1:] < off[:-1])[0])
+            raise ValueError(f"RaggedTensor offsets decrease at row {row}: {int(off[row])} -> {int(off[row + 1])}")
+        if self._weight is not None and self._weight.shape[0] != self._values.shape[0]:
+            raise ValueError(
+                f"RaggedTensor weight has {self._weight.shape[0]} entries for {self._values.shape[0]} values"
+            )
+
+    def values(self) -> torch.Tensor:
+        return self._values
+
+    def offsets(self) -> list[torch.Tensor]:
+        return [self._offsets]
+
+    def weight(self) -> torch.Tensor | None:
+        return self._weight
+
+    def set_weight(self, weight) -> None:
+        self._weight = None if weight is None else _as_tensor(weight)
+        self._check()
+
+    @property
+    def row_count(self) -> int:
+        return self._offsets.numel() - 1
+
+    def __len__(self) -> int:
+        return self.row_count
+
+    def row_lengths(self) -> torch.Tensor:
+        return self._offsets[1:] - self._offsets[:-1]
+
+    def to_nested(self) -> torch.Tensor:
+        """A ``torch.nested`` jagged tensor over the same values (no weight)."""
+        return torch.nested.nested_tensor_from_jagged(self._values, self._offsets)
+
+    @classmethod
+    def from_nested(cls, nested: torch.Tensor) -> "RaggedTensor":
+        """From a ``torch.nested`` jagged tensor (layout=torch.jagged)."""
+        if not nested.is_nested or nested.layout != torch.jagged:
+            raise ValueError("from_nested expects a torch.nested tensor with layout=torch.jagged")
+        return cls(nested.values(), nested.offsets())
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence], dtype=torch.int64) -> "RaggedTensor":
+        """From a list of Python sequences (a convenience for tests and examples)."""
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = [v for r in rows for v in r]
+        return cls(torch.tensor(flat, dtype=dtype), torch.from_numpy(offsets))
+
+    def to_list(self) -> list[list]:
+        vals = self._values.tolist()
+        off = self._offsets.tolist()
+        return [vals[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+
+    def __repr__(self) -> str:
+        return f"RaggedTensor(rows={self.row_count}, values={tuple(self._values.shape)}, dtype={self._values.dtype})"
+
+
+def _as_tensor(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.as_tensor(np.asarray(x))

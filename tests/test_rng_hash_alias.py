@@ -1,0 +1,86 @@
+import random
+
+import numba as nb
+import numpy as np
+import pytest
+
+from gpu_negsample.alias import build_alias
+from gpu_negsample.hashing import EMPTY_KEY, build_hash_table, capacity_for, lookup_many
+from gpu_negsample.rng import mul32hi, mulhi64, philox_block
+
+# Random123's published known-answer vectors for Philox4x32-10.
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("ctr,key,want", KAT)
+def test_philox_known_answers(ctr, key, want):
+    out = philox_block(np.array([ctr], dtype=np.uint64), np.uint64(key[0]), np.uint64(key[1]))
+    assert tuple(int(x) for x in out[0]) == want
+
+
+@nb.njit
+def _mulhi(a, b):
+    return mulhi64(a, b)
+
+
+@nb.njit
+def _mul32hi(r, t):
+    return mul32hi(r, t)
+
+
+def test_integer_helpers_match_python_big_ints():
+    rnd = random.Random(3)
+    for _ in range(2000):
+        a, b = rnd.getrandbits(64), rnd.getrandbits(64)
+        assert int(_mulhi(np.uint64(a), np.uint64(b))) == (a * b) >> 64
+        r, t = rnd.getrandbits(32), rnd.getrandbits(63)
+        assert int(_mul32hi(np.uint64(r), np.uint64(t))) == (r * t) >> 32
+
+
+def test_hash_table_finds_every_key_and_nothing_else():
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(-(2**63) + 1, 2**63 - 1, size=5000, dtype=np.int64))
+    rng.shuffle(keys)
+    slots, dup = build_hash_table(keys)
+    assert dup is None
+    assert slots.shape[0] == capacity_for(keys.size) >= 2 * keys.size
+    assert np.array_equal(lookup_many(slots, keys), np.arange(keys.size))
+    absent = np.setdiff1d(rng.integers(-(2**62), 2**62, size=3000, dtype=np.int64), keys)
+    assert (lookup_many(slots, absent) == -1).all()
+    assert (slots[:, 0] == EMPTY_KEY).sum() == slots.shape[0] - keys.size
+
+
+def test_hash_table_reports_first_duplicate():
+    _, dup = build_hash_table(np.array([4, 9, 7, 9, 4], dtype=np.int64))
+    assert dup == (1, 3)
+
+
+def implied_probabilities(table: np.ndarray) -> np.ndarray:
+    """Exact probability of each item under an alias table's integer thresholds."""
+    n = table.shape[0]
+    keep = table[:, 0].astype(np.float64) / 2**32
+    keep[table[:, 1] == np.arange(n)] = 1.0  # self-alias slots always yield themselves
+    p = keep / n
+    np.add.at(p, table[:, 1].astype(np.int64), (1 - keep) / n)
+    return p
+
+
+@pytest.mark.parametrize("weights", [
+    [1, 1, 1, 1],
+    [5, 0, 3, 0, 2],
+    [10**12, 1, 1, 3],
+    list(range(1, 200)),
+    [0, 0, 7],
+])
+def test_alias_table_reproduces_weights(weights):
+    w = np.asarray(weights, dtype=np.uint64)
+    table = np.empty((w.size, 2), dtype=np.uint32)
+    build_alias(w, table)
+    p = implied_probabilities(table)
+    assert np.allclose(p, w / w.sum(), atol=w.size * 2.0**-31)
+    assert (p[w == 0] == 0).all()

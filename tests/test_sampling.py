@@ -1,0 +1,177 @@
+"""Distribution, exclusion, skew and reproducibility of sample_ids against brute-force references."""
+import numba
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from gpu_negsample import RaggedTensor
+from conftest import ALPHA, make_sampler, one_per_row, small_table
+
+
+def expected_distribution(ids, item_cats, item_weights, row_cats, excluded):
+    """p(x) over ids for a positive with categories row_cats and excluded ids (brute force)."""
+    mass = np.zeros(len(ids))
+    for x, (cats, ws) in enumerate(zip(item_cats, item_weights)):
+        if ids[x] in excluded:
+            continue
+        for c, w in zip(cats, ws):
+            if c in row_cats:
+                mass[x] += w
+    return mass / mass.sum()
+
+
+def chi2_ok(counts, probs):
+    keep = probs > 0
+    assert counts[~keep].sum() == 0, "an item of probability 0 was drawn"
+    expected = probs[keep] * counts.sum()
+    return chisquare(counts[keep], expected).pvalue > ALPHA
+
+
+def histogram(sampled, ids):
+    pos = {int(v): k for k, v in enumerate(ids)}
+    out = np.zeros(len(ids), dtype=np.int64)
+    for v in sampled.tolist():
+        out[pos[v]] += 1
+    return out
+
+
+def test_with_replacement_matches_category_conditional_weights(catalogue):
+    ids, cats, weights = catalogue
+    s = make_sampler(small_table(ids, cats, weights))
+    for cat in (1, 2, 3):
+        positive = int(ids[cats == cat][3])
+        n = 40_000
+        neg = s.sample_ids(one_per_row([positive]), n, one_per_row([cat]))
+        probs = expected_distribution(ids, [[c] for c in cats], [[w] for w in weights], {cat}, {positive})
+        assert chi2_ok(histogram(neg, ids), probs)
+
+
+def test_dominant_positive_is_excluded_with_bounded_draws(catalogue):
+    ids, cats, weights = catalogue
+    s = make_sampler(small_table(ids, cats, weights))
+    dominant = int(ids[0])  # 500 of category 1's ~600 weight
+    neg = s.sample_ids(one_per_row([dominant]), 30_000, one_per_row([1]))
+    assert dominant not in set(neg.tolist())
+    assert s.engine.last_attempts <= 1.2 * 30_000  # the table without the dominant needs ~1 draw each
+    probs = expected_distribution(ids, [[c] for c in cats], [[w] for w in weights], {1}, {dominant})
+    assert chi2_ok(histogram(neg, ids), probs)
+
+
+def test_multi_category_items_and_rows():
+    ids = np.arange(100, 112)
+    item_cats = [[1], [1, 2], [2], [2, 3], [3], [3, 1], [1], [2], [3], [1, 2, 3], [2], [3]]
+    item_w = [[3], [1, 4], [2], [5, 1], [2], [1, 6], [2], [3], [4], [1, 1, 2], [7], [1]]
+    cat_rt = RaggedTensor.from_rows(item_cats)
+    w_rt = RaggedTensor(torch.tensor([w for ws in item_w for w in ws], dtype=torch.float64), cat_rt.offsets())
+    s = make_sampler(small_table(ids, cat_rt, w_rt))
+    positive = 109  # in all three categories
+    for row_cats in ([1, 2], [2, 3], [1, 2, 3], [3]):
+        neg = s.sample_ids(one_per_row([positive]), 40_000, RaggedTensor.from_rows([row_cats]))
+        probs = expected_distribution(ids, item_cats, item_w, set(row_cats), {positive})
+        assert chi2_ok(histogram(neg, ids), probs), row_cats
+
+
+def test_without_replacement_is_successive_weighted_sampling():
+    ids = np.arange(1, 7)
+    weights = np.array([40.0, 20, 10, 5, 3, 2])
+    s = make_sampler(small_table(ids, [9] * 6, weights), put_back=False)
+    trials = 20_000
+    positive = 2  # weight 20 is excluded
+    pos = one_per_row([positive] * trials)
+    neg = s.sample_ids(pos, 2, one_per_row([9] * trials)).reshape(trials, 2).numpy()
+    assert (neg[:, 0] != neg[:, 1]).all()
+    assert not (neg == positive).any()
+    rest = [i for i in ids if i != positive]
+    w = {i: weights[i - 1] for i in rest}
+    total = sum(w.values())
+    cells = [(a, b) for a in rest for b in rest if a != b]
+    probs = np.array([w[a] / total * w[b] / (total - w[a]) for a, b in cells])
+    index = {cell: k for k, cell in enumerate(cells)}
+    counts = np.zeros(len(cells), dtype=np.int64)
+    for a, b in neg.tolist():
+        counts[index[(a, b)]] += 1
+    assert chi2_ok(counts, probs)
+
+
+def test_without_replacement_takes_exact_fallback_when_little_remains():
+    # The dominant (weight 1000) is drawn first almost surely; afterwards rejection against the
+    # full table would stall, so the table without the dominant and the exact scan take over.
+    ids = np.arange(1, 12)
+    weights = np.array([1000.0] + [1.0] * 10)
+    s = make_sampler(small_table(ids, [5] * 11, weights), put_back=False)
+    neg = s.sample_ids(one_per_row([99] * 500), 10, one_per_row([5] * 500)).reshape(500, 10).numpy()
+    for row in neg:
+        assert sorted(row.tolist()) == sorted(set(row.tolist()))
+    assert s.engine.last_attempts < 3 * neg.size
+
+
+def test_batch_wide_exclusion_never_returns_a_batch_id(catalogue):
+    ids, cats, weights = catalogue
+    s = make_sampler(small_table(ids, cats, weights))
+    batch_ids = ids[cats == 2][:8]  # 8 of category 2's 10 items: the exact scan path
+    neg = s.sample_ids(one_per_row(batch_ids), 2000, one_per_row([2] * 8),
+                       avoid_conflict_with_all_dedup_tags=True)
+    assert not set(neg.tolist()) & set(batch_ids.tolist())
+    probs = expected_distribution(ids, [[c] for c in cats], [[w] for w in weights], {2}, set(batch_ids.tolist()))
+    assert chi2_ok(histogram(neg, ids), probs)
+
+
+def test_exclusion_holds_for_random_requests(catalogue):
+    ids, cats, weights = catalogue
+    rng = np.random.default_rng(5)
+    for put_back in (True, False):
+        s = make_sampler(small_table(ids, cats, weights), put_back=put_back)
+        for _ in range(20):
+            rows = rng.integers(0, 40, size=64)
+            rows = rows[weights[rows] > 0]
+            counts = torch.from_numpy(rng.integers(0, 4, size=rows.size))
+            neg = s.sample_ids(one_per_row(ids[rows]), counts, one_per_row(cats[rows])).numpy()
+            owner = np.repeat(ids[rows], counts.numpy())
+            assert (neg != owner).all()
+            assert (cats[np.searchsorted(ids, neg)] == np.repeat(cats[rows], counts.numpy())).all()
+
+
+def test_avoid_conflict_false_can_return_the_positive():
+    s = make_sampler(small_table([1, 2], [3, 3], [1.0, 1.0]))
+    neg = s.sample_ids(one_per_row([1]), 200, one_per_row([3]), avoid_conflict=False)
+    assert set(neg.tolist()) == {1, 2}
+
+
+def test_missing_sample_tag_means_whole_table(catalogue):
+    ids, cats, weights = catalogue
+    s = make_sampler(small_table(ids, cats, weights))
+    neg = s.sample_ids(one_per_row([int(ids[5])]), 60_000)
+    probs = expected_distribution(ids, [[0]] * 40, [[w] for w in weights], {0}, {int(ids[5])})
+    assert chi2_ok(histogram(neg, ids), probs)
+
+
+def test_same_seed_same_results_on_any_thread_count(catalogue):
+    ids, cats, weights = catalogue
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 40, size=300)
+    rows = rows[weights[rows] > 0]
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            for put_back in (True, False):
+                s = make_sampler(small_table(ids, cats, weights), seed=42, put_back=put_back)
+                results.append([s.sample_ids(one_per_row(ids[rows]), 3, one_per_row(cats[rows])) for _ in range(3)])
+    finally:
+        numba.set_num_threads(before)
+    half = len(results) // 2
+    for a, b in zip(results[:half], results[half:]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(results[0][0], results[0][1])  # successive calls differ
+    other = make_sampler(small_table(ids, cats, weights), seed=43)
+    assert not torch.equal(other.sample_ids(one_per_row(ids[rows]), 3, one_per_row(cats[rows])), results[0][0])
+
+
+def test_counts_zero_and_per_positive(catalogue):
+    ids, cats, weights = catalogue
+    s = make_sampler(small_table(ids, cats, weights))
+    neg = s.sample_ids(one_per_row(ids[:3]), torch.tensor([0, 2, 0]), one_per_row(cats[:3]))
+    assert neg.shape == (2,)
+    assert s.sample_ids(one_per_row(ids[:3]), 0, one_per_row(cats[:3])).shape == (0,)
