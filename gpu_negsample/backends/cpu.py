@@ -81,7 +81,8 @@ class CpuBackend:
             use_batch = True
             batch_slots, unique_ids = batch
             batch_mass, batch_dom = s.batch_exclusion(ix, unique_ids, ix.seg_total.shape[0])
-        s.sample_rows(ix, req_offsets, req_segs, counts, out_offsets, own_offsets, own_ids,
+        own_rows = CpuBackend.lookup(ix.id_slots, own_ids)
+        s.sample_rows(ix, req_offsets, req_segs, counts, out_offsets, own_offsets, own_ids, own_rows,
                       use_batch, batch_slots, batch_mass, batch_dom, distinct,
                       np.uint64(call & 0xFFFFFFFF), key[0], key[1], np.int64(fill_id), out, status, attempts)
         return SampleOutput(out, status, attempts)

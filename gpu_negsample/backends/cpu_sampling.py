@@ -48,21 +48,22 @@ def _drawn_before(item_id, out, out_lo, n_drawn):
 
 
 @nb.njit(inline="always", cache=True)
-def _own_excluded_mass(ix, seg, own_ids, own_lo, own_hi):
-    """(mass of the row's own excluded ids inside seg, whether seg's dominant is among them)."""
+def _own_excluded_mass(ix, seg, own_rows, own_lo, own_hi):
+    """(mass of the row's own excluded items inside seg, whether seg's dominant is among them).
+
+    own_rows are the table rows of the excluded ids (-1: not in the table), looked up for
+    the whole request beforehand so those hash probes overlap instead of stalling each row.
+    """
     mass = np.uint64(0)
     dominant_out = False
     for e in range(own_lo, own_hi):
-        item_id = own_ids[e]
+        row = own_rows[e]
         repeated = False
         for f in range(own_lo, e):
-            if own_ids[f] == item_id:
+            if own_rows[f] == row:
                 repeated = True
                 break
-        if repeated:
-            continue
-        row = probe(ix.id_slots, item_id)
-        if row < 0:
+        if repeated or row < 0:
             continue
         for p in range(ix.item_cat_offsets[row], ix.item_cat_offsets[row + 1]):
             if ix.item_seg[p] == seg:
@@ -123,8 +124,56 @@ def _draw_in_segment(ix, seg, remaining, dominant_out, r_first, call, row, j, k0
     return nb.int64(-1), attempts
 
 
+@nb.njit(inline="always", cache=True)
+def _pick_category(r, remaining, total, m):
+    """Index of the category attempt 0's word r3 selects, by remaining mass."""
+    if m == 1:
+        return 0
+    target = mul32hi(r[3], total)
+    acc = np.uint64(0)
+    for k in range(m):
+        acc += remaining[k]
+        if target < acc:
+            return k
+    return m - 1
+
+
+@nb.njit(inline="always", cache=True)
+def _first_attempts(ix, req_segs, c_lo, m, remaining, dominant_out, total, call, row, k0, k1, count, spec):
+    """Attempt 0 of every draw of a row, before any of them is checked.
+
+    Writing all alias slots first, then all candidate ids, turns one long chain of
+    dependent cache misses per draw into independent loads the CPU overlaps. spec[j] =
+    (category index, candidate position or -1 where the exact scan must decide).
+    """
+    for j in range(count):
+        r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
+        k = _pick_category(r, remaining, total, m)
+        seg = req_segs[c_lo + k]
+        spec[j, 0] = k
+        spec[j, 1] = -1
+        table_mass = ix.seg_total[seg]
+        if dominant_out[k] and ix.seg_nodom_start[seg] >= 0:
+            table_mass -= ix.seg_dom_weight[seg]
+        if remaining[k] >= table_mass - remaining[k]:
+            size = nb.uint64(ix.seg_offsets[seg + 1] - ix.seg_offsets[seg])
+            spec[j, 1] = nb.int64(mulhi64(_uniform64(r), size))
+            spec[j, 2] = nb.int64(r[2])
+    for j in range(count):
+        slot = spec[j, 1]
+        if slot < 0:
+            continue
+        seg = req_segs[c_lo + spec[j, 0]]
+        if dominant_out[spec[j, 0]] and ix.seg_nodom_start[seg] >= 0:
+            entry = ix.nodom_alias[ix.seg_nodom_start[seg] + slot]
+        else:
+            entry = ix.seg_alias[ix.seg_offsets[seg] + slot]
+        local = slot if nb.uint64(spec[j, 2]) < entry[0] else nb.int64(entry[1])
+        spec[j, 1] = ix.seg_offsets[seg] + local
+
+
 @nb.njit(parallel=True, nogil=True, cache=True)
-def sample_rows(ix, req_offsets, req_segs, counts, out_offsets, own_offsets, own_ids,
+def sample_rows(ix, req_offsets, req_segs, counts, out_offsets, own_offsets, own_ids, own_rows,
                 use_batch, batch_slots, batch_mass, batch_dominant_out, distinct,
                 call, k0, k1, fill_id, out, status, attempts):
     """Fill out[out_offsets[i]:out_offsets[i]+counts[i]] with row i's negatives.
@@ -154,37 +203,54 @@ def sample_rows(ix, req_offsets, req_segs, counts, out_offsets, own_offsets, own
                 mass = batch_mass[seg]
                 dom = batch_dominant_out[seg]
             else:
-                mass, dom = _own_excluded_mass(ix, seg, own_ids, own_lo, own_hi)
+                mass, dom = _own_excluded_mass(ix, seg, own_rows, own_lo, own_hi)
             remaining[k] = ix.seg_total[seg] - mass
             dominant_out[k] = dom
             total += remaining[k]
+        if total == 0:
+            status[i] = STATUS_NO_CANDIDATE
+            for q in range(count):
+                out[o + q] = fill_id
+            continue
+        if not distinct:
+            # Draws with replacement are independent: attempt 0 of all of them first.
+            spec = np.empty((count, 3), dtype=np.int64)
+            _first_attempts(ix, req_segs, c_lo, m, remaining, dominant_out, total, call, row, k0, k1, count, spec)
+            for j in range(count):
+                p = spec[j, 1]
+                if p >= 0:
+                    attempts[i] += 1
+                    item_id = ix.seg_ids[p]
+                    if not _is_excluded(item_id, own_ids, own_lo, own_hi, use_batch, batch_slots):
+                        out[o + j] = item_id
+                        continue
+                k = spec[j, 0]
+                r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
+                p, used = _draw_in_segment(ix, req_segs[c_lo + k], remaining[k], dominant_out[k], r, call, row,
+                                           nb.uint64(j), k0, k1, own_ids, own_lo, own_hi, use_batch, batch_slots,
+                                           False, out, o)
+                attempts[i] += used - 1 if spec[j, 1] >= 0 else used
+                out[o + j] = ix.seg_ids[p]
+            continue
         for j in range(count):
             if total == 0:
-                status[i] = STATUS_NO_CANDIDATE if j == 0 else STATUS_TOO_FEW
+                status[i] = STATUS_TOO_FEW
                 for q in range(j, count):
                     out[o + q] = fill_id
                 break
             r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
-            k = 0
-            if m > 1:
-                target = mul32hi(r[3], total)
-                acc = np.uint64(0)
-                for k in range(m):
-                    acc += remaining[k]
-                    if target < acc:
-                        break
+            k = _pick_category(r, remaining, total, m)
             seg = req_segs[c_lo + k]
             p, used = _draw_in_segment(ix, seg, remaining[k], dominant_out[k], r, call, row, nb.uint64(j),
                                        k0, k1, own_ids, own_lo, own_hi, use_batch, batch_slots,
-                                       distinct, out, o)
+                                       True, out, o)
             attempts[i] += used
             out[o + j] = ix.seg_ids[p]
-            if distinct:
-                w = ix.seg_weights[p]
-                remaining[k] -= w
-                total -= w
-                if ix.seg_rows[p] == ix.seg_dom_row[seg]:
-                    dominant_out[k] = True
+            w = ix.seg_weights[p]
+            remaining[k] -= w
+            total -= w
+            if ix.seg_rows[p] == ix.seg_dom_row[seg]:
+                dominant_out[k] = True
 
 
 @nb.njit(cache=True)
