@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import combine as _combine
@@ -130,11 +131,12 @@ class NegativeSampler:
         features = engine.pack_feature(ids, default_value)
         log_q = None
         if return_log_q:
-            item_offsets = torch.cumsum(torch.from_numpy(counts + 1), 0)
-            starts = torch.cat([torch.zeros(1, dtype=torch.int64), item_offsets]).numpy()
-            combined_raw = engine.backend.combine(pos, counts, neg)
-            log_q = torch.from_numpy(engine.backend.log_q(cats.index.arrays, cats.offsets, cats.segments, starts,
-                                                          combined_raw).astype("float32"))
+            item_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+            np.cumsum(counts + 1, out=item_offsets[1:])
+            # q of the positives themselves, not of the default id that replaced absent ones
+            raw = engine.backend.combine(pos, counts, neg)
+            log_q = torch.from_numpy(engine.backend.log_q(cats.index.arrays, cats.offsets, cats.segments,
+                                                          item_offsets, raw).astype(np.float32))
         to_torch = engine.backend.to_torch
         return SampleResult(to_torch(neg), to_torch(valid), to_torch(ids), features, to_torch(counts), log_q)
 
