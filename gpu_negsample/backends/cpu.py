@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..columns import Column
+from ..hashing import lookup_many
 from ..index import IndexArrays
 from . import cpu_gather as g
 from . import cpu_sampling as s
@@ -39,8 +40,6 @@ class CpuBackend:
 
     @staticmethod
     def lookup(slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        from ..hashing import lookup_many
-
         return lookup_many(slots, keys)
 
     @staticmethod
