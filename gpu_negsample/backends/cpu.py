@@ -71,18 +71,19 @@ class CpuBackend:
         out = np.empty(int(out_offsets[-1]), dtype=np.int64)
         status = np.empty(counts.shape[0], dtype=np.int8)
         attempts = np.empty(counts.shape[0], dtype=np.int64)
+        n_seg = ix.seg_total.shape[0]
         if batch is None:
-            use_batch = False
-            batch_slots = np.full((2, 2), np.iinfo(np.int64).min, dtype=np.int64)
-            batch_mass = np.zeros(1, dtype=np.uint64)
-            batch_dom = np.zeros(1, dtype=np.bool_)
+            no_table = np.zeros((0, 2), dtype=np.uint32)
+            ex = s.Exclusion(own_offsets, own_ids, CpuBackend.lookup(ix.id_slots, own_ids), False,
+                             np.full((2, 2), np.iinfo(np.int64).min, dtype=np.int64), np.zeros(n_seg, np.uint64),
+                             np.zeros(n_seg, np.bool_), np.full(n_seg, -1, np.int64), no_table)
         else:
-            use_batch = True
             batch_slots, unique_ids = batch
-            batch_mass, batch_dom = s.batch_exclusion(ix, unique_ids, ix.seg_total.shape[0])
-        own_rows = CpuBackend.lookup(ix.id_slots, own_ids)
-        s.sample_rows(ix, req_offsets, req_segs, counts, out_offsets, own_offsets, own_ids, own_rows,
-                      use_batch, batch_slots, batch_mass, batch_dom, distinct,
+            mass, dominant_out = s.batch_exclusion(ix, unique_ids, n_seg)
+            start, tables = s.batch_tables(ix, batch_slots, mass, dominant_out)
+            ex = s.Exclusion(own_offsets, own_ids, np.full(own_ids.shape[0], -1, np.int64), True,
+                             batch_slots, mass, dominant_out, start, tables)
+        s.sample_rows(ix, ex, req_offsets, req_segs, counts, out_offsets, distinct,
                       np.uint64(call & 0xFFFFFFFF), key[0], key[1], np.int64(fill_id), out, status, attempts)
         return SampleOutput(out, status, attempts)
 
