@@ -139,6 +139,8 @@ def main(argv=None):
         r = {
             "ours": n / median_time(lambda: sampler.sample_ids(pos, k, cats), args.repeats),
             "ours_no_put_back": n / median_time(lambda: nr_sampler.sample_ids(pos, k, cats), args.repeats),
+            "ours_batch_wide": n / median_time(lambda: sampler.sample_ids(
+                pos, k, cats, avoid_conflict_with_all_dedup_tags=True), args.repeats),
             "numpy_choice": n / median_time(lambda: peers.numpy_choice(pos_np, cats_np, k), max(3, args.repeats // 2)),
             "torch_multinomial": n / median_time(lambda: peers.torch_multinomial(pos_np, cats_np, k),
                                                  max(3, args.repeats // 2)),
@@ -148,7 +150,8 @@ def main(argv=None):
         r["x_torch_multinomial"] = r["ours"] / r["torch_multinomial"]
         r["x_numpy_choice"] = r["ours"] / r["numpy_choice"]
         results[f"sample_ids_{key}"] = r
-        print(f"sample_ids {key}: ours {r['ours']:,.0f}/s (no put_back {r['ours_no_put_back']:,.0f}/s), "
+        print(f"sample_ids {key}: ours {r['ours']:,.0f}/s (no put_back {r['ours_no_put_back']:,.0f}/s, "
+              f"batch-wide exclusion {r['ours_batch_wide']:,.0f}/s), "
               f"numpy {r['numpy_choice']:,.0f}/s, torch.multinomial {r['torch_multinomial']:,.0f}/s -> "
               f"{r['x_torch_multinomial']:.1f}x torch, {r['x_numpy_choice']:.1f}x numpy; "
               f"{r['alias_draws_per_negative']:.3f} alias draws per negative")
@@ -190,7 +193,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    names = ["ours", "ours_no_put_back", "numpy_choice", "torch_multinomial"]
+    names = ["ours", "ours_no_put_back", "ours_batch_wide", "numpy_choice", "torch_multinomial"]
     for j, key in enumerate(("4096x10", "65536x10")):
         vals = [results[f"sample_ids_{key}"][n] for n in names]
         ax[0].bar(np.arange(len(names)) + 0.4 * j, vals, width=0.4, label=key)

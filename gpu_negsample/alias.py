@@ -67,12 +67,3 @@ def build_alias(weights, out):
         else:
             out[s, 0] = np.uint32(0)
             out[s, 1] = np.uint32(heaviest)
-
-
-@nb.njit(parallel=True, nogil=True, cache=True)
-def build_segment_alias(seg_offsets, seg_weights, out):
-    """Alias tables of every segment into out, each local to its segment."""
-    for seg in nb.prange(seg_offsets.shape[0] - 1):
-        lo = seg_offsets[seg]
-        hi = seg_offsets[seg + 1]
-        build_alias(seg_weights[lo:hi], out[lo:hi])

@@ -181,12 +181,13 @@ class Engine:
 
     def log_q(self, ids, sample_cnts, sample_tag_ragged_tensor, n_positives: int) -> np.ndarray:
         """log q for combined ids (each positive followed by its negatives)."""
-        state = self.state
         counts = sample_counts(sample_cnts, n_positives)
-        cats = self.resolve_categories(state, sample_tag_ragged_tensor, n_positives)
-        item_offsets = np.zeros(n_positives + 1, dtype=np.int64)
+        cats = self.resolve_categories(self.state, sample_tag_ragged_tensor, n_positives)
+        return self.log_q_resolved(cats, counts, int64_array(ids, "ids"))
+
+    def log_q_resolved(self, cats: Categories, counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        item_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
         np.cumsum(counts + 1, out=item_offsets[1:])
-        ids = int64_array(ids, "ids")
         if ids.shape[0] != item_offsets[-1]:
             raise RequestError(f"ids has {ids.shape[0]} entries; positives + sum(sample_cnts) = {int(item_offsets[-1])}")
         return self.backend.log_q(cats.index.arrays, cats.offsets, cats.segments, item_offsets, ids)

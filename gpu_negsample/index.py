@@ -8,10 +8,12 @@ below 1). All masses the sampler adds, subtracts and compares at run time are su
 these integers, so they are exact and associative: any thread order, on either backend,
 gets the same answers. The alias tables are built from the same integers.
 
-A segment's *dominant* item is one holding more than half of the segment's weight. Such
-segments get a second alias table without that item, used when it is excluded: this is
-what bounds the expected draws per negative by 2 when a popular positive is excluded
-from its own category (see ARCHITECTURE.md, "Skew").
+Each segment is split into a *head*, its HEAD_SIZE heaviest items stored first (heaviest
+first), and a *tail*, the rest in table order, with one alias table over the tail. The
+sampler draws from the head by an exact scan of at most HEAD_SIZE items, so excluding or
+drawing popular items never makes tail rejection stall: this bounds the expected alias
+draws per negative when popular positives are excluded from their own category (see
+ARCHITECTURE.md, "Skew").
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from .alias import build_alias, build_segment_alias
+from .alias import build_alias
 from .errors import TableError
 from .hashing import build_hash_table
 from .table import SamplingColumns
@@ -30,6 +32,7 @@ from .table import SamplingColumns
 log = logging.getLogger(__name__)
 
 MASS_BITS = 62
+HEAD_SIZE = 8
 
 
 class IndexArrays(NamedTuple):
@@ -41,12 +44,10 @@ class IndexArrays(NamedTuple):
     seg_rows: np.ndarray        # int64 (P): table row of each position
     seg_ids: np.ndarray         # int64 (P): item id of each position
     seg_weights: np.ndarray     # uint64 (P): integer weight of each position
-    seg_alias: np.ndarray       # uint32 (P, 2): (threshold, local alias) per position
+    seg_alias: np.ndarray       # uint32 (P, 2): tail positions: (threshold, alias local to the tail)
     seg_total: np.ndarray       # uint64 (S): integer weight of each segment
-    seg_dom_row: np.ndarray     # int64 (S): table row of the dominant item, -1 if none
-    seg_dom_weight: np.ndarray  # uint64 (S): its weight, 0 if none
-    seg_nodom_start: np.ndarray # int64 (S): start of the table without the dominant in nodom_alias, -1 if none
-    nodom_alias: np.ndarray     # uint32 (Q, 2)
+    seg_head: np.ndarray        # int64 (S): head size; the head is seg_offsets[s]:seg_offsets[s]+seg_head[s]
+    seg_head_mass: np.ndarray   # uint64 (S): integer weight of the head
     item_cat_offsets: np.ndarray  # int64 (N + 1): row r's (segment, weight) pairs
     item_seg: np.ndarray        # int64 (P)
     item_weights: np.ndarray    # uint64 (P)
@@ -69,9 +70,10 @@ class Index:
         return sum(a.nbytes for a in self.arrays) + self.categories.nbytes
 
     def describe(self) -> str:
-        dominated = int((self.arrays.seg_dom_row >= 0).sum())
+        head_share = float(self.arrays.seg_head_mass.sum()) / max(float(self.arrays.seg_total.sum()), 1.0)
         return (
-            f"{self.segment_count:,} categories ({dominated:,} with a dominant item), "
+            f"{self.segment_count:,} categories (their {HEAD_SIZE} heaviest items hold {100 * head_share:.0f} % "
+            "of the weight), "
             f"{self.arrays.seg_ids.shape[0]:,} (item, category) pairs, {self.nbytes / 2**20:,.1f} MiB index"
         )
 
@@ -118,36 +120,47 @@ def _bucket_by_segment(pair_seg, pair_weights, cat_offsets, ids, n_seg):
     return seg_offsets, seg_rows, seg_ids, seg_weights, seg_total
 
 
-@nb.njit(cache=True)
-def _dominants(seg_offsets, seg_rows, seg_weights, seg_total):
-    n_seg = seg_offsets.shape[0] - 1
-    dom_row = np.full(n_seg, -1, dtype=np.int64)
-    dom_weight = np.zeros(n_seg, dtype=np.uint64)
-    dom_pos = np.full(n_seg, -1, dtype=np.int64)
-    for s in range(n_seg):
-        best = seg_offsets[s]
-        for p in range(seg_offsets[s], seg_offsets[s + 1]):
-            if seg_weights[p] > seg_weights[best]:
-                best = p
-        w = seg_weights[best]
-        if w > seg_total[s] - w:
-            dom_row[s] = seg_rows[best]
-            dom_weight[s] = w
-            dom_pos[s] = best
-    return dom_row, dom_weight, dom_pos
+@nb.njit(parallel=True, nogil=True, cache=True)
+def _split_heads(seg_offsets, seg_rows, seg_ids, seg_weights, head_size, seg_head, seg_head_mass):
+    """Move each segment's heaviest items (ties: lower row first) to its front, heaviest
+    first; the tail keeps table order."""
+    for s in nb.prange(seg_offsets.shape[0] - 1):
+        lo = seg_offsets[s]
+        hi = seg_offsets[s + 1]
+        h = min(head_size, hi - lo)
+        taken = np.zeros(hi - lo, dtype=np.bool_)
+        order = np.empty(hi - lo, dtype=np.int64)
+        mass = np.uint64(0)
+        for k in range(h):
+            best = -1
+            for p in range(hi - lo):
+                if not taken[p] and (best < 0 or seg_weights[lo + p] > seg_weights[lo + best]):
+                    best = p
+            taken[best] = True
+            order[k] = best
+            mass += seg_weights[lo + best]
+        k = h
+        for p in range(hi - lo):
+            if not taken[p]:
+                order[k] = p
+                k += 1
+        rows = seg_rows[lo:hi][order]
+        ids = seg_ids[lo:hi][order]
+        weights = seg_weights[lo:hi][order]
+        seg_rows[lo:hi] = rows
+        seg_ids[lo:hi] = ids
+        seg_weights[lo:hi] = weights
+        seg_head[s] = h
+        seg_head_mass[s] = mass
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def _build_nodom(seg_offsets, seg_weights, seg_total, dom_pos, dom_weight, nodom_start, nodom_alias):
+def _build_tail_alias(seg_offsets, seg_weights, seg_total, seg_head, seg_head_mass, seg_alias):
     for s in nb.prange(seg_offsets.shape[0] - 1):
-        start = nodom_start[s]
-        if start < 0:
-            continue
-        lo = seg_offsets[s]
-        hi = seg_offsets[s + 1]
-        w = seg_weights[lo:hi].copy()
-        w[dom_pos[s] - lo] = 0
-        build_alias(w, nodom_alias[start: start + hi - lo])
+        if seg_total[s] > seg_head_mass[s]:
+            lo = seg_offsets[s] + seg_head[s]
+            hi = seg_offsets[s + 1]
+            build_alias(seg_weights[lo:hi], seg_alias[lo:hi])
 
 
 def build_index(sc: SamplingColumns, sample_tag: str) -> Index:
@@ -169,21 +182,17 @@ def build_index(sc: SamplingColumns, sample_tag: str) -> Index:
             f"column {sample_tag!r}: category {int(categories[empty[0]])} has only zero weights, so nothing "
             f"in it can be sampled ({empty.size} such categories); give it a positive weight or drop its rows"
         )
-    seg_alias = np.empty((seg_ids.shape[0], 2), dtype=np.uint32)
-    build_segment_alias(seg_offsets, seg_weights, seg_alias)
-    dom_row, dom_weight, dom_pos = _dominants(seg_offsets, seg_rows, seg_weights, seg_total)
-    # A dominant that holds the whole segment leaves nothing to build a second table from.
-    has_nodom = (dom_row >= 0) & (seg_total > dom_weight)
-    sizes = np.where(has_nodom, np.diff(seg_offsets), 0)
-    nodom_start = np.where(has_nodom, np.cumsum(sizes) - sizes, -1).astype(np.int64)
-    nodom_alias = np.empty((int(sizes.sum()), 2), dtype=np.uint32)
-    _build_nodom(seg_offsets, seg_weights, seg_total, dom_pos, dom_weight, nodom_start, nodom_alias)
+    seg_head = np.empty(n_seg, dtype=np.int64)
+    seg_head_mass = np.empty(n_seg, dtype=np.uint64)
+    _split_heads(seg_offsets, seg_rows, seg_ids, seg_weights, HEAD_SIZE, seg_head, seg_head_mass)
+    # Head slots are never read from the alias table; zeroed so the bytes are deterministic.
+    seg_alias = np.zeros((seg_ids.shape[0], 2), dtype=np.uint32)
+    _build_tail_alias(seg_offsets, seg_weights, seg_total, seg_head, seg_head_mass, seg_alias)
     cat_slots, _ = build_hash_table(categories)
     arrays = IndexArrays(
         id_slots=id_slots, cat_slots=cat_slots, seg_offsets=seg_offsets, seg_rows=seg_rows,
         seg_ids=seg_ids, seg_weights=seg_weights, seg_alias=seg_alias, seg_total=seg_total,
-        seg_dom_row=dom_row, seg_dom_weight=dom_weight, seg_nodom_start=nodom_start,
-        nodom_alias=nodom_alias, item_cat_offsets=np.ascontiguousarray(sc.cat_offsets, dtype=np.int64),
+        seg_head=seg_head, seg_head_mass=seg_head_mass, item_cat_offsets=np.ascontiguousarray(sc.cat_offsets, dtype=np.int64),
         item_seg=pair_seg, item_weights=pair_weights,
     )
     index = Index(arrays, categories, scale_log2)

@@ -131,12 +131,9 @@ class NegativeSampler:
         features = engine.pack_feature(ids, default_value)
         log_q = None
         if return_log_q:
-            item_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
-            np.cumsum(counts + 1, out=item_offsets[1:])
             # q of the positives themselves, not of the default id that replaced absent ones
             raw = engine.backend.combine(pos, counts, neg)
-            log_q = torch.from_numpy(engine.backend.log_q(cats.index.arrays, cats.offsets, cats.segments,
-                                                          item_offsets, raw).astype(np.float32))
+            log_q = torch.from_numpy(engine.log_q_resolved(cats, counts, raw).astype(np.float32))
         to_torch = engine.backend.to_torch
         return SampleResult(to_torch(neg), to_torch(valid), to_torch(ids), features, to_torch(counts), log_q)
 

@@ -47,14 +47,14 @@ def test_with_replacement_matches_category_conditional_weights(catalogue):
         assert chi2_ok(histogram(neg, ids), probs)
 
 
-def test_dominant_positive_is_excluded_with_bounded_draws(catalogue):
+def test_popular_positive_is_excluded_with_bounded_draws(catalogue):
     ids, cats, weights = catalogue
     s = make_sampler(small_table(ids, cats, weights))
-    dominant = int(ids[0])  # 500 of category 1's ~600 weight
-    neg = s.sample_ids(one_per_row([dominant]), 30_000, one_per_row([1]))
-    assert dominant not in set(neg.tolist())
-    assert s.engine.last_attempts <= 1.2 * 30_000  # the table without the dominant needs ~1 draw each
-    probs = expected_distribution(ids, [[c] for c in cats], [[w] for w in weights], {1}, {dominant})
+    popular = int(ids[0])  # 500 of category 1's ~600 weight: it sits in the category's head
+    neg = s.sample_ids(one_per_row([popular]), 30_000, one_per_row([1]))
+    assert popular not in set(neg.tolist())
+    assert s.engine.last_attempts <= 1.2 * 30_000  # the tail is untouched: ~1 alias draw at most
+    probs = expected_distribution(ids, [[c] for c in cats], [[w] for w in weights], {1}, {popular})
     assert chi2_ok(histogram(neg, ids), probs)
 
 
@@ -72,11 +72,15 @@ def test_multi_category_items_and_rows():
         assert chi2_ok(histogram(neg, ids), probs), row_cats
 
 
-def test_without_replacement_is_successive_weighted_sampling():
-    ids = np.arange(1, 7)
-    weights = np.array([40.0, 20, 10, 5, 3, 2])
-    s = make_sampler(small_table(ids, [9] * 6, weights), put_back=False)
-    trials = 20_000
+@pytest.mark.parametrize("weights", [
+    [40.0, 20, 10, 5, 3, 2],                       # head only
+    [40.0, 20, 10, 5, 3, 2, 6, 5, 4, 3, 2, 1],     # head and tail
+])
+def test_without_replacement_is_successive_weighted_sampling(weights):
+    weights = np.asarray(weights)
+    ids = np.arange(1, weights.size + 1)
+    s = make_sampler(small_table(ids, [9] * weights.size, weights), put_back=False)
+    trials = 30_000
     positive = 2  # weight 20 is excluded
     pos = one_per_row([positive] * trials)
     neg = s.sample_ids(pos, 2, one_per_row([9] * trials)).reshape(trials, 2).numpy()
@@ -95,15 +99,16 @@ def test_without_replacement_is_successive_weighted_sampling():
 
 
 def test_without_replacement_takes_exact_fallback_when_little_remains():
-    # The dominant (weight 1000) is drawn first almost surely; afterwards rejection against the
-    # full table would stall, so the table without the dominant and the exact scan take over.
-    ids = np.arange(1, 12)
-    weights = np.array([1000.0] + [1.0] * 10)
-    s = make_sampler(small_table(ids, [5] * 11, weights), put_back=False)
-    neg = s.sample_ids(one_per_row([99] * 500), 10, one_per_row([5] * 500)).reshape(500, 10).numpy()
+    # 20 items: the 8 heaviest form the head (exact scans), the 12 light ones the tail. Asking
+    # for 15 of the 20 drains the tail below half its mass: the tail's exact scan finishes.
+    ids = np.arange(1, 21)
+    weights = np.array([1000.0] * 8 + [1.0] * 12)
+    s = make_sampler(small_table(ids, [5] * 20, weights), put_back=False)
+    neg = s.sample_ids(one_per_row([99] * 500), 15, one_per_row([5] * 500)).reshape(500, 15).numpy()
     for row in neg:
-        assert sorted(row.tolist()) == sorted(set(row.tolist()))
-    assert s.engine.last_attempts < 3 * neg.size
+        assert len(set(row.tolist())) == 15
+        assert set(range(1, 9)) <= set(row.tolist())  # heavy items all come first, almost surely
+    assert s.engine.last_attempts < 2 * neg.size
 
 
 def test_batch_wide_exclusion_never_returns_a_batch_id(catalogue):

@@ -76,13 +76,13 @@ class CpuBackend:
             no_table = np.zeros((0, 2), dtype=np.uint32)
             ex = s.Exclusion(own_offsets, own_ids, CpuBackend.lookup(ix.id_slots, own_ids), False,
                              np.full((2, 2), np.iinfo(np.int64).min, dtype=np.int64), np.zeros(n_seg, np.uint64),
-                             np.zeros(n_seg, np.bool_), np.full(n_seg, -1, np.int64), no_table)
+                             np.zeros(n_seg, np.uint64), np.full(n_seg, -1, np.int64), no_table)
         else:
             batch_slots, unique_ids = batch
-            mass, dominant_out = s.batch_exclusion(ix, unique_ids, n_seg)
-            start, tables = s.batch_tables(ix, batch_slots, mass, dominant_out)
+            head_out, tail_out = s.batch_exclusion(ix, unique_ids, n_seg)
+            start, tables = s.batch_tables(ix, batch_slots, tail_out)
             ex = s.Exclusion(own_offsets, own_ids, np.full(own_ids.shape[0], -1, np.int64), True,
-                             batch_slots, mass, dominant_out, start, tables)
+                             batch_slots, head_out, tail_out, start, tables)
         s.sample_rows(ix, ex, req_offsets, req_segs, counts, out_offsets, distinct,
                       np.uint64(call & 0xFFFFFFFF), key[0], key[1], np.int64(fill_id), out, status, attempts)
         return SampleOutput(out, status, attempts)

@@ -4,27 +4,30 @@ One positive row is one unit of work; row ``i``'s draw ``j`` reads Philox counte
 (call, i, j, attempt) only, so results do not depend on how rows are spread over threads.
 The CUDA kernel (kernels/, a later layer) implements the same steps in the same order.
 
-Per positive row with categories c_1..c_m and excluded ids E:
+Every category (segment) is a head (its few heaviest items) and a tail (the rest, with
+an alias table); see index.py. Per positive row with categories c_1..c_m and excluded
+ids E, the 2m *parts* are (head of c_1, tail of c_1, head of c_2, ...):
 
-1. remaining mass R_k = total(c_k) - weight of E inside c_k (exact integers); if the
-   dominant item of c_k is in E, c_k's table without the dominant is used.
-2. per draw j: attempt 0's word r3 picks c_k with probability R_k / sum(R) (m > 1 only);
-3. if R_k is at least half of the chosen table's mass, alias draws with rejection of E
-   (and, without replacement, of ids already drawn for this row), at most MAX_ATTEMPTS;
-   otherwise, or when the attempts run out, an exact scan of the segment picks the
-   target mass among the remaining items. Expected alias draws per negative <= 2.
-4. without replacement the drawn item's mass leaves R and the dominant flag updates.
+1. remaining mass of each part = its mass - the weight of E inside it (exact integers);
+2. per draw j: attempt 0's word r3 picks a part with probability remaining / total;
+3. a head part: an exact scan of its items (at most HEAD_SIZE), skipping E;
+   a tail part: if its remaining mass is at least half of its table's mass, alias draws
+   with rejection of E (and, without replacement, of ids already drawn for this row), at
+   most MAX_ATTEMPTS; otherwise, or when the attempts run out, an exact scan of the tail.
+   Excluding popular items takes mass from heads, not tails, so the tail's acceptance
+   stays high: expected alias draws per negative <= 2 for any popularity skew.
+4. without replacement the drawn item's mass leaves its part.
 
 Batch-wide exclusion (one excluded set for every row) gets, once per call, an alias table
-of every category whose excluded mass is more than half of it, with the excluded items at
+of every tail whose excluded mass is more than half of it, with the excluded items at
 weight 0: those draws are then exact alias draws, not scans.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
-
-from typing import NamedTuple
 
 from ..alias import build_alias
 from ..hashing import probe
@@ -34,6 +37,7 @@ MAX_ATTEMPTS = 32
 STATUS_OK = 0
 STATUS_NO_CANDIDATE = 1   # every candidate of the row is excluded (or has zero weight)
 STATUS_TOO_FEW = 2        # without replacement: fewer distinct candidates than asked
+_HEAD_DRAW = -1           # spec[j, 2] of a draw the head scan already decided
 
 
 class Exclusion(NamedTuple):
@@ -41,8 +45,8 @@ class Exclusion(NamedTuple):
 
     Row-wise: row i excludes own_ids[own_offsets[i]:own_offsets[i+1]] (own_rows: their table
     rows, -1 if absent). Batch-wide (use_batch): every id in the hash set batch_slots;
-    batch_mass / batch_dominant_out per segment; batch_table_start[s] >= 0 where segment s
-    has a per-call alias table in batch_alias.
+    batch_head_mass / batch_tail_mass per segment; batch_table_start[s] >= 0 where the tail
+    of segment s has a per-call alias table in batch_alias.
     """
 
     own_offsets: np.ndarray
@@ -50,8 +54,8 @@ class Exclusion(NamedTuple):
     own_rows: np.ndarray
     use_batch: bool
     batch_slots: np.ndarray
-    batch_mass: np.ndarray
-    batch_dominant_out: np.ndarray
+    batch_head_mass: np.ndarray
+    batch_tail_mass: np.ndarray
     batch_table_start: np.ndarray
     batch_alias: np.ndarray
 
@@ -75,14 +79,29 @@ def _drawn_before(item_id, out, out_lo, n_drawn):
 
 
 @nb.njit(inline="always", cache=True)
+def _mass_in(ix, seg, row):
+    """(head, tail) weight of table row `row` inside segment seg (one of them is 0)."""
+    w = np.uint64(0)
+    for p in range(ix.item_cat_offsets[row], ix.item_cat_offsets[row + 1]):
+        if ix.item_seg[p] == seg:
+            w = ix.item_weights[p]
+            break
+    lo = ix.seg_offsets[seg]
+    for h in range(ix.seg_head[seg]):
+        if ix.seg_rows[lo + h] == row:
+            return w, np.uint64(0)
+    return np.uint64(0), w
+
+
+@nb.njit(inline="always", cache=True)
 def _own_excluded_mass(ix, seg, own_rows, own_lo, own_hi):
-    """(mass of the row's own excluded items inside seg, whether seg's dominant is among them).
+    """(head, tail) mass of the row's own excluded items inside seg.
 
     own_rows are the table rows of the excluded ids (-1: not in the table), looked up for
     the whole request beforehand so those hash probes overlap instead of stalling each row.
     """
-    mass = np.uint64(0)
-    dominant_out = False
+    head = np.uint64(0)
+    tail = np.uint64(0)
     for e in range(own_lo, own_hi):
         row = own_rows[e]
         repeated = False
@@ -92,12 +111,10 @@ def _own_excluded_mass(ix, seg, own_rows, own_lo, own_hi):
                 break
         if repeated or row < 0:
             continue
-        for p in range(ix.item_cat_offsets[row], ix.item_cat_offsets[row + 1]):
-            if ix.item_seg[p] == seg:
-                mass += ix.item_weights[p]
-        if ix.seg_dom_row[seg] == row:
-            dominant_out = True
-    return mass, dominant_out
+        h, t = _mass_in(ix, seg, row)
+        head += h
+        tail += t
+    return head, tail
 
 
 @nb.njit(inline="always", cache=True)
@@ -106,41 +123,9 @@ def _uniform64(r):
 
 
 @nb.njit(inline="always", cache=True)
-def _alias_table(ix, ex, seg, dominant_out):
-    """(alias array, first slot, mass) of the table that draws in seg use."""
-    if ex.use_batch and ex.batch_table_start[seg] >= 0:
-        return ex.batch_alias, ex.batch_table_start[seg], ix.seg_total[seg] - ex.batch_mass[seg]
-    if dominant_out and ix.seg_nodom_start[seg] >= 0:
-        return ix.nodom_alias, ix.seg_nodom_start[seg], ix.seg_total[seg] - ix.seg_dom_weight[seg]
-    return ix.seg_alias, ix.seg_offsets[seg], ix.seg_total[seg]
-
-
-@nb.njit(inline="always", cache=True)
-def _draw_in_segment(ix, ex, seg, remaining, dominant_out, r_first, call, row, j, k0, k1,
-                     own_lo, own_hi, distinct, out, out_lo):
-    """Position (in the segment arrays) of one accepted draw, and the alias attempts it took."""
-    lo = ix.seg_offsets[seg]
-    size = nb.uint64(ix.seg_offsets[seg + 1] - lo)
-    alias, base, table_mass = _alias_table(ix, ex, seg, dominant_out)
-    r = r_first
-    attempts = 0
-    if remaining >= table_mass - remaining:  # acceptance >= 1/2
-        for a in range(MAX_ATTEMPTS):
-            if a > 0:
-                r = philox4x32_10(call, row, j, nb.uint64(a), k0, k1)
-            attempts += 1
-            slot = nb.int64(mulhi64(_uniform64(r), size))
-            local = slot if r[2] < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
-            p = lo + local
-            item_id = ix.seg_ids[p]
-            if _is_excluded(item_id, ex, own_lo, own_hi):
-                continue
-            if distinct and _drawn_before(item_id, out, out_lo, j):
-                continue
-            return p, attempts
-        r = philox4x32_10(call, row, j, nb.uint64(MAX_ATTEMPTS), k0, k1)
-    target = mulhi64(_uniform64(r), remaining)
-    for p in range(lo, ix.seg_offsets[seg + 1]):
+def _scan(ix, ex, lo, hi, target, own_lo, own_hi, distinct, out, out_lo, j):
+    """Exact draw: the position in lo:hi where target falls among the remaining weights."""
+    for p in range(lo, hi):
         w = ix.seg_weights[p]
         if w == 0:
             continue
@@ -150,52 +135,99 @@ def _draw_in_segment(ix, ex, seg, remaining, dominant_out, r_first, call, row, j
         if distinct and _drawn_before(item_id, out, out_lo, j):
             continue
         if target < w:
-            return p, attempts
+            return p
         target -= w
-    return nb.int64(-1), attempts
+    return nb.int64(-1)
 
 
 @nb.njit(inline="always", cache=True)
-def _pick_category(r, remaining, total, m):
-    """Index of the category attempt 0's word r3 selects, by remaining mass."""
-    if m == 1:
-        return 0
+def _tail_table(ix, ex, seg):
+    """(alias array, its first slot, its mass) of the table that tail draws in seg use."""
+    tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
+    if ex.use_batch and ex.batch_table_start[seg] >= 0:
+        return ex.batch_alias, ex.batch_table_start[seg], tail_mass - ex.batch_tail_mass[seg]
+    return ix.seg_alias, ix.seg_offsets[seg] + ix.seg_head[seg], tail_mass
+
+
+@nb.njit(inline="always", cache=True)
+def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, own_hi, distinct, out, out_lo):
+    """Position (in the segment arrays) of one accepted draw from a part, and the alias attempts it took."""
+    head_lo = ix.seg_offsets[seg]
+    tail_lo = head_lo + ix.seg_head[seg]
+    if not tail:
+        return _scan(ix, ex, head_lo, tail_lo, mulhi64(_uniform64(r_first), remaining),
+                     own_lo, own_hi, distinct, out, out_lo, j), 0
+    hi = ix.seg_offsets[seg + 1]
+    size = nb.uint64(hi - tail_lo)
+    alias, base, table_mass = _tail_table(ix, ex, seg)
+    r = r_first
+    attempts = 0
+    if remaining >= table_mass - remaining:  # acceptance >= 1/2
+        for a in range(MAX_ATTEMPTS):
+            if a > 0:
+                r = philox4x32_10(call, row, j, nb.uint64(a), k0, k1)
+            attempts += 1
+            slot = nb.int64(mulhi64(_uniform64(r), size))
+            local = slot if r[2] < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
+            p = tail_lo + local
+            item_id = ix.seg_ids[p]
+            if _is_excluded(item_id, ex, own_lo, own_hi):
+                continue
+            if distinct and _drawn_before(item_id, out, out_lo, j):
+                continue
+            return p, attempts
+        r = philox4x32_10(call, row, j, nb.uint64(MAX_ATTEMPTS), k0, k1)
+    return _scan(ix, ex, tail_lo, hi, mulhi64(_uniform64(r), remaining),
+                 own_lo, own_hi, distinct, out, out_lo, j), attempts
+
+
+@nb.njit(inline="always", cache=True)
+def _pick_part(r, remaining, total, parts):
+    """Index of the part attempt 0's word r3 selects, by remaining mass."""
     target = mul32hi(r[3], total)
     acc = np.uint64(0)
-    for k in range(m):
-        acc += remaining[k]
+    for q in range(parts):
+        acc += remaining[q]
         if target < acc:
-            return k
-    return m - 1
+            return q
+    return parts - 1
 
 
 @nb.njit(inline="always", cache=True)
-def _first_attempts(ix, ex, req_segs, c_lo, m, remaining, dominant_out, total, call, row, k0, k1, count, spec):
-    """Attempt 0 of every draw of a row, before any of them is checked.
+def _first_attempts(ix, ex, req_segs, c_lo, parts, remaining, total, call, row, k0, k1, own_lo, own_hi,
+                    out, out_lo, count, spec):
+    """Attempt 0 of every draw of a row (with replacement), before any of them is checked.
 
     Writing all alias slots first, then all candidate ids, turns one long chain of
-    dependent cache misses per draw into independent loads the CPU overlaps. spec[j] =
-    (category index, candidate position or -1 where the exact scan must decide, r2).
+    dependent cache misses per draw into independent loads the CPU overlaps.
+    spec[j] = (part, position or -1 where the tail's exact scan decides, r2 or _HEAD_DRAW).
     """
     for j in range(count):
         r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
-        k = _pick_category(r, remaining, total, m)
-        seg = req_segs[c_lo + k]
-        spec[j, 0] = k
+        q = _pick_part(r, remaining, total, parts)
+        seg = req_segs[c_lo + (q >> 1)]
+        spec[j, 0] = q
         spec[j, 1] = -1
-        _, _, table_mass = _alias_table(ix, ex, seg, dominant_out[k])
-        if remaining[k] >= table_mass - remaining[k]:
-            size = nb.uint64(ix.seg_offsets[seg + 1] - ix.seg_offsets[seg])
+        spec[j, 2] = 0
+        if (q & 1) == 0:
+            p, _ = _draw(ix, ex, seg, False, remaining[q], r, call, row, nb.uint64(j), k0, k1,
+                         own_lo, own_hi, False, out, out_lo)
+            spec[j, 1] = p
+            spec[j, 2] = _HEAD_DRAW
+            continue
+        _, _, table_mass = _tail_table(ix, ex, seg)
+        if remaining[q] >= table_mass - remaining[q]:
+            size = nb.uint64(ix.seg_offsets[seg + 1] - ix.seg_offsets[seg] - ix.seg_head[seg])
             spec[j, 1] = nb.int64(mulhi64(_uniform64(r), size))
             spec[j, 2] = nb.int64(r[2])
     for j in range(count):
         slot = spec[j, 1]
-        if slot < 0:
+        if slot < 0 or spec[j, 2] == _HEAD_DRAW:
             continue
-        seg = req_segs[c_lo + spec[j, 0]]
-        alias, base, _ = _alias_table(ix, ex, seg, dominant_out[spec[j, 0]])
+        seg = req_segs[c_lo + (spec[j, 0] >> 1)]
+        alias, base, _ = _tail_table(ix, ex, seg)
         local = slot if nb.uint64(spec[j, 2]) < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
-        spec[j, 1] = ix.seg_offsets[seg] + local
+        spec[j, 1] = ix.seg_offsets[seg] + ix.seg_head[seg] + local
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -204,7 +236,7 @@ def sample_rows(ix, ex, req_offsets, req_segs, counts, out_offsets, distinct,
     """Fill out[out_offsets[i]:out_offsets[i]+counts[i]] with row i's negatives.
 
     status[i] gets STATUS_*; unfilled slots of a failed row hold fill_id; attempts[i]
-    counts the alias draws row i made (exact scans count none).
+    counts the alias draws row i made (head and exact scans count none).
     """
     call = nb.uint64(call) & MASK32
     for i in nb.prange(counts.shape[0]):
@@ -216,22 +248,21 @@ def sample_rows(ix, ex, req_offsets, req_segs, counts, out_offsets, distinct,
         row = nb.uint64(i)
         o = out_offsets[i]
         c_lo = req_offsets[i]
-        m = req_offsets[i + 1] - c_lo
+        parts = 2 * (req_offsets[i + 1] - c_lo)
         own_lo = ex.own_offsets[i]
         own_hi = ex.own_offsets[i + 1]
-        remaining = np.empty(m, dtype=np.uint64)
-        dominant_out = np.empty(m, dtype=np.bool_)
+        remaining = np.empty(parts, dtype=np.uint64)
         total = np.uint64(0)
-        for k in range(m):
+        for k in range(parts // 2):
             seg = req_segs[c_lo + k]
             if ex.use_batch:
-                mass = ex.batch_mass[seg]
-                dom = ex.batch_dominant_out[seg]
+                head_out = ex.batch_head_mass[seg]
+                tail_out = ex.batch_tail_mass[seg]
             else:
-                mass, dom = _own_excluded_mass(ix, seg, ex.own_rows, own_lo, own_hi)
-            remaining[k] = ix.seg_total[seg] - mass
-            dominant_out[k] = dom
-            total += remaining[k]
+                head_out, tail_out = _own_excluded_mass(ix, seg, ex.own_rows, own_lo, own_hi)
+            remaining[2 * k] = ix.seg_head_mass[seg] - head_out
+            remaining[2 * k + 1] = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out
+            total += remaining[2 * k] + remaining[2 * k + 1]
         if total == 0:
             status[i] = STATUS_NO_CANDIDATE
             for q in range(count):
@@ -240,19 +271,23 @@ def sample_rows(ix, ex, req_offsets, req_segs, counts, out_offsets, distinct,
         if not distinct:
             # Draws with replacement are independent: attempt 0 of all of them first.
             spec = np.empty((count, 3), dtype=np.int64)
-            _first_attempts(ix, ex, req_segs, c_lo, m, remaining, dominant_out, total, call, row, k0, k1, count, spec)
+            _first_attempts(ix, ex, req_segs, c_lo, parts, remaining, total, call, row, k0, k1, own_lo, own_hi,
+                            out, o, count, spec)
             for j in range(count):
                 p = spec[j, 1]
+                if spec[j, 2] == _HEAD_DRAW:
+                    out[o + j] = ix.seg_ids[p]
+                    continue
                 if p >= 0:
                     attempts[i] += 1
                     item_id = ix.seg_ids[p]
                     if not _is_excluded(item_id, ex, own_lo, own_hi):
                         out[o + j] = item_id
                         continue
-                k = spec[j, 0]
+                q = spec[j, 0]
                 r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
-                p, used = _draw_in_segment(ix, ex, req_segs[c_lo + k], remaining[k], dominant_out[k], r, call,
-                                           row, nb.uint64(j), k0, k1, own_lo, own_hi, False, out, o)
+                p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], True, remaining[q], r, call, row,
+                                nb.uint64(j), k0, k1, own_lo, own_hi, False, out, o)
                 attempts[i] += used - 1 if spec[j, 1] >= 0 else used
                 out[o + j] = ix.seg_ids[p]
             continue
@@ -263,53 +298,45 @@ def sample_rows(ix, ex, req_offsets, req_segs, counts, out_offsets, distinct,
                     out[o + q] = fill_id
                 break
             r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
-            k = _pick_category(r, remaining, total, m)
-            seg = req_segs[c_lo + k]
-            p, used = _draw_in_segment(ix, ex, seg, remaining[k], dominant_out[k], r, call, row, nb.uint64(j),
-                                       k0, k1, own_lo, own_hi, True, out, o)
+            q = _pick_part(r, remaining, total, parts)
+            p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], (q & 1) == 1, remaining[q], r, call, row,
+                            nb.uint64(j), k0, k1, own_lo, own_hi, True, out, o)
             attempts[i] += used
             out[o + j] = ix.seg_ids[p]
-            w = ix.seg_weights[p]
-            remaining[k] -= w
-            total -= w
-            if ix.seg_rows[p] == ix.seg_dom_row[seg]:
-                dominant_out[k] = True
+            remaining[q] -= ix.seg_weights[p]
+            total -= ix.seg_weights[p]
 
 
 @nb.njit(cache=True)
 def batch_exclusion(ix, unique_ids, n_seg):
-    """Per segment: mass of the batch-excluded ids in it, and whether its dominant is excluded."""
-    mass = np.zeros(n_seg, dtype=np.uint64)
-    dominant_out = np.zeros(n_seg, dtype=np.bool_)
+    """Per segment: (head, tail) mass of the batch-excluded ids in it."""
+    head = np.zeros(n_seg, dtype=np.uint64)
+    tail = np.zeros(n_seg, dtype=np.uint64)
     for e in range(unique_ids.shape[0]):
         row = probe(ix.id_slots, unique_ids[e])
         if row < 0:
             continue
         for p in range(ix.item_cat_offsets[row], ix.item_cat_offsets[row + 1]):
             seg = ix.item_seg[p]
-            mass[seg] += ix.item_weights[p]
-            if ix.seg_dom_row[seg] == row:
-                dominant_out[seg] = True
-    return mass, dominant_out
+            h, t = _mass_in(ix, seg, row)
+            head[seg] += h
+            tail[seg] += t
+    return head, tail
 
 
 @nb.njit(cache=True)
-def _heavy_segments(ix, mass, dominant_out):
-    """Start of each per-call table (-1: none) for segments whose excluded mass leaves less
-    than half of the table they would use, and the total size of those tables."""
-    n_seg = mass.shape[0]
+def _heavy_tails(ix, tail_out):
+    """Start of each per-call table (-1: none) for tails whose excluded mass is more than
+    half of them, and the total size of those tables."""
+    n_seg = tail_out.shape[0]
     start = np.full(n_seg, -1, dtype=np.int64)
     size = 0
     for seg in range(n_seg):
-        if mass[seg] == 0:
-            continue
-        remaining = ix.seg_total[seg] - mass[seg]
-        table_mass = ix.seg_total[seg]
-        if dominant_out[seg] and ix.seg_nodom_start[seg] >= 0:
-            table_mass -= ix.seg_dom_weight[seg]
-        if 0 < remaining < table_mass - remaining:
+        tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
+        remaining = tail_mass - tail_out[seg]
+        if tail_out[seg] > 0 and 0 < remaining < tail_mass - remaining:
             start[seg] = size
-            size += ix.seg_offsets[seg + 1] - ix.seg_offsets[seg]
+            size += ix.seg_offsets[seg + 1] - ix.seg_offsets[seg] - ix.seg_head[seg]
     return start, size
 
 
@@ -318,7 +345,7 @@ def _fill_batch_tables(ix, batch_slots, start, tables):
     for seg in nb.prange(start.shape[0]):
         if start[seg] < 0:
             continue
-        lo = ix.seg_offsets[seg]
+        lo = ix.seg_offsets[seg] + ix.seg_head[seg]
         hi = ix.seg_offsets[seg + 1]
         w = ix.seg_weights[lo:hi].copy()
         for p in range(lo, hi):
@@ -327,9 +354,9 @@ def _fill_batch_tables(ix, batch_slots, start, tables):
         build_alias(w, tables[start[seg]: start[seg] + hi - lo])
 
 
-def batch_tables(ix, batch_slots, mass, dominant_out):
-    """Per-call alias tables without the excluded ids, for segments where rejection would stall."""
-    start, size = _heavy_segments(ix, mass, dominant_out)
+def batch_tables(ix, batch_slots, tail_out):
+    """Per-call tail alias tables without the excluded ids, where tail rejection would stall."""
+    start, size = _heavy_tails(ix, tail_out)
     tables = np.empty((size, 2), dtype=np.uint32)
     _fill_batch_tables(ix, batch_slots, start, tables)
     return start, tables
