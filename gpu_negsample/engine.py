@@ -17,10 +17,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends import CpuBackend
-from .backends.cpu_sampling import STATUS_NO_CANDIDATE, STATUS_OK
+from .backends.cpu_sampling import STATUS_NO_CANDIDATE
 from .columns import DENSE, RAGGED, read_table_input
 from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
-from .hashing import build_hash_table
+from .hashing import build_hash_table, lookup_many
 from .index import Index, build_index
 from .ragged import RaggedTensor
 from .request import int64_array, ragged_rows, row_of_position, sample_counts
@@ -34,16 +34,21 @@ UNSATISFIABLE_POLICIES = ("raise", "fill")
 
 
 class LoadedTable:
-    """A table, its index, and (built on first use) the one-category index for requests without categories."""
+    """A table and its index, placed by the backend, and (built on first use) the
+    one-category index for requests without categories."""
 
-    def __init__(self, table: Table, index: Index, sample_tag: str):
+    def __init__(self, table: Table, index: Index, sample_tag: str, backend):
         self.table = table
         self.index = index
+        self.backend = backend
+        self.placed_index = backend.place_index(index)
+        self.columns, self.placement = backend.place_table(table)
         self._sample_tag = sample_tag
-        self._global: Index | None = index if index.segment_count == 1 else None
+        self._global = (index, self.placed_index) if index.segment_count == 1 else None
         self._lock = threading.Lock()
 
-    def global_index(self) -> Index:
+    def global_index(self) -> tuple[Index, object]:
+        """(index, its placed form) of the whole table as one category."""
         with self._lock:
             if self._global is None:
                 sc = self.table.sampling
@@ -51,7 +56,8 @@ class LoadedTable:
                 rows = np.repeat(np.arange(n), np.diff(sc.cat_offsets))
                 per_item = np.bincount(rows, weights=sc.weights, minlength=n)
                 single = SamplingColumns(sc.ids, np.arange(n + 1, dtype=np.int64), np.zeros(n, np.int64), per_item)
-                self._global = build_index(single, self._sample_tag)
+                index = build_index(single, self._sample_tag)
+                self._global = (index, self.backend.place_index(index))
             return self._global
 
 
@@ -60,7 +66,8 @@ class Categories:
     """A request's categories resolved to segments of one index."""
 
     index: Index
-    offsets: np.ndarray  # int64, positives + 1
+    placed: object        # the index as the backend holds it
+    offsets: np.ndarray   # int64, positives + 1
     segments: np.ndarray  # int64
 
 
@@ -90,15 +97,17 @@ class Engine:
         columns = read_table_input(data)
         rows = next(iter(columns.values())).row_count if columns else 0
         show = progress if progress is not None else rows >= PROGRESS_MIN_ROWS
-        with tqdm(total=2, desc=f"reload {rows:,} rows", unit="step", disable=not show, leave=False) as bar:
+        with tqdm(total=3, desc=f"reload {rows:,} rows", unit="step", disable=not show, leave=False) as bar:
             bar.set_postfix_str("validating")
             table = build_table(columns, self.sample_tag, self.dedup_tag, self.weight_tag, self.skey_name,
-                                self.weight_exponent)
+                                self.weight_exponent, self.backend.allocate_host)
             bar.update()
             bar.set_postfix_str("indexing")
             index = build_index(table.sampling, self.sample_tag)
             bar.update()
-        self._state = LoadedTable(table, index, self.sample_tag)
+            bar.set_postfix_str("placing")
+            state = LoadedTable(table, index, self.sample_tag, self.backend)
+        self._state = state
         log.info("loaded %s; %s in %.2f s", table.describe(), index.describe(), time.perf_counter() - t0)
 
     @property
@@ -111,14 +120,14 @@ class Engine:
     # ---- sampling ------------------------------------------------------------------------
     def resolve_categories(self, state: LoadedTable, sample_tag_ragged_tensor, n_positives: int) -> Categories:
         if sample_tag_ragged_tensor is None:
-            return Categories(state.global_index(), np.arange(n_positives + 1, dtype=np.int64),
+            return Categories(*state.global_index(), np.arange(n_positives + 1, dtype=np.int64),
                               np.zeros(n_positives, dtype=np.int64))
         offsets, cats = ragged_rows(sample_tag_ragged_tensor, "sample_tag_ragged_tensor")
         if offsets.shape[0] - 1 != n_positives:
             raise RequestError(
                 f"sample_tag_ragged_tensor has {offsets.shape[0] - 1} rows but there are {n_positives} positives"
             )
-        segments = self.backend.lookup(state.index.arrays.cat_slots, cats)
+        segments = lookup_many(state.index.arrays.cat_slots, cats)  # on the host: unknown ones are reported
         unknown = np.flatnonzero(segments < 0)
         if unknown.size:
             pos = int(unknown[0])
@@ -126,7 +135,7 @@ class Engine:
                 f"positive row {row_of_position(offsets, pos)}: category {int(cats[pos])} is not in the table "
                 f"({unknown.size} unknown value(s)); only categories of column {self.sample_tag!r} can be sampled"
             )
-        return Categories(state.index, offsets, segments)
+        return Categories(state.index, state.placed_index, offsets, segments)
 
     def sample_ids(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None,
                    avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False):
@@ -157,12 +166,11 @@ class Engine:
             unique = np.unique(own_ids)
             batch = (build_hash_table(unique)[0], unique)
         out = self.backend.sample(
-            cats.index.arrays, cats.offsets, cats.segments, counts, own_offsets, own_ids, batch,
+            cats.placed, cats.offsets, cats.segments, counts, own_offsets, own_ids, batch,
             not self.put_back, next(self._calls), self._key, self.fill_id)
-        self.last_attempts = int(out.attempts.sum())
-        failed = np.flatnonzero(out.status != STATUS_OK)
-        if failed.size and self.unsatisfiable == "raise":
-            raise self._unsatisfiable_error(int(failed[0]), int(out.status[failed[0]]), failed.size, counts,
+        self.last_attempts = out.attempts
+        if out.n_failed and self.unsatisfiable == "raise":
+            raise self._unsatisfiable_error(out.first_failed, out.first_status, out.n_failed, counts,
                                             own_offsets, own_ids, cats)
         return out.ids, cats, counts
 
@@ -190,11 +198,12 @@ class Engine:
         np.cumsum(counts + 1, out=item_offsets[1:])
         if ids.shape[0] != item_offsets[-1]:
             raise RequestError(f"ids has {ids.shape[0]} entries; positives + sum(sample_cnts) = {int(item_offsets[-1])}")
-        return self.backend.log_q(cats.index.arrays, cats.offsets, cats.segments, item_offsets, ids)
+        return self.backend.log_q(cats.placed, cats.offsets, cats.segments, item_offsets, ids)
 
     # ---- lookups -------------------------------------------------------------------------
     def valid_sample_ids(self, ids, default_value) -> np.ndarray:
-        return self.backend.valid_ids(self.state.index.arrays, int64_array(ids, "ids"), int(default_value))
+        state = self.state
+        return self.backend.valid_ids(state.placed_index, int64_array(ids, "ids"), int(default_value))
 
     def combine_vector_with_sample_counts(self, origin, sample_cnts, sampled) -> np.ndarray:
         origin = int64_array(origin, "origin_vector")
@@ -207,26 +216,30 @@ class Engine:
         return self.backend.combine(origin, counts, sampled)
 
     def pack_feature(self, ids, default_value=-1) -> dict:
+        return self.pack_ids(int64_array(ids, "ids"), default_value)
+
+    def pack_ids(self, ids, default_value=-1) -> dict:
+        """pack_feature of checked ids: a host int64 array or a backend array of this request."""
         state = self.state
-        ids = int64_array(ids, "ids")
-        arrays = state.index.arrays
-        default_row = int(self.backend.lookup(arrays.id_slots, np.array([default_value], dtype=np.int64))[0])
-        rows, missing = self.backend.rows_or_default(arrays, ids, max(default_row, 0))
+        id_slots = state.index.arrays.id_slots
+        default_row = int(lookup_many(id_slots, np.array([default_value], dtype=np.int64))[0])
+        rows, missing = self.backend.rows_or_default(state.placed_index, ids, max(default_row, 0))
         if missing and default_row < 0:
-            found = self.backend.lookup(arrays.id_slots, ids)
+            ids = self.backend.to_host(ids)
+            found = lookup_many(id_slots, ids)
             pos = int(np.flatnonzero(found < 0)[0])
             raise RequestError(
                 f"pack_feature: {missing} id(s) are not in the table (first: {int(ids[pos])} at position {pos}) "
                 f"and default_value {default_value} is not a {self.dedup_tag!r} id of the table either; pass a "
                 "default_value that is in the table (the same one given to valid_sample_ids)"
             )
-        return gather_columns(self.backend, state.table, rows)
+        return gather_columns(self.backend, state.columns, rows)
 
 
-def gather_columns(backend, table: Table, rows: np.ndarray) -> dict:
-    """Every table column at the given rows: dense -> Tensor, ragged -> RaggedTensor, string -> np.bytes_ array."""
+def gather_columns(backend, columns: dict, rows) -> dict:
+    """Every placed column at the given rows: dense -> Tensor, ragged -> RaggedTensor, string -> np.bytes_ array."""
     out = {}
-    for name, col in table.columns.items():
+    for name, col in columns.items():
         if col.kind == DENSE:
             out[name] = backend.to_torch(backend.gather_dense(col.values, rows))
         elif col.kind == RAGGED:

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 
 from . import combine as _combine
+from .backends import CpuBackend
+from .backends.select import select_backend
 from .engine import Engine
 from .errors import RequestError
 from .request import ragged_rows
@@ -45,12 +47,18 @@ class NegativeSampler:
         unsatisfiable: "raise" (default) raises UnsatisfiableRowError for a positive that
             cannot get its negatives; "fill" pads its missing negatives with ``fill_id``.
         fill_id: the id used by unsatisfiable="fill".
+        device: "auto" (a GPU when one and cupy are present, else the CPU), "cpu", "cuda",
+            "cuda:N", or "emulated" (the CUDA kernels run on the CPU, for tests). Results
+            are the same ids and features on every device for the same seed.
+        memory_budget: bytes of feature columns the CUDA backend copies to the GPU; the
+            rest are read from pinned host memory (None: half the free GPU memory).
     """
 
     def __init__(self, sample_tag, dedup_tag, weight_tag, skey_name=None, put_back=True, seed=None,
-                 weight_exponent=1.0, unsatisfiable="raise", fill_id=-1, **_recis_options):
+                 weight_exponent=1.0, unsatisfiable="raise", fill_id=-1, device="auto", memory_budget=None,
+                 **_recis_options):
         self._engine = Engine(sample_tag, dedup_tag, weight_tag, skey_name, put_back, seed,
-                              weight_exponent, unsatisfiable, fill_id)
+                              weight_exponent, unsatisfiable, fill_id, select_backend(device, memory_budget))
 
     @property
     def seed(self) -> int:
@@ -65,8 +73,10 @@ class NegativeSampler:
         return self._engine
 
     def describe(self) -> str:
+        """The loaded table, its index, the backend, and where each column lives."""
         state = self._engine.state
-        return f"table: {state.table.describe()}\nindex: {state.index.describe()}\nbackend: {self._engine.backend.name}"
+        return (f"table: {state.table.describe()}\nindex: {state.index.describe()}\n"
+                f"backend: {self._engine.backend.name}\n{state.placement.describe()}")
 
     def reload(self, neg_data, progress: bool | None = None) -> None:
         """Load a negative table: a RecIS batch (list of dicts), a dict, a pyarrow.Table, or a
@@ -106,7 +116,8 @@ class NegativeSampler:
     def combine(self, batch, output_sample_table, sample_cnts, keep_positive_columns=False,
                 label_column=None) -> list:
         """RecIS's combine; see ``gpu_negsample.combine.combine`` for the two opt-in extras."""
-        return _combine.combine(batch, output_sample_table, sample_cnts, self._engine.backend.gather_ragged,
+        # The positive batch is the caller's host data: its ragged columns are tiled on the CPU.
+        return _combine.combine(batch, output_sample_table, sample_cnts, CpuBackend.gather_ragged,
                                 keep_positive_columns, label_column)
 
     def sampling_log_prob(self, ids, sample_cnts, sample_tag_ragged_tensor=None) -> torch.Tensor:
@@ -128,7 +139,7 @@ class NegativeSampler:
                                               avoid_conflict, avoid_conflict_with_all_dedup_tags)
         valid = engine.valid_sample_ids(pos, default_value)
         ids = engine.backend.combine(valid, counts, neg)
-        features = engine.pack_feature(ids, default_value)
+        features = engine.pack_ids(ids, default_value)
         log_q = None
         if return_log_q:
             # q of the positives themselves, not of the default id that replaced absent ones

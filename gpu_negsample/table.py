@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arena import Arena
+from .arena import Arena, default_allocate
 from .columns import DENSE, RAGGED, STRING, Column
 from .errors import TableError
 from .hashing import EMPTY_KEY
@@ -24,7 +24,7 @@ class SamplingColumns:
 class Table:
     """Feature columns (packed into one ``Arena``) and the validated sampling columns."""
 
-    def __init__(self, columns: dict[str, Column], sampling: SamplingColumns):
+    def __init__(self, columns: dict[str, Column], sampling: SamplingColumns, allocate=default_allocate):
         arrays, slots = [], []
         for col in columns.values():
             for field in ("values", "offsets", "weight"):
@@ -32,7 +32,7 @@ class Table:
                 if a is not None:
                     slots.append((col, field))
                     arrays.append(a)
-        self.arena = Arena(arrays)
+        self.arena = Arena(arrays, allocate)
         for (col, field), view in zip(slots, self.arena.views):
             setattr(col, field, view)
         self.columns = columns
@@ -49,8 +49,9 @@ class Table:
 
 
 def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, weight_tag: str,
-                skey_name: str | None, weight_exponent: float = 1.0) -> Table:
-    """Validate the columns and extract the sampling columns; raises TableError naming the problem."""
+                skey_name: str | None, weight_exponent: float = 1.0, allocate=default_allocate) -> Table:
+    """Validate the columns and extract the sampling columns; raises TableError naming the problem.
+    ``allocate`` provides the arena's memory (pinned host memory for the CUDA backend)."""
     required = [t for t in (sample_tag, dedup_tag, weight_tag, skey_name) if t is not None]
     missing = [t for t in required if t not in columns]
     if missing:
@@ -77,7 +78,7 @@ def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, wei
             raise TableError(f"weight_exponent must be a positive finite number; got {weight_exponent}")
         weights = np.power(weights, weight_exponent)
     _check_duplicate_categories(sample_tag, cat_offsets, categories)
-    return Table(columns, SamplingColumns(ids, cat_offsets, categories, weights))
+    return Table(columns, SamplingColumns(ids, cat_offsets, categories, weights), allocate)
 
 
 def _int64(col: Column, values: np.ndarray, role: str) -> np.ndarray:

@@ -1,23 +1,16 @@
 """The CPU backend: numba kernels over numpy arrays, results as torch tensors (zero-copy)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from ..arena import default_allocate
 from ..columns import Column
 from ..hashing import lookup_many
-from ..index import IndexArrays
+from ..index import Index, IndexArrays
 from . import cpu_gather as g
 from . import cpu_sampling as s
-
-
-@dataclass
-class SampleOutput:
-    ids: np.ndarray       # int64, sum(counts)
-    status: np.ndarray    # int8 per positive, cpu_sampling.STATUS_*
-    attempts: np.ndarray  # int64 per positive: alias draws made
+from .common import Placement, SampleOutput
 
 
 def _word_view(a: np.ndarray) -> np.ndarray:
@@ -32,15 +25,29 @@ def _word_view(a: np.ndarray) -> np.ndarray:
 
 
 class CpuBackend:
+    """numba kernels over the table's own numpy arrays; the reference the CUDA backend matches."""
+
     name = "cpu"
+    allocate_host = staticmethod(default_allocate)
+
+    @staticmethod
+    def place_index(index: Index) -> IndexArrays:
+        return index.arrays
+
+    @staticmethod
+    def place_table(table) -> tuple[dict, Placement]:
+        placement = Placement("cpu")
+        for col in table.columns.values():
+            placement.add(col.name, col.kind, col.nbytes, "host")
+        return table.columns, placement
 
     @staticmethod
     def to_torch(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a)
+        return torch.from_numpy(np.asarray(a))
 
     @staticmethod
-    def lookup(slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        return lookup_many(slots, keys)
+    def to_host(a) -> np.ndarray:
+        return np.asarray(a)
 
     @staticmethod
     def valid_ids(ix: IndexArrays, ids: np.ndarray, default_id: int) -> np.ndarray:
@@ -71,21 +78,11 @@ class CpuBackend:
         out = np.empty(int(out_offsets[-1]), dtype=np.int64)
         status = np.empty(counts.shape[0], dtype=np.int8)
         attempts = np.empty(counts.shape[0], dtype=np.int64)
-        n_seg = ix.seg_total.shape[0]
-        if batch is None:
-            no_table = np.zeros((0, 2), dtype=np.uint32)
-            ex = s.Exclusion(own_offsets, own_ids, CpuBackend.lookup(ix.id_slots, own_ids), False,
-                             np.full((2, 2), np.iinfo(np.int64).min, dtype=np.int64), np.zeros(n_seg, np.uint64),
-                             np.zeros(n_seg, np.uint64), np.full(n_seg, -1, np.int64), no_table)
-        else:
-            batch_slots, unique_ids = batch
-            head_out, tail_out = s.batch_exclusion(ix, unique_ids, n_seg)
-            start, tables = s.batch_tables(ix, batch_slots, tail_out)
-            ex = s.Exclusion(own_offsets, own_ids, np.full(own_ids.shape[0], -1, np.int64), True,
-                             batch_slots, head_out, tail_out, start, tables)
+        own_rows = lookup_many(ix.id_slots, own_ids) if batch is None else np.full(own_ids.shape[0], -1, np.int64)
+        ex = s.exclusion(ix, own_offsets, own_ids, own_rows, batch)
         s.sample_rows(ix, ex, req_offsets, req_segs, counts, out_offsets, distinct,
                       np.uint64(call & 0xFFFFFFFF), key[0], key[1], np.int64(fill_id), out, status, attempts)
-        return SampleOutput(out, status, attempts)
+        return SampleOutput.from_status(out, status, int(attempts.sum()))
 
     @staticmethod
     def log_q(ix: IndexArrays, req_offsets, req_segs, item_offsets, item_ids) -> np.ndarray:

@@ -362,6 +362,21 @@ def batch_tables(ix, batch_slots, tail_out):
     return start, tables
 
 
+def exclusion(ix, own_offsets, own_ids, own_rows, batch) -> Exclusion:
+    """The Exclusion of a request (host arrays); batch is None or (hash slots, unique ids) of
+    the ids every row excludes. Its per-segment masses and per-call tables are built here, on
+    the host, for both backends."""
+    n_seg = ix.seg_total.shape[0]
+    if batch is None:
+        return Exclusion(own_offsets, own_ids, own_rows, False,
+                         np.full((2, 2), np.iinfo(np.int64).min, dtype=np.int64), np.zeros(n_seg, np.uint64),
+                         np.zeros(n_seg, np.uint64), np.full(n_seg, -1, np.int64), np.zeros((0, 2), np.uint32))
+    batch_slots, unique_ids = batch
+    head_out, tail_out = batch_exclusion(ix, unique_ids, n_seg)
+    start, tables = batch_tables(ix, batch_slots, tail_out)
+    return Exclusion(own_offsets, own_ids, own_rows, True, batch_slots, head_out, tail_out, start, tables)
+
+
 @nb.njit(parallel=True, nogil=True, cache=True)
 def log_q_rows(ix, req_offsets, req_segs, item_offsets, item_ids, out):
     """out[t] = log of the probability that row i's category mixture draws item_ids[t]

@@ -1,0 +1,140 @@
+"""The CUDA kernels run on the CPU: kernels/*.cu built with g++ through a shim header.
+
+This is how CI, which has no GPU, executes the very sources the GPU runs: each .cu is
+included by a generated wrapper after ``kernels/emulation/cuda_shim.h``, the wrappers
+are built into one shared library (cached by source digest), and a launch loops over
+the grid's blocks and threads. ``EmulatedDevice`` offers the same methods as
+``CupyDevice`` over numpy arrays, so the whole CUDA backend, host code included, runs
+here too (``device="emulated"``). It exists to check the kernels, not to be fast.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import kernel_sources as ks
+
+_CTYPES = {"i64": ctypes.c_int64, "u64": ctypes.c_uint64, "u32": ctypes.c_uint32}
+CXX_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-fno-strict-aliasing")
+
+
+def _wrapper(source: Path) -> str:
+    """A C++ file that includes the shim and one .cu and exports emu_<kernel> launchers."""
+    lines = ['#include "cuda_shim.h"', f'#include "{source.name}"']
+    for k in ks.kernels().values():
+        if k.source != source:
+            continue
+        params = ", ".join(f"{p.ctype} {p.name}" for p in k.params)
+        names = ", ".join(p.name for p in k.params)
+        lines.append(f'extern "C" void emu_{k.name}(unsigned grid, unsigned block, {params}) '
+                     f"{{ gn_emu::launch(grid, block, [&] {{ {k.name}({names}); }}); }}")
+    return "\n".join(lines) + "\n"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GPU_NEGSAMPLE_CACHE") or Path.home() / ".cache" / "gpu_negsample"
+    return Path(root)
+
+
+@functools.lru_cache(maxsize=None)
+def build_library(extra_flags: tuple[str, ...] = ()) -> Path:
+    """Build (once per source digest and flags) the emulation library; returns its path."""
+    digest = hashlib.sha256((ks.source_hash() + " ".join(CXX_FLAGS + extra_flags)).encode()).hexdigest()[:16]
+    target = cache_dir() / f"kernels-emulated-{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    kdir = ks.kernel_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        wrappers = []
+        for source in ks.sources():
+            w = Path(tmp) / f"emu_{source.stem}.cpp"
+            w.write_text(_wrapper(source))
+            wrappers.append(str(w))
+        built = Path(tmp) / target.name
+        cmd = ["g++", *CXX_FLAGS, *extra_flags, f"-I{kdir}", f"-I{kdir / 'emulation'}", *wrappers, "-o", str(built)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"building the CPU emulation of kernels/ failed:\n{' '.join(cmd)}\n{result.stderr}")
+        os.replace(built, target)  # atomic: concurrent builders never load a half-written file
+    return target
+
+
+class EmulatedDevice:
+    """Numpy arrays as 'device memory', g++-built kernels as launches."""
+
+    name = "emulated"
+    xp = np
+    # Small blocks and a capped grid so every grid-stride loop really strides in tests.
+    BLOCK = 32
+    MAX_BLOCKS = 8
+
+    def __init__(self, memory_bytes: int = 1 << 30):
+        self._lib = ctypes.CDLL(str(build_library()))
+        self._memory_bytes = memory_bytes
+        self._functions = {}
+
+    def describe(self) -> str:
+        return "CPU emulation of the CUDA kernels (g++)"
+
+    def free_memory(self) -> int:
+        return self._memory_bytes
+
+    def _function(self, name: str):
+        fn = self._functions.get(name)
+        if fn is None:
+            kernel = ks.kernels()[name]
+            fn = getattr(self._lib, f"emu_{name}")
+            fn.restype = None
+            fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + [
+                ctypes.c_void_p if p.is_pointer else _CTYPES[p.ctype] for p in kernel.params]
+            self._functions[name] = fn
+        return fn
+
+    def launch(self, name: str, n_items: int, *args) -> None:
+        grid = max(1, min(-(-int(n_items) // self.BLOCK), self.MAX_BLOCKS))
+        params = ks.kernels()[name].params
+        values = [self.address(a) if p.is_pointer else int(a) for p, a in zip(params, args, strict=True)]
+        self._function(name)(grid, self.BLOCK, *values)
+
+    # ---- memory ----------------------------------------------------------------------
+    @staticmethod
+    def address(a: np.ndarray) -> int:
+        return a.ctypes.data
+
+    @staticmethod
+    def allocate_host(nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, dtype=np.uint8)
+
+    @staticmethod
+    def upload(a: np.ndarray) -> np.ndarray:
+        return np.array(a, copy=True, order="C")
+
+    @staticmethod
+    def host_view(a: np.ndarray) -> np.ndarray:
+        return a
+
+    @staticmethod
+    def to_host(a) -> np.ndarray:
+        return np.asarray(a)
+
+    @staticmethod
+    def to_torch(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a)
+
+    @staticmethod
+    def from_torch(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy()
+
+    @staticmethod
+    def active():
+        return contextlib.nullcontext()

@@ -1,0 +1,56 @@
+"""device= of the samplers -> a backend."""
+from __future__ import annotations
+
+import functools
+import logging
+
+log = logging.getLogger("gpu_negsample")
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "emulated")
+
+
+def _gpu_count() -> int:
+    try:
+        import cupy
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no cupy, no driver or no device: all mean "no GPU for us"
+        return 0
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_choice() -> str:
+    import torch
+
+    choice = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() and _gpu_count() else "cpu"
+    log.info("gpu_negsample: device='auto' chose %s%s", choice,
+             "" if choice != "cpu" else " (no CUDA device with cupy installed)")
+    return choice
+
+
+def select_backend(device: str = "auto", memory_budget: int | None = None):
+    """The backend for device 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'emulated' (the CUDA
+    kernels run on the CPU through g++, for tests). 'auto' takes the current torch CUDA
+    device when a GPU and cupy are present, else the CPU, and logs its choice once."""
+    from .cpu import CpuBackend
+
+    if device == "auto":
+        device = _auto_choice()
+    if device == "cpu":
+        return CpuBackend()
+    from .cuda import CudaBackend
+
+    if device == "emulated":
+        from .emulated_device import EmulatedDevice
+        return CudaBackend(EmulatedDevice(), memory_budget)
+    if device == "cuda" or (isinstance(device, str) and device.startswith("cuda:")):
+        import torch
+
+        ordinal = torch.cuda.current_device() if device == "cuda" and torch.cuda.is_available() else \
+            int(device.partition(":")[2] or 0)
+        count = _gpu_count()
+        if ordinal >= count:
+            raise ValueError(f"device={device!r}: {count} CUDA device(s) usable through cupy "
+                             "(install gpu_negsample[cuda12] or [cuda13] and check the driver), or use device='cpu'")
+        from .cupy_device import CupyDevice
+        return CudaBackend(CupyDevice(ordinal), memory_budget)
+    raise ValueError(f"device={device!r} is not one of {DEVICES}")

@@ -1,0 +1,235 @@
+// Category-conditional alias sampling with exclusion: the CUDA twin of
+// gpu_negsample/backends/cpu_sampling.py. Every decision is the same integer arithmetic
+// on the same Philox words, so both paths return the same ids for the same seed.
+//
+// part_masses      one thread per positive: remaining (head, tail) mass of each of its
+//                  categories after exclusion, and the row total.
+// sample_put_back  one thread per negative (draws with replacement are independent).
+// sample_distinct  one thread per positive (each draw removes its item's mass).
+#include "hash_probe.cuh"
+#include "philox.cuh"
+#include "views.cuh"
+
+#define GN_MAX_ATTEMPTS 32
+#define GN_STATUS_NO_CANDIDATE 1
+#define GN_STATUS_TOO_FEW 2
+
+// counters[0]: failed rows, counters[1]: first failed row, counters[2]: alias draws made.
+GN_INLINE void report_failure(signed char* status, u64* counters, i64 row, signed char why) {
+  status[row] = why;
+  atomicAdd(&counters[0], 1ull);
+  atomicMin(&counters[1], (u64)row);
+}
+
+// What identifies one draw's random numbers and its exclusion set.
+struct DrawContext {
+  u32 call, row, draw, k0, k1;
+  i64 own_lo, own_hi;
+};
+
+GN_INLINE bool is_excluded(const ExclusionView& ex, const DrawContext& d, i64 item_id) {
+  if (ex.use_batch) return probe(ex.batch_slots, ex.batch_capacity, item_id) >= 0;
+  for (i64 e = d.own_lo; e < d.own_hi; ++e)
+    if (ex.own_ids[e] == item_id) return true;
+  return false;
+}
+
+GN_INLINE bool drawn_before(const i64* out, i64 out_lo, i64 n_drawn, i64 item_id) {
+  for (i64 q = out_lo; q < out_lo + n_drawn; ++q)
+    if (out[q] == item_id) return true;
+  return false;
+}
+
+// Adds table row `row`'s weight inside segment seg to head or tail, where the row sits.
+GN_INLINE void add_mass_in(const IndexView& ix, i64 seg, i64 row, u64& head, u64& tail) {
+  u64 w = 0;
+  for (i64 p = ix.item_cat_offsets[row]; p < ix.item_cat_offsets[row + 1]; ++p)
+    if (ix.item_seg[p] == seg) {
+      w = ix.item_weights[p];
+      break;
+    }
+  const i64 lo = ix.seg_offsets[seg];
+  for (i64 h = 0; h < ix.seg_head[seg]; ++h)
+    if (ix.seg_rows[lo + h] == row) {
+      head += w;
+      return;
+    }
+  tail += w;
+}
+
+GN_INLINE i64 scan(const IndexView& ix, const ExclusionView& ex, const DrawContext& d, i64 lo, i64 hi,
+                   u64 target, bool distinct, const i64* out, i64 out_lo) {
+  for (i64 p = lo; p < hi; ++p) {
+    const u64 w = ix.seg_weights[p];
+    if (w == 0) continue;
+    const i64 item_id = ix.seg_ids[p];
+    if (is_excluded(ex, d, item_id)) continue;
+    if (distinct && drawn_before(out, out_lo, d.draw, item_id)) continue;
+    if (target < w) return p;
+    target -= w;
+  }
+  return -1;
+}
+
+// Position (in the segment arrays) of one accepted draw from the head or tail of seg;
+// adds the alias draws it made to attempts.
+GN_INLINE i64 draw_from_part(const IndexView& ix, const ExclusionView& ex, const DrawContext& d, i64 seg,
+                             bool tail, u64 remaining, Philox4 r, bool distinct, const i64* out, i64 out_lo,
+                             u64& attempts) {
+  const i64 head_lo = ix.seg_offsets[seg];
+  const i64 tail_lo = head_lo + ix.seg_head[seg];
+  if (!tail) return scan(ix, ex, d, head_lo, tail_lo, mulhi64(uniform64(r), remaining), distinct, out, out_lo);
+  const i64 hi = ix.seg_offsets[seg + 1];
+  const u64 size = (u64)(hi - tail_lo);
+  u64 table_mass = ix.seg_total[seg] - ix.seg_head_mass[seg];
+  const u32* alias = ix.seg_alias;
+  i64 base = tail_lo;
+  if (ex.use_batch && ex.batch_table_start[seg] >= 0) {
+    alias = ex.batch_alias;
+    base = ex.batch_table_start[seg];
+    table_mass -= ex.batch_tail_mass[seg];
+  }
+  if (remaining >= table_mass - remaining) {  // acceptance >= 1/2: alias with rejection
+    for (u32 a = 0; a < GN_MAX_ATTEMPTS; ++a) {
+      if (a > 0) r = philox4x32_10(d.call, d.row, d.draw, a, d.k0, d.k1);
+      ++attempts;
+      const i64 slot = (i64)mulhi64(uniform64(r), size);
+      const uint2 entry = reinterpret_cast<const uint2*>(alias)[base + slot];
+      const i64 p = tail_lo + (r.r2 < entry.x ? slot : (i64)entry.y);
+      const i64 item_id = ix.seg_ids[p];
+      if (is_excluded(ex, d, item_id)) continue;
+      if (distinct && drawn_before(out, out_lo, d.draw, item_id)) continue;
+      return p;
+    }
+    r = philox4x32_10(d.call, d.row, d.draw, GN_MAX_ATTEMPTS, d.k0, d.k1);
+  }
+  return scan(ix, ex, d, tail_lo, hi, mulhi64(uniform64(r), remaining), distinct, out, out_lo);
+}
+
+extern "C" __global__ void part_masses(const IndexView* __restrict__ ixp, const ExclusionView* __restrict__ exp,
+                                       const i64* __restrict__ req_offsets, const i64* __restrict__ req_segs,
+                                       i64 n_rows, u64* __restrict__ remaining, u64* __restrict__ row_total) {
+  const IndexView ix = *ixp;
+  const ExclusionView ex = *exp;
+  GN_GRID_STRIDE(i, n_rows) {
+    u64 total = 0;
+    const i64 own_lo = ex.own_offsets[i], own_hi = ex.own_offsets[i + 1];
+    for (i64 k = req_offsets[i]; k < req_offsets[i + 1]; ++k) {
+      const i64 seg = req_segs[k];
+      u64 head_out = 0, tail_out = 0;
+      if (ex.use_batch) {
+        head_out = ex.batch_head_mass[seg];
+        tail_out = ex.batch_tail_mass[seg];
+      } else {
+        for (i64 e = own_lo; e < own_hi; ++e) {
+          const i64 row = ex.own_rows[e];
+          bool repeated = row < 0;
+          for (i64 f = own_lo; f < e && !repeated; ++f) repeated = ex.own_rows[f] == row;
+          if (!repeated) add_mass_in(ix, seg, row, head_out, tail_out);
+        }
+      }
+      const u64 head = ix.seg_head_mass[seg] - head_out;
+      const u64 tail = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out;
+      remaining[2 * k] = head;
+      remaining[2 * k + 1] = tail;
+      total += head + tail;
+    }
+    row_total[i] = total;
+  }
+}
+
+// Row of draw t: t / uniform_count when every row asks the same count, else the last row
+// whose output range starts at or before t.
+GN_INLINE i64 row_of_draw(const i64* out_offsets, i64 n_rows, i64 uniform_count, i64 t) {
+  if (uniform_count > 0) return t / uniform_count;
+  i64 lo = 0, hi = n_rows;
+  while (hi - lo > 1) {
+    const i64 mid = (lo + hi) >> 1;
+    if (out_offsets[mid] <= t) lo = mid; else hi = mid;
+  }
+  return lo;
+}
+
+extern "C" __global__ void sample_put_back(const IndexView* __restrict__ ixp, const ExclusionView* __restrict__ exp,
+                                           const i64* __restrict__ req_offsets, const i64* __restrict__ req_segs,
+                                           const u64* __restrict__ remaining, const u64* __restrict__ row_total,
+                                           const i64* __restrict__ out_offsets, i64 n_rows, i64 uniform_count,
+                                           u32 call, u32 k0, u32 k1, i64 fill_id, i64 count_attempts,
+                                           i64* __restrict__ out, signed char* __restrict__ status,
+                                           u64* __restrict__ counters) {
+  const IndexView ix = *ixp;
+  const ExclusionView ex = *exp;
+  GN_GRID_STRIDE(t, out_offsets[n_rows]) {
+    const i64 i = row_of_draw(out_offsets, n_rows, uniform_count, t);
+    const i64 j = t - out_offsets[i];
+    const u64 total = row_total[i];
+    if (total == 0) {
+      out[t] = fill_id;
+      if (j == 0) report_failure(status, counters, i, GN_STATUS_NO_CANDIDATE);
+      continue;
+    }
+    const DrawContext d{call, (u32)i, (u32)j, k0, k1, ex.own_offsets[i], ex.own_offsets[i + 1]};
+    const Philox4 r = philox4x32_10(call, (u32)i, (u32)j, 0, k0, k1);
+    // The part (head or tail of one category) whose running remaining mass passes target.
+    const u64 target = mul32hi(r.r3, total);
+    const i64 q_lo = 2 * req_offsets[i], q_hi = 2 * req_offsets[i + 1];
+    i64 q = q_hi - 1;
+    u64 acc = 0;
+    for (i64 p = q_lo; p < q_hi; ++p) {
+      acc += remaining[p];
+      if (target < acc) {
+        q = p;
+        break;
+      }
+    }
+    u64 attempts = 0;
+    const i64 p = draw_from_part(ix, ex, d, req_segs[q >> 1], (q & 1) == 1, remaining[q], r, false, out, 0,
+                                 attempts);
+    out[t] = p >= 0 ? ix.seg_ids[p] : fill_id;
+    if (count_attempts && attempts) atomicAdd(&counters[2], attempts);
+  }
+}
+
+extern "C" __global__ void sample_distinct(const IndexView* __restrict__ ixp, const ExclusionView* __restrict__ exp,
+                                           const i64* __restrict__ req_offsets, const i64* __restrict__ req_segs,
+                                           const u64* __restrict__ remaining, const u64* __restrict__ row_total,
+                                           const i64* __restrict__ out_offsets, i64 n_rows, u32 call, u32 k0,
+                                           u32 k1, i64 fill_id, i64 count_attempts, i64* __restrict__ out,
+                                           signed char* __restrict__ status, u64* __restrict__ counters) {
+  const IndexView ix = *ixp;
+  const ExclusionView ex = *exp;
+  GN_GRID_STRIDE(i, n_rows) {
+    const i64 o = out_offsets[i], count = out_offsets[i + 1] - o;
+    if (count == 0) continue;
+    // Without replacement a positive has exactly one category (the engine checks): 2 parts.
+    const i64 k = req_offsets[i];
+    const i64 seg = req_segs[k];
+    u64 head = remaining[2 * k], tail = remaining[2 * k + 1];
+    u64 total = row_total[i];
+    if (total == 0) {
+      for (i64 j = 0; j < count; ++j) out[o + j] = fill_id;
+      report_failure(status, counters, i, GN_STATUS_NO_CANDIDATE);
+      continue;
+    }
+    u64 attempts = 0;
+    for (i64 j = 0; j < count; ++j) {
+      if (total == 0) {
+        for (i64 q = j; q < count; ++q) out[o + q] = fill_id;
+        report_failure(status, counters, i, GN_STATUS_TOO_FEW);
+        break;
+      }
+      const DrawContext d{call, (u32)i, (u32)j, k0, k1, ex.own_offsets[i], ex.own_offsets[i + 1]};
+      const Philox4 r = philox4x32_10(call, (u32)i, (u32)j, 0, k0, k1);
+      const bool from_tail = mul32hi(r.r3, total) >= head;
+      const i64 p = draw_from_part(ix, ex, d, seg, from_tail, from_tail ? tail : head, r, true, out, o, attempts);
+      if (p < 0) {  // unreachable while the masses are exact; never read out of bounds
+        out[o + j] = fill_id;
+        continue;
+      }
+      out[o + j] = ix.seg_ids[p];
+      (from_tail ? tail : head) -= ix.seg_weights[p];
+      total -= ix.seg_weights[p];
+    }
+    if (count_attempts && attempts) atomicAdd(&counters[2], attempts);
+  }
+}
