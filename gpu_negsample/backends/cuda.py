@@ -35,6 +35,30 @@ class IndexMirror:
     view: object
 
 
+@dataclasses.dataclass
+class SampleJob:
+    """One sample request on the device: inputs, outputs, and the views the kernels read."""
+
+    ix: IndexMirror
+    ex_view: object
+    ex_arrays: dict  # keeps the arrays ex_view points at alive
+    n_rows: int
+    n_draws: int
+    uniform_count: int
+    distinct: bool
+    call: int
+    key: tuple
+    fill_id: int
+    req_offsets: object
+    req_segs: object
+    out_offsets: object
+    remaining: object
+    row_total: object
+    out: object
+    status: object
+    counters: object
+
+
 class CudaBackend:
     """kernels/*.cu on one device. ``memory_budget``: bytes of feature columns to copy to
     the GPU (None: half of the free device memory); ``count_attempts`` makes the sampling
@@ -134,41 +158,59 @@ class CudaBackend:
     # ---- sampling ------------------------------------------------------------------
     def sample(self, ix: IndexMirror, req_offsets, req_segs, counts, own_offsets, own_ids,
                batch, distinct: bool, call: int, key: tuple, fill_id: int) -> SampleOutput:
+        with self.device.active():
+            job = self.prepare_sample(ix, req_offsets, req_segs, counts, own_offsets, own_ids, batch, distinct,
+                                      call, key, fill_id)
+            self.launch_sample(job)
+            return self.finish_sample(job)
+
+    def prepare_sample(self, ix: IndexMirror, req_offsets, req_segs, counts, own_offsets, own_ids,
+                       batch, distinct: bool, call: int, key: tuple, fill_id: int) -> "SampleJob":
+        """Copy one request to the device and allocate its outputs (no kernel runs yet)."""
         dev = self.device
         n = counts.shape[0]
         out_offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=out_offsets[1:])
-        n_draws = int(out_offsets[-1])
         uniform = int(counts[0]) if n and counts[0] > 0 and (counts == counts[0]).all() else 0
-        with dev.active():
-            own_ids_d = dev.upload(own_ids)
-            own_rows = (self._lookup_rows(ix, own_ids_d) if batch is None
-                        else dev.upload(np.full(own_ids.shape[0], -1, np.int64)))
-            # Batch-wide exclusion's per-segment masses and tables are built on the host
-            # by the same code as the CPU path, then copied.
-            host_ex = s.exclusion(ix.host, own_offsets, own_ids, np.empty(0, np.int64), batch)
-            ex_arrays = {name: dev.upload(a) for name, a in host_ex._asdict().items()
-                         if isinstance(a, np.ndarray) and name not in ("own_ids", "own_rows")}
-            ex_arrays.update(own_ids=own_ids_d, own_rows=own_rows)
-            ex_view = pack_view(dev, "ExclusionView", dict(ex_arrays, use_batch=int(host_ex.use_batch),
-                                                           batch_capacity=host_ex.batch_slots.shape[0]))
-            req_offsets_d, req_segs_d = dev.upload(req_offsets), dev.upload(req_segs)
-            remaining = dev.xp.empty(2 * req_segs.shape[0], dtype=np.uint64)
-            row_total = dev.xp.empty(n, dtype=np.uint64)
-            dev.launch("part_masses", n, ix.view, ex_view, req_offsets_d, req_segs_d, n, remaining, row_total)
-            out = dev.xp.empty(n_draws, dtype=np.int64)
-            status = dev.xp.zeros(n, dtype=np.int8)
-            counters = self._counters(0, _NO_ROW, 0)
-            common = (ix.view, ex_view, req_offsets_d, req_segs_d, remaining, row_total, dev.upload(out_offsets), n)
-            tail = (call & 0xFFFFFFFF, int(key[0]), int(key[1]), fill_id, int(self.count_attempts), out, status,
-                    counters)
-            if distinct:
-                dev.launch("sample_distinct", n, *common, *tail)
-            else:
-                dev.launch("sample_put_back", n_draws, *common, uniform, *tail)
-            n_failed, first, attempts = (int(v) for v in dev.to_host(counters))
-            first_status = int(dev.to_host(status[first:first + 1])[0]) if n_failed else s.STATUS_OK
-        return SampleOutput(out, n_failed, first if n_failed else -1, first_status,
+        own_ids_d = dev.upload(own_ids)
+        own_rows = (self._lookup_rows(ix, own_ids_d) if batch is None
+                    else dev.upload(np.full(own_ids.shape[0], -1, np.int64)))
+        # Batch-wide exclusion's per-segment masses and tables are built on the host by the
+        # same code as the CPU path, then copied.
+        host_ex = s.exclusion(ix.host, own_offsets, own_ids, np.empty(0, np.int64), batch)
+        ex_arrays = {name: dev.upload(a) for name, a in host_ex._asdict().items()
+                     if isinstance(a, np.ndarray) and name not in ("own_ids", "own_rows")}
+        ex_arrays.update(own_ids=own_ids_d, own_rows=own_rows)
+        ex_view = pack_view(dev, "ExclusionView", dict(ex_arrays, use_batch=int(host_ex.use_batch),
+                                                       batch_capacity=host_ex.batch_slots.shape[0]))
+        return SampleJob(
+            ix=ix, ex_view=ex_view, ex_arrays=ex_arrays, n_rows=n, n_draws=int(out_offsets[-1]),
+            uniform_count=uniform, distinct=distinct, call=call & 0xFFFFFFFF, key=(int(key[0]), int(key[1])),
+            fill_id=fill_id, req_offsets=dev.upload(req_offsets), req_segs=dev.upload(req_segs),
+            out_offsets=dev.upload(out_offsets),
+            remaining=dev.xp.empty(2 * req_segs.shape[0], dtype=np.uint64),
+            row_total=dev.xp.empty(n, dtype=np.uint64), out=dev.xp.empty(int(out_offsets[-1]), dtype=np.int64),
+            status=dev.xp.zeros(n, dtype=np.int8), counters=self._counters(0, _NO_ROW, 0))
+
+    def launch_sample(self, job: "SampleJob") -> None:
+        """Queue the kernels of a prepared request (asynchronous on a GPU)."""
+        dev = self.device
+        dev.launch("part_masses", job.n_rows, job.ix.view, job.ex_view, job.req_offsets, job.req_segs, job.n_rows,
+                   job.remaining, job.row_total)
+        common = (job.ix.view, job.ex_view, job.req_offsets, job.req_segs, job.remaining, job.row_total,
+                  job.out_offsets, job.n_rows)
+        tail = (job.call, *job.key, job.fill_id, int(self.count_attempts), job.out, job.status, job.counters)
+        if job.distinct:
+            dev.launch("sample_distinct", job.n_rows, *common, *tail)
+        else:
+            dev.launch("sample_put_back", job.n_draws, *common, job.uniform_count, *tail)
+
+    def finish_sample(self, job: "SampleJob") -> SampleOutput:
+        """Wait for the kernels (one read of three counters) and report failed rows."""
+        dev = self.device
+        n_failed, first, attempts = (int(v) for v in dev.to_host(job.counters))
+        first_status = int(dev.to_host(job.status[first:first + 1])[0]) if n_failed else s.STATUS_OK
+        return SampleOutput(job.out, n_failed, first if n_failed else -1, first_status,
                             attempts if self.count_attempts else None)
 
     def log_q(self, ix: IndexMirror, req_offsets, req_segs, item_offsets, item_ids) -> np.ndarray:

@@ -1,0 +1,275 @@
+"""Kernel throughput of the CUDA backend on one GPU, beside its peers and the GPU's own limits.
+
+In one run on one device: sample_ids samples/s at 4096x10, 65536x10 and 1Mx10 (the kernels
+alone, timed with CUDA events, and the whole sample_ids call); torch.multinomial (per
+category, as a user would write it, and one global call with no categories) and cupy's
+weighted choice; feature gather GB/s from GPU-resident columns against the measured
+device-to-device copy bandwidth and from pinned host columns (UVA) against the measured
+pinned host-to-device bandwidth; valid ids and hash lookups per second. Medians of
+--repeats runs after a warm-up. JSON + PNG to --out.
+
+    python bench/bench_cuda.py [--device cuda] [--items 1000000] [--repeats 20] [--out bench/results]
+
+--device emulated runs every code path on the CPU emulation at toy sizes (a smoke test;
+its figures mean nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from gpu_negsample import NegativeSampler
+from gpu_negsample.request import ragged_rows, sample_counts
+from gpu_negsample.rng import split_seed
+from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
+
+K = 10
+MULTINOMIAL_CAP = 2**24  # torch.multinomial on CUDA refuses more categories than this
+TARGETS = {"sample_1Mx10_per_s": 1e10, "gather_gpu_fraction_of_copy": 0.7, "gather_uva_fraction_of_h2d": 0.7}
+
+
+class Clock:
+    """Median seconds of a callable: CUDA events on the current stream on a GPU, wall time otherwise."""
+
+    def __init__(self, on_gpu: bool, repeats: int):
+        self.on_gpu, self.repeats = on_gpu, repeats
+
+    def __call__(self, fn, warmup: int = 2) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(self.repeats):
+            if self.on_gpu:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def wall(self, fn) -> float:
+        """Median wall time of a whole call (host work included), synchronised at the end."""
+        def synced():
+            fn()
+            if self.on_gpu:
+                torch.cuda.synchronize()
+        saved, self.on_gpu = self.on_gpu, False
+        try:
+            return self(synced)
+        finally:
+            self.on_gpu = saved
+
+
+def machine(sampler) -> dict:
+    info = {"device": sampler.engine.backend.name, "torch": torch.__version__, "python": platform.python_version(),
+            "host": platform.node(), "cpus": os.cpu_count()}
+    if torch.cuda.is_available():
+        import cupy
+        info.update(gpu=torch.cuda.get_device_name(0), cupy=cupy.__version__,
+                    driver=cupy.cuda.runtime.driverGetVersion(), runtime=cupy.cuda.runtime.runtimeGetVersion())
+    return info
+
+
+def bench_sampling(sampler, cat, sizes, clock, rng, xp, on_gpu) -> dict:
+    engine, backend = sampler.engine, sampler.engine.backend
+    state = engine.state
+    by_cat = np.argsort(cat.categories, kind="stable")
+    bounds = np.searchsorted(cat.categories[by_cat], np.arange(cat.categories.max() + 2))
+    device = "cuda" if on_gpu else "cpu"
+    weights_all = torch.from_numpy(cat.weights.astype(np.float32)).to(device)
+    per_cat_w = {c: weights_all[torch.from_numpy(by_cat[bounds[c]:bounds[c + 1]]).to(device)]
+                 for c in np.unique(cat.categories)}
+    out = {}
+    for b in sizes:
+        batch = positive_batch(cat, b, rng)[0]
+        own_offsets, own_ids = ragged_rows(batch[DEDUP_TAG], "positives")
+        counts = sample_counts(K, b)
+        cats = engine.resolve_categories(state, batch[SAMPLE_TAG], b)
+        job = backend.prepare_sample(cats.placed, cats.offsets, cats.segments, counts, own_offsets, own_ids,
+                                     None, False, 0, split_seed(sampler.seed), -1)
+        n = b * K
+        r = {"kernels_s": clock(lambda: backend.launch_sample(job))}
+        r["kernels_per_s"] = n / r["kernels_s"]
+        r["sample_ids_call_s"] = clock.wall(lambda: sampler.sample_ids(batch[DEDUP_TAG], K, batch[SAMPLE_TAG]))
+        r["sample_ids_call_per_s"] = n / r["sample_ids_call_s"]
+        pos_cats = batch[SAMPLE_TAG].values().numpy()
+        groups = [(c, int((pos_cats == c).sum())) for c in np.unique(pos_cats)]
+
+        def torch_per_category():
+            for c, m in groups:
+                torch.multinomial(per_cat_w[c], m * K, replacement=True)
+        r["torch_multinomial_per_category_per_s"] = n / clock(torch_per_category, warmup=1)
+        if cat.ids.shape[0] <= MULTINOMIAL_CAP:
+            r["torch_multinomial_global_per_s"] = n / clock(lambda: torch.multinomial(weights_all, n, replacement=True))
+        else:
+            r["torch_multinomial_global_per_s"] = None  # cannot run: more than 2^24 categories
+        if on_gpu:
+            p = xp.asarray(cat.weights / cat.weights.sum())
+            r["cupy_choice_global_per_s"] = n / clock(lambda: xp.random.choice(cat.ids.shape[0], n, p=p), warmup=1)
+        r["x_torch_per_category"] = r["kernels_per_s"] / r["torch_multinomial_per_category_per_s"]
+        if r["torch_multinomial_global_per_s"]:
+            r["x_torch_global"] = r["kernels_per_s"] / r["torch_multinomial_global_per_s"]
+        if "cupy_choice_global_per_s" in r:
+            r["x_cupy_choice"] = r["kernels_per_s"] / r["cupy_choice_global_per_s"]
+        out[f"{b}x{K}"] = r
+        print(f"sample {b:>8,}x{K}: kernels {r['kernels_per_s']:.3e}/s, sample_ids call {r['sample_ids_call_per_s']:.3e}/s; "
+              f"torch.multinomial per category {r['torch_multinomial_per_category_per_s']:.3e}/s "
+              f"(ours x{r['x_torch_per_category']:.0f})"
+              + (f", global {r['torch_multinomial_global_per_s']:.3e}/s" if r["torch_multinomial_global_per_s"] else
+                 ", global: cannot run (> 2^24 categories)")
+              + (f", cupy choice {r['cupy_choice_global_per_s']:.3e}/s" if "cupy_choice_global_per_s" in r else ""))
+    return out
+
+
+def bandwidths(dev, clock, nbytes, on_gpu) -> dict:
+    """Device-to-device copy and pinned host-to-device copy, bytes copied per second."""
+    xp = dev.xp
+    src, dst = xp.ones(nbytes, dtype=np.uint8), xp.empty(nbytes, dtype=np.uint8)
+    d2d = nbytes / clock(lambda: dst.__setitem__(Ellipsis, src))
+    pinned = dev.allocate_host(nbytes)
+    pinned[:] = 1
+    if on_gpu:
+        rt = xp.cuda.runtime
+
+        def h2d():
+            rt.memcpyAsync(dst.data.ptr, pinned.ctypes.data, nbytes, rt.memcpyHostToDevice,
+                           xp.cuda.get_current_stream().ptr)
+    else:
+        def h2d():
+            dst[...] = pinned
+    return {"d2d_copy_Bps": d2d, "pinned_h2d_Bps": nbytes / clock(h2d)}
+
+
+def bench_gather(sampler, dev, clock, n_items, n_rows, width, rng, limits) -> dict:
+    backend = sampler.engine.backend
+    host = dev.allocate_host(n_items * width * 4).view(np.float32).reshape(n_items, width)
+    host[:] = rng.random((n_items, width), dtype=np.float32)
+    rows = dev.upload(rng.integers(0, n_items, n_rows).astype(np.int64))
+    out_bytes = n_rows * width * 4
+    with dev.active():
+        resident = dev.upload(host)
+        uva = dev.host_view(host)
+        r = {"row_bytes": width * 4, "rows": n_rows,
+             "gpu_resident_Bps": out_bytes / clock(lambda: backend.gather_dense(resident, rows)),
+             "pinned_uva_Bps": out_bytes / clock(lambda: backend.gather_dense(uva, rows))}
+    r["gpu_fraction_of_copy"] = r["gpu_resident_Bps"] / limits["d2d_copy_Bps"]
+    r["uva_fraction_of_h2d"] = r["pinned_uva_Bps"] / limits["pinned_h2d_Bps"]
+    print(f"gather {n_rows:,} rows x {width * 4} B: GPU-resident {r['gpu_resident_Bps'] / 1e9:.1f} GB/s "
+          f"({100 * r['gpu_fraction_of_copy']:.0f} % of d2d copy {limits['d2d_copy_Bps'] / 1e9:.1f} GB/s); pinned UVA "
+          f"{r['pinned_uva_Bps'] / 1e9:.1f} GB/s ({100 * r['uva_fraction_of_h2d']:.0f} % of pinned H2D "
+          f"{limits['pinned_h2d_Bps'] / 1e9:.1f} GB/s)")
+    return r
+
+
+def bench_lookups(sampler, cat, dev, clock, n_ids, rng) -> dict:
+    backend, placed = sampler.engine.backend, sampler.engine.state.placed_index
+    ids = np.where(rng.random(n_ids) < 0.9, rng.choice(cat.ids, n_ids), rng.integers(-2**62, 2**62, n_ids))
+    ids_d = dev.upload(ids)
+    with dev.active():
+        r = {"ids": n_ids,
+             "valid_ids_per_s": n_ids / clock(lambda: backend.valid_ids(placed, ids_d, -1)),
+             "hash_lookup_per_s": n_ids / clock(lambda: backend.rows_or_default(placed, ids_d, 0))}
+    print(f"valid ids {r['valid_ids_per_s']:.3e}/s, id->row lookups {r['hash_lookup_per_s']:.3e}/s ({n_ids:,} ids, 10 % absent)")
+    return r
+
+
+def bench_pack(sampler, cat, clock, n_rows, rng) -> dict:
+    ids = torch.from_numpy(rng.choice(cat.ids, n_rows))
+    t = clock.wall(lambda: sampler.pack_feature(ids, int(cat.ids[0])))
+    print(f"pack_feature {n_rows:,} rows (every column): {n_rows / t:.3e} rows/s")
+    return {"rows": n_rows, "rows_per_s": n_rows / t}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--categories", type=int, default=1000)
+    ap.add_argument("--sizes", default="4096,65536,1048576")
+    ap.add_argument("--gather-rows", type=int, default=1 << 22)
+    ap.add_argument("--lookup-ids", type=int, default=1 << 24)
+    ap.add_argument("--copy-mib", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args(argv)
+    on_gpu = args.device.startswith("cuda")
+    rng = np.random.default_rng(0)
+    cat = make_catalogue(args.items, args.categories, seed=0)
+    sampler = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, device=args.device)
+    t0 = time.perf_counter()
+    sampler.reload(cat.table)
+    dev = sampler.engine.backend.device
+    clock = Clock(on_gpu, args.repeats)
+    results = {"machine": machine(sampler), "settings": vars(args), "reload_s": time.perf_counter() - t0}
+    print(json.dumps(results["machine"]))
+    print(sampler.describe())
+    with dev.active():
+        results["sample_ids"] = bench_sampling(sampler, cat, [int(s) for s in args.sizes.split(",")], clock, rng,
+                                               dev.xp, on_gpu)
+        results["limits"] = bandwidths(dev, clock, args.copy_mib << 20, on_gpu)
+    results["gather"] = bench_gather(sampler, dev, clock, args.items, args.gather_rows, 16, rng, results["limits"])
+    results["lookups"] = bench_lookups(sampler, cat, dev, clock, args.lookup_ids, rng)
+    results["pack_feature"] = bench_pack(sampler, cat, clock, min(args.gather_rows, 1 << 20), rng)
+    largest = results["sample_ids"][max(results["sample_ids"], key=lambda k: int(k.split("x")[0]))]
+    results["targets"] = {
+        "sample_largest_per_s": [largest["kernels_per_s"], TARGETS["sample_1Mx10_per_s"]],
+        "gather_gpu_fraction_of_copy": [results["gather"]["gpu_fraction_of_copy"], TARGETS["gather_gpu_fraction_of_copy"]],
+        "gather_uva_fraction_of_h2d": [results["gather"]["uva_fraction_of_h2d"], TARGETS["gather_uva_fraction_of_h2d"]],
+    }
+    for name, (got, want) in results["targets"].items():
+        print(f"target {name}: {got:.3g} (target {want:g}) {'met' if got >= want else 'NOT met'}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot(results, os.path.join(args.out, "bench_cuda.png"))
+    print(f"wrote {args.out}/bench_cuda.json and bench_cuda.png")
+    return results
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    sizes = list(results["sample_ids"])
+    peers = ["kernels_per_s", "sample_ids_call_per_s", "torch_multinomial_per_category_per_s",
+             "torch_multinomial_global_per_s", "cupy_choice_global_per_s"]
+    for j, peer in enumerate(peers):
+        vals = [results["sample_ids"][s].get(peer) or 0 for s in sizes]
+        ax[0].bar(np.arange(len(sizes)) + 0.16 * j, vals, width=0.16, label=peer.replace("_per_s", ""))
+    ax[0].set_xticks(np.arange(len(sizes)) + 0.32, sizes)
+    ax[0].set_yscale("log")
+    ax[0].set_ylabel("negatives / s")
+    ax[0].set_title("sampling (median)")
+    ax[0].legend(fontsize=7)
+    g, lim = results["gather"], results["limits"]
+    ax[1].bar(["gather\nGPU-resident", "d2d copy", "gather\npinned UVA", "pinned H2D"],
+              [g["gpu_resident_Bps"] / 1e9, lim["d2d_copy_Bps"] / 1e9, g["pinned_uva_Bps"] / 1e9,
+               lim["pinned_h2d_Bps"] / 1e9], color=["C0", "grey", "C1", "grey"])
+    ax[1].set_ylabel("GB/s")
+    ax[1].set_title(f"gather of {g['row_bytes']} B rows vs copy limits")
+    lk = results["lookups"]
+    ax[2].bar(["valid ids", "id->row"], [lk["valid_ids_per_s"], lk["hash_lookup_per_s"]])
+    ax[2].set_ylabel("ids / s")
+    ax[2].set_title("hash lookups")
+    fig.suptitle(f"gpu_negsample CUDA kernels on {results['machine'].get('gpu', results['machine']['device'])}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
