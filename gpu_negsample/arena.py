@@ -1,8 +1,9 @@
 """One contiguous, aligned buffer that holds every array of a loaded table.
 
-Keeping the table in one allocation is what lets a later layer place it in shared
-memory or pin (register) it for the GPU with a single call. ``allocate`` is the hook:
-it receives a byte count and returns a writable uint8 numpy array of that size.
+Keeping the table in one allocation lets it be pinned for the GPU (the CUDA backend
+allocates it in pinned host memory) or, later, placed in shared memory, in one call.
+``allocate`` is the hook: it receives a byte count and returns a writable uint8 numpy
+array of that size.
 """
 from __future__ import annotations
 

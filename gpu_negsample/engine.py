@@ -108,7 +108,8 @@ class Engine:
             bar.set_postfix_str("placing")
             state = LoadedTable(table, index, self.sample_tag, self.backend)
         self._state = state
-        log.info("loaded %s; %s in %.2f s", table.describe(), index.describe(), time.perf_counter() - t0)
+        log.info("loaded %s; %s in %.2f s\n%s", table.describe(), index.describe(), time.perf_counter() - t0,
+                 state.placement.describe())
 
     @property
     def state(self) -> LoadedTable:

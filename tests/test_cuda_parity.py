@@ -7,7 +7,7 @@ import torch
 from gpu_negsample import NegativeSampler, RaggedTensor
 from gpu_negsample.errors import UnsatisfiableRowError
 from conftest import make_sampler, one_per_row, small_table
-from devices import KERNEL_DEVICES
+from devices import HAS_GPU, KERNEL_DEVICES
 
 
 def ragged(rows, dtype=torch.int64):
@@ -184,3 +184,10 @@ def test_fused_sample_matches(device):
 def test_device_names_are_checked():
     with pytest.raises(ValueError, match="not one of"):
         NegativeSampler("cat", "item", "w", device="tpu")
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the choices of a machine without a GPU")
+def test_without_a_gpu_auto_is_cpu_and_cuda_is_a_clear_error():
+    assert NegativeSampler("cat", "item", "w", device="auto").engine.backend.name == "cpu"
+    with pytest.raises(ValueError, match="CUDA device"):
+        NegativeSampler("cat", "item", "w", device="cuda:0")

@@ -2,7 +2,7 @@
 
 One positive row is one unit of work; row ``i``'s draw ``j`` reads Philox counters
 (call, i, j, attempt) only, so results do not depend on how rows are spread over threads.
-The CUDA kernel (kernels/, a later layer) implements the same steps in the same order.
+The CUDA kernels (kernels/sample.cu) implement the same steps in the same order.
 
 Every category (segment) is a head (its few heaviest items) and a tail (the rest, with
 an alias table); see index.py. Per positive row with categories c_1..c_m and excluded

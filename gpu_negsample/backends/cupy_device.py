@@ -54,7 +54,8 @@ class CupyDevice:
             kernel = ks.kernels()[name]
             module = self._modules.get(kernel.source)
             if module is None:
-                options = ks.NVRTC_OPTIONS + (f"-I{ks.kernel_dir()}", f"-DGN_SOURCE_DIGEST=0x{ks.source_hash()}")
+                # CuPy adds its own defaults (NVRTC_OPTIONS and -arch of this device) itself.
+                options = (f"-I{ks.kernel_dir()}", f"-DGN_SOURCE_DIGEST=0x{ks.source_hash()}")
                 module = self.cp.RawModule(code=kernel.source.read_text(), options=options)
                 self._modules[kernel.source] = module
             fn = self._functions[name] = module.get_function(name)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-# NVRTC options of every compile (CuPy adds -arch for the device it compiles for).
+# The NVRTC options CuPy compiles RawModules with (plus -arch of the device); the CI
+# compile check uses the same.
 NVRTC_OPTIONS = ("--std=c++17", "-ftz=true", "--device-as-default-execution-space")
 
 _KERNEL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
