@@ -79,7 +79,9 @@ class EmulatedDevice:
     MAX_BLOCKS = 8
 
     def __init__(self, memory_bytes: int = 1 << 30):
-        self._lib = ctypes.CDLL(str(build_library()))
+        # e.g. GPU_NEGSAMPLE_EMU_FLAGS="-fsanitize=address" (tests/test_emulation_sanitized.py)
+        extra = tuple(os.environ.get("GPU_NEGSAMPLE_EMU_FLAGS", "").split())
+        self._lib = ctypes.CDLL(str(build_library(extra)))
         self._memory_bytes = memory_bytes
         self._functions = {}
 
