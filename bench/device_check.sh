@@ -21,9 +21,9 @@ export GPU_NEGSAMPLE_CACHE="${TMPDIR:-/tmp}/gpu_negsample_cache"
   python3 -c 'import cupy; print("cupy", cupy.__version__, "devices", cupy.cuda.runtime.getDeviceCount())' 2>&1 | tail -1
 } 2>&1 | tee "$out/device_info.txt"
 status=0
-timeout 170 python3 -m pytest -q -m "slow or not slow" -p no:cacheprovider -rs 2>&1 | tee "$out/device_tests.log" || status=1
-grep -q "skipped.*no CUDA device" "$out/device_tests.log" && { echo "GPU tests were skipped: no usable GPU"; status=1; }
-timeout 110 python3 bench/bench_cuda.py --repeats 20 --out "$out" 2>&1 | grep -v '^reload' | tee "$out/device_bench.log" \
+timeout 200 python3 -m pytest -q -m "slow or not slow" -p no:cacheprovider -rs 2>&1 | tee "$out/device_tests.log" || status=1
+grep -qi "skipped.*no CUDA device" "$out/device_tests.log" && { echo "GPU tests were skipped: no usable GPU"; status=1; }
+timeout 90 python3 bench/bench_cuda.py --repeats 20 --out "$out" 2>&1 | grep -v '^reload' | tee "$out/device_bench.log" \
   || status=1
 echo "device_check: $([ $status = 0 ] && echo passed || echo FAILED)"
 exit $status

@@ -77,6 +77,7 @@ class CudaBackend:
     # ---- placement -----------------------------------------------------------------
     def place_index(self, index: Index) -> IndexMirror:
         dev = self.device
+        dev.compile_all()  # at reload, not in the first request
         with dev.active():
             arrays = {name: dev.upload(a) for name, a in index.arrays._asdict().items()}
             fields = dict(arrays, id_capacity=index.arrays.id_slots.shape[0],

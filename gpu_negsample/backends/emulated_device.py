@@ -102,6 +102,10 @@ class EmulatedDevice:
             self._functions[name] = fn
         return fn
 
+    def compile_all(self) -> None:
+        for name in ks.kernels():
+            self._function(name)
+
     def launch(self, name: str, n_items: int, *args) -> None:
         grid = max(1, min(-(-int(n_items) // self.BLOCK), self.MAX_BLOCKS))
         params = ks.kernels()[name].params
