@@ -120,12 +120,12 @@ def main(argv=None):
     results = {"machine": machine, "settings": vars(args), "recis_reference": RECIS}
 
     def load():
-        s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1)
+        s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, device="cpu")
         s.reload(cat.table, progress=False)
         return s
     results["load_index_s"] = median_time(load, max(3, args.repeats // 2))
     sampler = load()
-    nr_sampler = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, put_back=False)
+    nr_sampler = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, put_back=False, device="cpu")
     nr_sampler.reload(cat.table, progress=False)
     peers = PerCategoryPeers(cat)
     rng = np.random.default_rng(2)

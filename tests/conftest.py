@@ -28,6 +28,7 @@ def small_table(ids, categories, weights, extra=None):
 
 def make_sampler(table=None, **kw) -> NegativeSampler:
     kw.setdefault("seed", 1234)
+    kw.setdefault("device", "cpu")  # the CUDA backend is compared with this one in test_cuda_parity.py
     s = NegativeSampler("cat", "item", "w", "skey", **kw)
     if table is not None:
         s.reload(table)

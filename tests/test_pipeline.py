@@ -48,7 +48,7 @@ def test_ragged_round_trips_and_tiling(rows, k):
 
 def test_valid_ids_and_pack_feature_against_brute_force():
     cat = make_catalogue(2000, 20, seed=3)
-    s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0)
+    s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device="cpu")
     s.reload(cat.table)
     rng = np.random.default_rng(0)
     ids = np.concatenate([rng.choice(cat.ids, 300), [123, -5]])

@@ -23,13 +23,13 @@ def test_recis_usage_example_runs_and_is_consistent():
     batch[0]["_sample_group_id"] = torch.arange(64)
     batch.append({"_indicator_user": torch.arange(64) // 4})
     out = fn(batch)
-    table = out[0]
+    table = out[0]  # on the default device: a GPU where there is one
     per = example.sample_size
-    ids = table[example.dedup_tag].values().reshape(64, per)
+    ids = table[example.dedup_tag].values().cpu().reshape(64, per)
     positives = batch[0][example.dedup_tag].values()
     assert torch.equal(ids[:, 0], positives)  # every positive is in the table
     assert not (ids[:, 1:] == positives[:, None]).any()
-    cats = table[example.sample_tag].values().reshape(64, per)
+    cats = table[example.sample_tag].values().cpu().reshape(64, per)
     assert torch.equal(cats, batch[0][example.sample_tag].values()[:, None].expand(64, per))
     assert table["_sample_group_id"].tolist() == [g for g in range(64) for _ in range(per)]
     assert out[1]["_indicator_user"].tolist() == [g // 4 for g in range(64) for _ in range(per)]

@@ -14,7 +14,7 @@ def run_stress(n_items, n_categories, rounds, batch, wide_batch):
     category_of = dict(zip(cat.ids.tolist(), cat.categories.tolist()))
     rng = np.random.default_rng(6)
     for put_back in (True, False):
-        s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, None, put_back=put_back, seed=8)
+        s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, None, put_back=put_back, seed=8, device="cpu")
         s.reload(cat.table, progress=False)
         row_batch = batch
         for r in range(rounds):
