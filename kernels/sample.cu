@@ -161,7 +161,7 @@ extern "C" __global__ void sample_put_back(const IndexView* __restrict__ ixp, co
   const ExclusionView ex = *exp;
   GN_GRID_STRIDE(t, out_offsets[n_rows]) {
     const i64 i = row_of_draw(out_offsets, n_rows, uniform_count, t);
-    const i64 j = t - out_offsets[i];
+    const i64 j = uniform_count > 0 ? t - i * uniform_count : t - out_offsets[i];
     const u64 total = row_total[i];
     if (total == 0) {
       out[t] = fill_id;
