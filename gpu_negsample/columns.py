@@ -60,6 +60,8 @@ def read_table_input(data) -> dict[str, Column]:
     if isinstance(data, pa.Table):
         return {name: _from_arrow(name, data.column(name)) for name in data.column_names}
     if isinstance(data, dict):
+        if data and all(isinstance(v, Column) for v in data.values()):
+            return dict(data)  # already read (the sampling server receives columns this way)
         return {name: _from_value(str(name), value) for name, value in data.items() if name != "_sample_group_id"}
     raise TableError(
         f"reload: unsupported input type {type(data).__name__}; give a dict of columns, a RecIS batch "

@@ -61,6 +61,19 @@ class LoadedTable:
             return self._global
 
 
+class RandomStream:
+    """The Philox key and call counter one caller's draws come from. A server keeps one per
+    client, so a client's results depend on its seed and its own calls only."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed) & (2**64 - 1)
+        self.key = split_seed(self.seed)
+        self._calls = itertools.count()
+
+    def next_call(self) -> int:
+        return next(self._calls)
+
+
 @dataclass
 class Categories:
     """A request's categories resolved to segments of one index."""
@@ -85,14 +98,22 @@ class Engine:
         self.unsatisfiable = unsatisfiable
         self.fill_id = int(fill_id)
         self.backend = backend or CpuBackend()
-        self._key = split_seed(self.seed)
-        self._calls = itertools.count()
+        self.stream = RandomStream(self.seed)
         self._state: LoadedTable | None = None
         self.last_attempts = 0  # alias draws made by the last sample call (for benchmarks)
 
     # ---- loading -------------------------------------------------------------------------
     def reload(self, data, progress: bool | None = None) -> None:
         """Load a table; the bar (validate, index) shows for tables of PROGRESS_MIN_ROWS rows or more."""
+        self.swap(self.build_state(data, progress))
+
+    def swap(self, state: LoadedTable) -> None:
+        """Make a built table current: one reference assignment, so a request in flight keeps
+        the table it started with and the next one sees the new table whole."""
+        self._state = state
+
+    def build_state(self, data, progress: bool | None = None) -> LoadedTable:
+        """Read, validate, index and place a table aside, without touching the current one."""
         t0 = time.perf_counter()
         columns = read_table_input(data)
         rows = next(iter(columns.values())).row_count if columns else 0
@@ -107,9 +128,9 @@ class Engine:
             bar.update()
             bar.set_postfix_str("placing")
             state = LoadedTable(table, index, self.sample_tag, self.backend)
-        self._state = state
         log.info("loaded %s; %s in %.2f s\n%s", table.describe(), index.describe(), time.perf_counter() - t0,
                  state.placement.describe())
+        return state
 
     @property
     def state(self) -> LoadedTable:
@@ -139,8 +160,10 @@ class Engine:
         return Categories(state.index, state.placed_index, offsets, segments)
 
     def sample_ids(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None,
-                   avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False):
-        """Negative ids (numpy int64, positive 0's first) and the resolved categories."""
+                   avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, stream: RandomStream | None = None):
+        """Negative ids (a backend array, positive 0's first), the resolved categories and the
+        counts; draws come from ``stream`` (default: the engine's own)."""
+        stream = stream or self.stream
         state = self.state
         own_offsets, own_ids = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
         n = own_offsets.shape[0] - 1
@@ -168,12 +191,32 @@ class Engine:
             batch = (build_hash_table(unique)[0], unique)
         out = self.backend.sample(
             cats.placed, cats.offsets, cats.segments, counts, own_offsets, own_ids, batch,
-            not self.put_back, next(self._calls), self._key, self.fill_id)
+            not self.put_back, stream.next_call(), stream.key, self.fill_id)
         self.last_attempts = out.attempts
         if out.n_failed and self.unsatisfiable == "raise":
             raise self._unsatisfiable_error(out.first_failed, out.first_status, out.n_failed, counts,
                                             own_offsets, own_ids, cats)
         return out.ids, cats, counts
+
+    def fused_sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
+                     avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False,
+                     stream: RandomStream | None = None):
+        """sample_ids -> valid ids -> combine -> pack in one call: (negatives, valid positives,
+        combined ids, features, counts, log q as float32 numpy or None)."""
+        offsets, pos = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
+        if pos.shape[0] != offsets.shape[0] - 1:
+            raise RequestError("sample() needs exactly one dedup id per positive row")
+        neg, cats, counts = self.sample_ids(dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                                            avoid_conflict, avoid_conflict_with_all_dedup_tags, stream)
+        valid = self.valid_sample_ids(pos, default_value)
+        ids = self.backend.combine(valid, counts, neg)
+        features = self.pack_ids(ids, default_value)
+        log_q = None
+        if return_log_q:
+            # q of the positives themselves, not of the default id that replaced absent ones
+            raw = self.backend.combine(pos, counts, neg)
+            log_q = self.log_q_resolved(cats, counts, raw).astype(np.float32)
+        return neg, valid, ids, features, counts, log_q
 
     def _unsatisfiable_error(self, row, status, n_failed, counts, own_offsets, own_ids, cats):
         row_cats = cats.index.categories[cats.segments[cats.offsets[row]:cats.offsets[row + 1]]].tolist()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import combine as _combine
@@ -131,22 +130,12 @@ class NegativeSampler:
     def sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
                avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False) -> SampleResult:
         """sample_ids -> valid_sample_ids -> combine_vector_with_sample_counts -> pack_feature in one call."""
-        offsets, pos = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
-        if pos.shape[0] != offsets.shape[0] - 1:
-            raise RequestError("sample() needs exactly one dedup id per positive row")
-        engine = self._engine
-        neg, cats, counts = engine.sample_ids(dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
-                                              avoid_conflict, avoid_conflict_with_all_dedup_tags)
-        valid = engine.valid_sample_ids(pos, default_value)
-        ids = engine.backend.combine(valid, counts, neg)
-        features = engine.pack_ids(ids, default_value)
-        log_q = None
-        if return_log_q:
-            # q of the positives themselves, not of the default id that replaced absent ones
-            raw = engine.backend.combine(pos, counts, neg)
-            log_q = torch.from_numpy(engine.log_q_resolved(cats, counts, raw).astype(np.float32))
-        to_torch = engine.backend.to_torch
-        return SampleResult(to_torch(neg), to_torch(valid), to_torch(ids), features, to_torch(counts), log_q)
+        neg, valid, ids, features, counts, log_q = self._engine.fused_sample(
+            dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor, default_value, avoid_conflict,
+            avoid_conflict_with_all_dedup_tags, return_log_q)
+        to_torch = self._engine.backend.to_torch
+        return SampleResult(to_torch(neg), to_torch(valid), to_torch(ids), features, to_torch(counts),
+                            None if log_q is None else torch.from_numpy(log_q))
 
 
 def _positives_of(ids, sample_cnts, counts_len, sample_tag_ragged_tensor) -> int:

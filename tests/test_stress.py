@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpu_negsample import NegativeSampler
-from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
+from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, WEIGHT_TAG, make_catalogue, positive_batch
 
 
 def run_stress(n_items, n_categories, rounds, batch, wide_batch):
