@@ -1,15 +1,17 @@
-"""RecIS's LocalRpcDataSampler usage example, run in-process against NegativeSampler.
+"""RecIS's LocalRpcDataSampler usage example, run against gpu_negsample's LocalRpcDataSampler.
 
 The body of ``neg_sampling_fn`` and the sampler calls are RecIS's documentation example
 as written; only the import differs, and the ODPS datasets are replaced by a synthetic
-catalogue (the negative table) and positive batches drawn from it by popularity.
+catalogue (the negative table) and positive batches drawn from it by popularity. Run it
+as one process, or as several (``torchrun --nproc_per_node=8 examples/recis_usage.py``):
+local rank 0 starts the node's sampling server and loads the table, the others wait for it.
 """
 import os
 
 import numpy as np
 import torch
 
-from gpu_negsample import NegativeSampler as LocalRpcDataSampler  # the only changed import
+from gpu_negsample import LocalRpcDataSampler  # the only changed import
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
 
 sample_tag, dedup_tag, weight_tag, skey_name = SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY
@@ -22,7 +24,12 @@ def build(n_items=50_000, n_categories=100):
     catalogue.table[dedup_tag].values()[0] = 5533571732986600803
     catalogue.ids[0] = 5533571732986600803
 
-    neg_sampler = LocalRpcDataSampler(sample_tag, dedup_tag, weight_tag, skey_name)
+    neg_sampler = LocalRpcDataSampler(
+        sample_tag,
+        dedup_tag,
+        weight_tag,
+        skey_name,
+    )
     if int(os.environ.get("LOCAL_PROCESS_RANK", 0)) == 0:
         neg_data = [catalogue.table]  # RecIS: next(iter(neg_dataset))[1]
         neg_sampler.reload(neg_data)
@@ -44,6 +51,7 @@ def build(n_items=50_000, n_categories=100):
         combined_batch = neg_sampler.combine(batch, output_sample_table, sample_cnts)
         return combined_batch
 
+    neg_sampling_fn.sampler = neg_sampler  # so a caller can close it
     return catalogue, neg_sampling_fn
 
 
@@ -56,6 +64,7 @@ def main(n_batches=10, batch_size=1024):
         batch.append({"_indicator_user": torch.arange(batch_size) // 4, "user_id": torch.arange(batch_size // 4)})
         combined = neg_sampling_fn(batch)
     print({k: getattr(v, "shape", v) for k, v in combined[0].items()})
+    neg_sampling_fn.sampler.close()
     return combined
 
 

@@ -2,9 +2,12 @@
 from .errors import NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
 from .ragged import RaggedTensor
 from .sampler import NegativeSampler, SampleResult
+from .server.client import LocalRpcDataSampler, ServerError
 
 __all__ = [
     "NegativeSampler",
+    "LocalRpcDataSampler",
+    "ServerError",
     "RaggedTensor",
     "SampleResult",
     "NegSampleError",

@@ -1,4 +1,5 @@
-"""RecIS's documented usage example runs against NegativeSampler with only the import changed."""
+"""RecIS's documented usage example runs against LocalRpcDataSampler with only the import changed
+(one process here; eight in test_server.py)."""
 import importlib.util
 import pathlib
 
@@ -34,3 +35,4 @@ def test_recis_usage_example_runs_and_is_consistent():
     assert table["_sample_group_id"].tolist() == [g for g in range(64) for _ in range(per)]
     assert out[1]["_indicator_user"].tolist() == [g // 4 for g in range(64) for _ in range(per)]
     assert table[example.skey_name].shape == (64 * per,)
+    fn.sampler.close()

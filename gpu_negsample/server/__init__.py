@@ -1,0 +1,1 @@
+"""The node-local sampling server and its client, LocalRpcDataSampler."""

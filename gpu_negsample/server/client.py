@@ -1,0 +1,317 @@
+"""LocalRpcDataSampler: RecIS's client class; every training process of a node samples
+through the one server that local rank 0 starts."""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import mmap
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+
+import numpy as np
+import torch
+import zmq
+
+from .. import combine as _combine
+from ..backends import CpuBackend
+from ..columns import read_table_input
+from ..errors import NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
+from ..sampler import SampleResult, _positives_of
+from . import protocol as p
+from .endpoint import (block_path, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
+                       socket_path, sweep_stale_blocks)
+
+log = logging.getLogger("gpu_negsample")
+
+DEFAULT_MAX_REQUEST_BYTES = 2**31
+MAX_BLOCKS = 8
+MIN_BLOCK_BYTES = 1 << 20
+_ERRORS = {e.__name__: e for e in (RequestError, TableError, UnsatisfiableRowError, NotLoadedError)}
+
+
+class ServerError(NegSampleError):
+    """The sampling server is gone or failed in a way that is not the request's fault."""
+
+
+class _Block:
+    """A shared-memory result block: mapped here and in the server, its name already unlinked."""
+
+    def __init__(self, ident: int, size: int, memory: mmap.mmap):
+        self.ident, self.size, self.memory = ident, size, memory
+        self.live_arrays = 0  # arrays handed to the caller that still view this block
+
+    def release(self) -> None:
+        self.live_arrays -= 1
+
+
+class LocalRpcDataSampler:
+    """RecIS's LocalRpcDataSampler: one sampling server per node, shared by its training processes.
+
+    The arguments of ``NegativeSampler`` (tags, put_back, seed, device, ...) configure the
+    server, which local rank 0 (``LOCAL_PROCESS_RANK``, else ``LOCAL_RANK``, else 0)
+    starts; every rank connects to it. Extra arguments:
+
+    * name: the job's name on this machine (default: torchrun's run id, or MASTER_ADDR and
+      MASTER_PORT, or this process id for a single process);
+    * results: "shm" (results arrive in shared memory and become tensors without a copy)
+      or "socket" (copied through the socket);
+    * connect_timeout, wait_for_table_timeout: seconds to wait for the server to come up
+      and for local rank 0's reload;
+    * max_request_bytes: the server refuses bigger requests (reload a bigger table from a
+      Parquet path, which the server reads itself).
+
+    RecIS's ``rpc_*`` keyword arguments are accepted and ignored: the transport is a local
+    socket. With a seed, a rank's results depend only on (seed, RANK, its own calls);
+    rank 0's equal an in-process NegativeSampler's with the same seed.
+    """
+
+    def __init__(self, sample_tag, dedup_tag, weight_tag, skey_name=None, put_back=True, seed=None,
+                 weight_exponent=1.0, unsatisfiable="raise", fill_id=-1, device="auto", memory_budget=None,
+                 name=None, results="shm", connect_timeout=120.0, wait_for_table_timeout=600.0,
+                 max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, **_recis_options):
+        if results not in ("shm", "socket"):
+            raise ValueError(f"results must be 'shm' or 'socket'; got {results!r}")
+        self.config = {"sample_tag": sample_tag, "dedup_tag": dedup_tag, "weight_tag": weight_tag,
+                       "skey_name": skey_name, "put_back": bool(put_back), "seed": seed,
+                       "weight_exponent": weight_exponent, "unsatisfiable": unsatisfiable, "fill_id": fill_id,
+                       "device": device, "memory_budget": memory_budget}
+        self.local_rank, self.rank = local_rank(), global_rank()
+        self.job = job_name(name)
+        self.directory = job_dir(self.job)
+        self.results = results
+        self.wait_for_table_timeout = wait_for_table_timeout
+        self.max_request_bytes = int(max_request_bytes)
+        self._lock = threading.Lock()  # one request at a time (a prefetch thread may share the sampler)
+        self._seq = itertools.count()
+        self._block_ids = itertools.count()
+        self._blocks: list[_Block] = []
+        self._process = None
+        self._closed = False
+        if self.local_rank == 0:
+            sweep_stale_blocks(self.job)
+            self._process = self._start_server()
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(f"ipc://{socket_path(self.directory)}")
+        self.server_pid = None
+        hello = self._hello(connect_timeout)
+        self.server_pid, self.seed = hello["server_pid"], hello["seed"]
+        self._finalizer = weakref.finalize(self, LocalRpcDataSampler._shutdown, self._sock, self._ctx,
+                                           self._process, self._blocks, self.directory)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def _start_server(self) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "gpu_negsample.server", "--dir", str(self.directory), "--job", self.job,
+               "--parent", str(os.getpid()), "--config", json.dumps(self.config),
+               "--max-request-bytes", str(self.max_request_bytes)]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+    def _hello(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        args = {"pid": os.getpid(), "rank": self.rank, "config": self.config}
+        while True:
+            try:
+                return self._request("hello", args, {}, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            except TimeoutError:
+                if self._process is not None and self._process.poll() is not None:
+                    raise ServerError(f"the sampling server exited with code {self._process.returncode} while "
+                                      "starting; its log is above") from None
+                if time.monotonic() > deadline:
+                    raise ServerError(f"no sampling server answered at {socket_path(self.directory)} within "
+                                      f"{timeout:.0f} s; local rank 0 of job {self.job!r} starts it (is it "
+                                      "running, with the same name=?)") from None
+
+    def close(self) -> None:
+        """Say goodbye to the server; local rank 0 also waits for it to exit. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.server_pid and pid_alive(self.server_pid):
+                self._request("bye", {}, {}, timeout=5.0)
+        except (NegSampleError, TimeoutError):
+            pass
+        self._finalizer()
+
+    @staticmethod
+    def _shutdown(sock, ctx, process, blocks, directory) -> None:
+        sock.close(0)
+        ctx.term()
+        for block in blocks:
+            try:
+                block.memory.close()
+            except BufferError:
+                pass  # the caller still holds tensors on it; the mapping goes with them
+        if process is not None:
+            try:
+                process.wait(timeout=30)  # the server leaves once every rank has said goodbye
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                process.wait(timeout=10)
+            remove_empty_dirs(directory)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # ---- transport -------------------------------------------------------------------------
+    def _request(self, op: str, args: dict, arrays: dict, timeout: float | None = None, block=None) -> dict:
+        seq = next(self._seq)
+        header = {"op": op, "args": args, "seq": seq}
+        if block is not None:
+            header["block"] = block.ident
+        frames = p.pack(header, arrays)
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size > self.max_request_bytes:
+            raise RequestError(f"{op}: request of {size:,} bytes exceeds max_request_bytes={self.max_request_bytes:,}; "
+                               "reload big tables from a Parquet path")
+        self._sock.send_multipart(frames, copy=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._sock.poll(500):
+                reply = self._sock.recv_multipart(copy=True)
+                head = json.loads(reply[0])
+                if head.get("seq") != seq:
+                    continue  # the answer to an earlier request that timed out
+                return self._decode_reply(head, reply, block)
+            if self.server_pid is not None and not pid_alive(self.server_pid):
+                raise ServerError(f"the sampling server (pid {self.server_pid}) of job {self.job!r} died; "
+                                  "restart the job (local rank 0 starts a new server)")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(op)
+
+    def _decode_reply(self, head: dict, reply: list, block) -> dict:
+        if not head.get("ok"):
+            kind = _ERRORS.get(head.get("error"), ServerError)
+            raise kind(head.get("message", "the sampling server failed"))
+        if "shm" in head:
+            arrays = p.read_block(block.memory, head["shm"])
+            for a in arrays.values():
+                block.live_arrays += 1
+                weakref.finalize(a, block.release)
+        else:
+            _, arrays = p.unpack(reply, 2**62)
+            if head.get("needed"):
+                self._grow_blocks(int(head["needed"]))
+        head["arrays"] = arrays
+        return head
+
+    def _free_block(self):
+        if self.results != "shm":
+            return None
+        free = [b for b in self._blocks if b.live_arrays == 0]
+        return max(free, key=lambda b: b.size) if free else (self._new_block(MIN_BLOCK_BYTES)
+                                                             if len(self._blocks) < MAX_BLOCKS else None)
+
+    def _grow_blocks(self, needed: int) -> None:
+        """Replace the smallest free block by one that fits `needed` (results that did not fit came by socket)."""
+        free = [b for b in self._blocks if b.live_arrays == 0]
+        if free and len(self._blocks) >= MAX_BLOCKS:
+            smallest = min(free, key=lambda b: b.size)
+            self._blocks.remove(smallest)
+            smallest.memory.close()
+        if len(self._blocks) < MAX_BLOCKS:
+            self._new_block(max(2 * needed, MIN_BLOCK_BYTES))
+
+    def _new_block(self, size: int) -> _Block:
+        ident = next(self._block_ids)
+        path = block_path(self.job, os.getpid(), ident)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            memory = mmap.mmap(fd, size)
+            block = _Block(ident, size, memory)
+            self._request("map_block", {"path": str(path), "size": size, "block": ident}, {})
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)  # both sides have it mapped: no name is left behind
+        self._blocks.append(block)
+        return block
+
+    def _call(self, op: str, args: dict, arrays: dict) -> dict:
+        """One request that returns results; waits (up to wait_for_table_timeout) for the table."""
+        deadline = time.monotonic() + self.wait_for_table_timeout
+        with self._lock:
+            while True:
+                try:
+                    return self._request(op, args, arrays, block=self._free_block())
+                except NotLoadedError:
+                    if time.monotonic() > deadline:
+                        raise NotLoadedError(
+                            f"no table was loaded within {self.wait_for_table_timeout:.0f} s: local rank 0 of job "
+                            f"{self.job!r} must call reload(neg_data) (raise wait_for_table_timeout to wait longer)"
+                        ) from None
+                    time.sleep(0.05)
+
+    @staticmethod
+    def _encode(**values) -> tuple[dict, dict]:
+        arrays = {}
+        return {k: p.encode(k, v, arrays) for k, v in values.items()}, arrays
+
+    # ---- RecIS API -------------------------------------------------------------------------
+    def reload(self, neg_data, progress: bool | None = None) -> None:
+        """Load the node's negative table into the server (local rank 0; a Parquet path is read by
+        the server itself). Other ranks keep sampling the old table until the new one is in."""
+        if isinstance(neg_data, (str, os.PathLike)):
+            args, arrays = {"path": os.path.abspath(os.fspath(neg_data))}, {}
+        else:
+            arrays = {}
+            args = {"columns": p.encode_columns(read_table_input(neg_data), arrays)}
+        with self._lock:
+            self._request("reload", args, arrays)
+
+    def sample_ids(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None,
+                   avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False) -> torch.Tensor:
+        args, arrays = self._encode(dedup=dedup_tag_ragged_tensor, counts=sample_cnts, tags=sample_tag_ragged_tensor)
+        args.update(avoid_conflict=bool(avoid_conflict), avoid_all=bool(avoid_conflict_with_all_dedup_tags))
+        return torch.from_numpy(self._call("sample_ids", args, arrays)["arrays"]["out"])
+
+    def valid_sample_ids(self, ids, default_value=-1) -> torch.Tensor:
+        args, arrays = self._encode(ids=ids, default=int(default_value))
+        return torch.from_numpy(self._call("valid_sample_ids", args, arrays)["arrays"]["out"])
+
+    def combine_vector_with_sample_counts(self, origin_vector, sample_cnts, sampled_vector) -> torch.Tensor:
+        args, arrays = self._encode(origin=origin_vector, counts=sample_cnts, sampled=sampled_vector)
+        return torch.from_numpy(self._call("combine_vector", args, arrays)["arrays"]["out"])
+
+    def pack_feature(self, local_data_sample_ids, default_value=-1, decorate_skey=False) -> dict:
+        if decorate_skey:
+            raise NotImplementedError("decorate_skey is not supported (RecIS does not implement it either)")
+        args, arrays = self._encode(ids=local_data_sample_ids, default=int(default_value))
+        reply = self._call("pack_feature", args, arrays)
+        return p.decode_table(reply["table"], reply["arrays"])
+
+    def combine(self, batch, output_sample_table, sample_cnts, keep_positive_columns=False, label_column=None):
+        """RecIS's combine; it tiles the caller's own batch, so it runs here, without a round trip."""
+        return _combine.combine(batch, output_sample_table, sample_cnts, CpuBackend.gather_ragged,
+                                keep_positive_columns, label_column)
+
+    def sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
+               avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False) -> SampleResult:
+        """The fused request: sample_ids -> valid_sample_ids -> combine -> pack_feature in one round trip."""
+        args, arrays = self._encode(dedup=dedup_tag_ragged_tensor, counts=sample_cnts, tags=sample_tag_ragged_tensor)
+        args.update(default=int(default_value), avoid_conflict=bool(avoid_conflict),
+                    avoid_all=bool(avoid_conflict_with_all_dedup_tags), log_q=bool(return_log_q))
+        reply = self._call("sample", args, arrays)
+        a = reply["arrays"]
+        log_q = torch.from_numpy(a["log_q"]) if "log_q" in a else None
+        return SampleResult(torch.from_numpy(a["neg"]), torch.from_numpy(a["valid"]), torch.from_numpy(a["ids"]),
+                            p.decode_table(reply["table"], a), torch.from_numpy(a["counts"]), log_q)
+
+    def sampling_log_prob(self, ids, sample_cnts, sample_tag_ragged_tensor=None) -> torch.Tensor:
+        counts_len = None if isinstance(sample_cnts, int) else len(torch.as_tensor(sample_cnts).reshape(-1))
+        n = _positives_of(ids, sample_cnts, counts_len, sample_tag_ragged_tensor)
+        args, arrays = self._encode(ids=ids, counts=sample_cnts, tags=sample_tag_ragged_tensor, n=n)
+        return torch.from_numpy(self._call("log_q", args, arrays)["arrays"]["out"])
+
+    def describe(self) -> str:
+        return self._call("describe", {}, {})["text"]

@@ -1,0 +1,109 @@
+"""Where a job's sampling server lives: local rank, job name, a private socket directory and
+the shared-memory names of its result blocks."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
+
+SHM_DIR = Path("/dev/shm")
+
+
+def local_rank() -> int:
+    """RecIS's LOCAL_PROCESS_RANK, else torchrun's LOCAL_RANK, else 0."""
+    for var in ("LOCAL_PROCESS_RANK", "LOCAL_RANK"):
+        if os.environ.get(var, "").strip():
+            return int(os.environ[var])
+    return 0
+
+
+def global_rank() -> int:
+    """RANK where the launcher sets it (the rank a client's random stream is derived from)."""
+    value = os.environ.get("RANK", "").strip()
+    return int(value) if value else local_rank()
+
+
+def job_name(name: str | None = None) -> str:
+    """An explicit name, else torchrun's run id, else its master address and port, else this process.
+
+    Two jobs on one machine differ in all of these, so their servers never meet."""
+    if not name:
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+        port = os.environ.get("MASTER_PORT", "")
+        if run_id and run_id != "none":
+            name = f"run-{run_id}"
+        elif port:
+            name = f"{os.environ.get('MASTER_ADDR', 'local')}-{port}"
+        else:
+            name = f"pid{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise PermissionError(f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; "
+                              f"it has uid {info.st_uid}, mode {oct(stat.S_IMODE(info.st_mode))}. Remove it or pass "
+                              "another name")
+    return path
+
+
+def job_dir(job: str) -> Path:
+    """The job's 0700 directory (its socket lives there), under $XDG_RUNTIME_DIR or the temp dir."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.access(base, os.W_OK):
+        base = tempfile.gettempdir()
+    return _private_dir(_private_dir(Path(base) / f"gpu_negsample-{os.getuid()}") / job)
+
+
+def remove_empty_dirs(directory: Path) -> None:
+    """Remove the job directory and the per-user one above it where they are empty (and a
+    socket a killed server left behind: nobody serves it any more)."""
+    (directory / "server.sock").unlink(missing_ok=True)
+    for path in (directory, directory.parent):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def socket_path(directory: Path) -> Path:
+    return directory / "server.sock"
+
+
+def shm_prefix(job: str) -> str:
+    return f"gpu_negsample-{os.getuid()}-{job}-"
+
+
+def block_path(job: str, pid: int, serial: int) -> Path:
+    return SHM_DIR / f"{shm_prefix(job)}{pid}-{serial}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether pid runs; a zombie (dead, not yet reaped by its parent) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def sweep_stale_blocks(job: str) -> int:
+    """Remove result blocks of this job whose creating process is gone (a client killed in the
+    moment between creating a block and handing it over). Returns how many were removed."""
+    removed = 0
+    for path in SHM_DIR.glob(f"{shm_prefix(job)}*"):
+        pid = path.name[len(shm_prefix(job)):].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

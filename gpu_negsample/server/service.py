@@ -1,0 +1,299 @@
+"""The node server process: one Engine, shared by every training process of the machine.
+
+Started by local rank 0's LocalRpcDataSampler (``python -m gpu_negsample.server``); serves a
+ROUTER socket in the job's 0700 directory. One thread answers requests in arrival order
+(the kernels inside are parallel); a reload builds the new table on a second thread and
+swaps it in, so requests keep running on the old table meanwhile. It exits when the
+process that started it dies (PR_SET_PDEATHSIG, and a poll), or when every client said
+goodbye or died; it removes its socket on the way out.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import mmap
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from ..backends.select import select_backend
+from ..engine import Engine, RandomStream
+from ..errors import NegSampleError, RequestError
+from . import protocol as p
+from .endpoint import pid_alive, socket_path, sweep_stale_blocks
+
+log = logging.getLogger("gpu_negsample.server")
+
+GOLDEN = 0x9E3779B97F4A7C15
+LIVENESS_PERIOD_S = 0.5
+LAST_CLIENT_GRACE_S = 2.0
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's stream: rank 0 uses the seed itself, rank r a Weyl step away."""
+    return (int(seed) + int(rank) * GOLDEN) % 2**64
+
+
+@dataclass
+class Client:
+    pid: int
+    rank: int
+    stream: RandomStream
+    blocks: dict = field(default_factory=dict)  # block id -> mmap of the client's result block
+
+    def close(self) -> None:
+        for block in self.blocks.values():
+            block.close()
+        self.blocks.clear()
+
+
+class SamplingServer:
+    def __init__(self, directory: str, job: str, config: dict, parent_pid: int, max_request_bytes: int):
+        self.directory, self.job, self.parent_pid = directory, job, parent_pid
+        self.config = config
+        self.max_request_bytes = max_request_bytes
+        backend = select_backend(config.get("device", "auto"), config.get("memory_budget"))
+        self.engine = Engine(config["sample_tag"], config["dedup_tag"], config["weight_tag"], config.get("skey_name"),
+                             config.get("put_back", True), config.get("seed"), config.get("weight_exponent", 1.0),
+                             config.get("unsatisfiable", "raise"), config.get("fill_id", -1), backend)
+        self.clients: dict[bytes, Client] = {}
+        self.had_clients = False
+        self.last_client_left = None
+        self.replies: queue.Queue = queue.Queue()  # (identity, frames) from the reload thread
+        self.reloading: threading.Thread | None = None
+        self.stopping = False
+        self._current_seq = None
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)
+        self.path = socket_path(Path(directory))
+        self.sock.bind(f"ipc://{self.path}")
+        os.chmod(self.path, 0o600)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def serve(self) -> None:
+        next_check = 0.0
+        try:
+            while not self.stopping:
+                if self.sock.poll(50 if self.reloading else 200):
+                    self._answer(self.sock.recv_multipart(copy=True))
+                while not self.replies.empty():
+                    self.sock.send_multipart(self.replies.get_nowait(), copy=False)
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + LIVENESS_PERIOD_S
+                    self._check_liveness(now)
+        finally:
+            self.close()
+
+    def _check_liveness(self, now: float) -> None:
+        if not pid_alive(self.parent_pid) or os.getppid() != self.parent_pid:
+            log.info("the process that started the server (pid %d) is gone: exiting", self.parent_pid)
+            self.stopping = True
+        for identity, client in list(self.clients.items()):
+            if not pid_alive(client.pid):
+                log.info("client pid %d (rank %d) died: dropping its state", client.pid, client.rank)
+                self._drop(identity)
+        if self.had_clients and not self.clients and self.reloading is None:
+            self.last_client_left = self.last_client_left or now
+            if now - self.last_client_left > LAST_CLIENT_GRACE_S:
+                log.info("every client has left: exiting")
+                self.stopping = True
+        else:
+            self.last_client_left = None
+
+    def _drop(self, identity: bytes) -> None:
+        client = self.clients.pop(identity, None)
+        if client:
+            client.close()
+
+    def close(self) -> None:
+        for identity in list(self.clients):
+            self._drop(identity)
+        self.sock.close(0)
+        self.ctx.term()
+        self.path.unlink(missing_ok=True)
+        try:
+            os.rmdir(self.directory)
+        except OSError:
+            pass  # another file is there: not ours to remove
+        sweep_stale_blocks(self.job)
+
+    # ---- one request -----------------------------------------------------------------------
+    def _answer(self, frames: list) -> None:
+        identity, body = frames[0], frames[1:]
+        header = {}
+        try:
+            header, arrays = p.unpack(body, self.max_request_bytes)
+            op = header.get("op")
+            handler = getattr(self, f"op_{op}", None)
+            if handler is None:
+                raise RequestError(f"unknown request {op!r}")
+            if op != "hello" and identity not in self.clients:
+                raise RequestError("this client has not said hello (or was dropped); reconnect")
+            self._current_seq = header.get("seq")
+            result = handler(identity, header.get("args", {}), arrays)
+            if result is None:  # answered later (reload)
+                return
+            reply_header, reply_arrays = result
+            reply = self._reply(identity, header, dict(reply_header, ok=True), reply_arrays)
+        except NegSampleError as e:
+            reply = self._error(header, type(e).__name__, str(e))
+        except Exception as e:  # a bug must not take the node's sampling down: report it to the caller
+            log.exception("request failed")
+            reply = self._error(header, "InternalError", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        self.sock.send_multipart([identity, *reply], copy=False)
+
+    @staticmethod
+    def _error(header: dict, kind: str, message: str) -> list:
+        return p.pack({"ok": False, "seq": header.get("seq"), "error": kind, "message": message}, {})
+
+    def _reply(self, identity: bytes, request: dict, header: dict, arrays: dict) -> list:
+        """Frames of a reply; arrays go into the client's offered shared-memory block when they fit."""
+        header["seq"] = request.get("seq")
+        block_id = request.get("block")
+        client = self.clients.get(identity)
+        if arrays and block_id is not None and client and block_id in client.blocks:
+            metas, needed = p.layout(arrays)
+            block = client.blocks[block_id]
+            if needed <= len(block):
+                p.write_block(memoryview(block), arrays, metas)
+                return p.pack(dict(header, shm=metas, block=block_id), {})
+            header["needed"] = needed
+        elif arrays and block_id is not None:
+            header["needed"] = p.layout(arrays)[1]
+        return p.pack(header, arrays)
+
+    # ---- operations ------------------------------------------------------------------------
+    def op_hello(self, identity, args, arrays):
+        cfg = self.config
+        mismatched = [k for k in ("sample_tag", "dedup_tag", "weight_tag", "skey_name", "put_back")
+                      if args["config"].get(k) != cfg.get(k)]
+        if mismatched:
+            raise RequestError(f"this job's sampling server was started with other settings {mismatched}: "
+                               f"{ {k: cfg.get(k) for k in mismatched} }; give every rank the same arguments")
+        seed = args["config"].get("seed")
+        seed = self.engine.seed if seed is None else int(seed)
+        self.clients[identity] = Client(int(args["pid"]), int(args["rank"]),
+                                        RandomStream(rank_seed(seed, int(args["rank"]))))
+        self.had_clients = True
+        return {"server_pid": os.getpid(), "loaded": self.engine._state is not None,
+                "seed": rank_seed(seed, int(args["rank"]))}, {}
+
+    def op_bye(self, identity, args, arrays):
+        self._drop(identity)
+        return {}, {}
+
+    def op_map_block(self, identity, args, arrays):
+        with open(args["path"], "r+b") as f:
+            block = mmap.mmap(f.fileno(), int(args["size"]))
+        self.clients[identity].blocks[int(args["block"])] = block
+        return {}, {}
+
+    def op_reload(self, identity, args, arrays):
+        if self.reloading is not None:
+            raise RequestError("a reload is already in progress on this node's server; wait for it")
+        source = args["path"] if args.get("path") else p.decode_columns(args["columns"], arrays)
+        request = {"seq": self._current_seq}
+
+        def build():
+            try:
+                self.engine.swap(self.engine.build_state(source, progress=False))
+                reply = p.pack({"ok": True, "seq": request["seq"]}, {})
+            except NegSampleError as e:
+                reply = self._error(request, type(e).__name__, str(e))
+            except Exception as e:
+                log.exception("reload failed")
+                reply = self._error(request, "InternalError", f"{type(e).__name__}: {e}")
+            self.replies.put([identity, *reply])
+            self.reloading = None
+
+        self.reloading = threading.Thread(target=build, name="reload", daemon=True)
+        self.reloading.start()
+        return None
+
+    def op_describe(self, identity, args, arrays):
+        state = self.engine.state
+        return {"text": f"table: {state.table.describe()}\nindex: {state.index.describe()}\n"
+                        f"backend: {self.engine.backend.name}\n{state.placement.describe()}"}, {}
+
+    def _stream(self, identity) -> RandomStream:
+        return self.clients[identity].stream
+
+    def op_sample_ids(self, identity, args, arrays):
+        neg, _, _ = self.engine.sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
+                                           p.decode(args["tags"], arrays), args["avoid_conflict"],
+                                           args["avoid_all"], self._stream(identity))
+        return {}, {"out": self.engine.backend.to_host(neg)}
+
+    def op_valid_sample_ids(self, identity, args, arrays):
+        out = self.engine.valid_sample_ids(p.decode(args["ids"], arrays), args["default"])
+        return {}, {"out": self.engine.backend.to_host(out)}
+
+    def op_combine_vector(self, identity, args, arrays):
+        out = self.engine.combine_vector_with_sample_counts(p.decode(args["origin"], arrays),
+                                                            p.decode(args["counts"], arrays),
+                                                            p.decode(args["sampled"], arrays))
+        return {}, {"out": self.engine.backend.to_host(out)}
+
+    def op_pack_feature(self, identity, args, arrays):
+        out = {}
+        table = p.encode_table("f", self.engine.pack_feature(p.decode(args["ids"], arrays), args["default"]), out)
+        return {"table": table}, out
+
+    def op_log_q(self, identity, args, arrays):
+        out = self.engine.log_q(p.decode(args["ids"], arrays), p.decode(args["counts"], arrays),
+                                p.decode(args["tags"], arrays), int(args["n"]))
+        return {}, {"out": out.astype(np.float32)}
+
+    def op_sample(self, identity, args, arrays):
+        neg, valid, ids, features, counts, log_q = self.engine.fused_sample(
+            p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays), p.decode(args["tags"], arrays),
+            args["default"], args["avoid_conflict"], args["avoid_all"], args["log_q"], self._stream(identity))
+        host = self.engine.backend.to_host
+        out = {"neg": host(neg), "valid": host(valid), "ids": host(ids), "counts": counts}
+        if log_q is not None:
+            out["log_q"] = log_q
+        return {"table": p.encode_table("f", features, out)}, out
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the starting process dies (also polled, for other OSes)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m gpu_negsample.server")
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--job", required=True)
+    ap.add_argument("--parent", type=int, required=True)
+    ap.add_argument("--config", required=True, help="the sampler's settings, JSON")
+    ap.add_argument("--max-request-bytes", type=int, required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"[gpu_negsample server {os.getpid()}] %(message)s")
+    _die_with_parent()
+    server = SamplingServer(args.dir, args.job, json.loads(args.config), args.parent, args.max_request_bytes)
+
+    def stop(signum, frame):
+        server.stopping = True
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if not pid_alive(args.parent):  # the parent died before PDEATHSIG was armed
+        server.close()
+        return
+    server.serve()

@@ -1,0 +1,76 @@
+"""Process bodies for test_server.py (spawned processes import them from here)."""
+import os
+import time
+import traceback
+
+import numpy as np
+import torch
+
+
+def as_rank(rank: int, job: str) -> None:
+    """The environment torchrun gives a local process of one node."""
+    os.environ.update(LOCAL_PROCESS_RANK=str(rank), LOCAL_RANK=str(rank), RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=job)
+
+
+def recis_example(rank: int, job: str, results) -> None:
+    """RecIS's usage example in one local process: invariants of every combined batch."""
+    try:
+        as_rank(rank, job)
+        from test_recis_example import load_example
+
+        example = load_example()
+        catalogue, fn = example.build(n_items=5000, n_categories=20)
+        rng = np.random.default_rng(rank)
+        per = example.sample_size
+        for _ in range(3):
+            batch = example.positive_batch(catalogue, 64, rng)
+            table = fn(batch)[0]
+            ids = table[example.dedup_tag].values().reshape(64, per)
+            positives = batch[0][example.dedup_tag].values()
+            assert torch.equal(ids[:, 0], positives)
+            assert not (ids[:, 1:] == positives[:, None]).any(), "a positive came back as its own negative"
+            cats = table[example.sample_tag].values().reshape(64, per)
+            assert torch.equal(cats, batch[0][example.sample_tag].values()[:, None].expand(64, per))
+        fn.sampler.close()
+        results.put((rank, "ok"))
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+
+
+def seeded_calls(rank: int, job: str, seed: int, delays: dict, results) -> None:
+    """A rank's sample_ids results with a seed, started after its delay (timing must not matter)."""
+    try:
+        as_rank(rank, job)
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        cat = catalogue()
+        with LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=seed, device="cpu") as s:
+            if rank == 0:
+                s.reload(cat.table)
+            time.sleep(delays[rank])
+            out = [s.sample_ids(*positives(cat, call)).numpy() for call in range(4)]
+            results.put((rank, out))
+            results.put((rank, "done"))
+            time.sleep(1.0)  # stay connected until every rank has answered
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+
+
+def sample_forever(rank: int, job: str, results) -> None:
+    """A client that samples until it is killed (or its server dies, which it reports)."""
+    try:
+        as_rank(rank, job)
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        cat = catalogue()
+        s = LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=1, device="cpu", name=job)
+        if rank == 0:
+            s.reload(cat.table)
+        results.put((rank, "ready"))
+        while True:
+            s.sample_ids(*positives(cat, 0))
+    except BaseException as e:
+        results.put((rank, f"{type(e).__name__}: {e}"))

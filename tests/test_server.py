@@ -1,0 +1,201 @@
+"""The node server behind LocalRpcDataSampler: 8 local processes, seeds per rank, kills,
+hot reload, timeouts, bounds, and nothing left behind."""
+import itertools
+import multiprocessing as mp
+import os
+import queue as queue_module
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler, NotLoadedError, RequestError, ServerError
+from gpu_negsample.server.endpoint import SHM_DIR, job_dir, pid_alive, shm_prefix
+from gpu_negsample.server.service import rank_seed
+from server_tables import catalogue, positives
+import server_workers as w
+
+SPAWN = mp.get_context("spawn")
+_jobs = itertools.count()
+
+
+@pytest.fixture
+def job():
+    name = f"t{os.getpid()}-{next(_jobs)}"
+    yield name
+    assert leftovers(name) == [], "files left behind"
+
+
+def leftovers(job):
+    """Shared-memory blocks and the socket directory of a job that still exist."""
+    found = [str(p) for p in SHM_DIR.glob(f"{shm_prefix(job)}*")]
+    path = job_dir(job).parent / job  # job_dir creates it: look, then remove the empty probe
+    entries = [str(path / f) for f in os.listdir(path)]
+    os.rmdir(path) if not entries else None
+    return found + entries
+
+
+def start(target, ranks, *args):
+    results = SPAWN.Queue()
+    procs = [SPAWN.Process(target=target, args=(rank, *args, results), daemon=True) for rank in ranks]
+    for proc in procs:
+        proc.start()
+    return procs, results
+
+
+def collect(results, n, timeout=180):
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        out.append(results.get(timeout=max(1, deadline - time.monotonic())))
+    return out
+
+
+def client(job, **kw):
+    kw.setdefault("seed", 1)
+    return LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, **kw)
+
+
+def test_recis_example_runs_in_8_local_processes(job):
+    procs, results = start(w.recis_example, range(8), job)
+    got = dict(collect(results, 8))
+    for proc in procs:
+        proc.join(60)
+    assert got == {rank: "ok" for rank in range(8)}, got
+
+
+def test_a_ranks_results_depend_on_seed_rank_and_its_own_calls(job):
+    seed = 77
+    delays = {0: 0.0, 1: 1.5, 2: 0.2}  # ranks interleave differently from the call order
+    procs, results = start(w.seeded_calls, delays, job, seed, delays)
+    got = {}
+    for rank, value in collect(results, 6):
+        assert not isinstance(value, str) or value == "done", value
+        if value != "done":
+            got[rank] = value
+    for proc in procs:
+        proc.join(60)
+    cat = catalogue()
+    for rank, calls in got.items():
+        ref = NegativeSampler("category", "item_id", "weight", "skey", seed=rank_seed(seed, rank), device="cpu")
+        ref.reload(cat.table)
+        for call, ids in enumerate(calls):
+            assert np.array_equal(ids, ref.sample_ids(*positives(cat, call)).numpy()), (rank, call)
+    assert not np.array_equal(got[0][0], got[1][0])  # ranks draw different streams
+
+
+def test_results_by_shared_memory_and_by_socket_agree_with_in_process(job):
+    cat = catalogue()
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+    with client(job) as shm:
+        shm.reload(cat.table)
+        for call in range(3):  # the first result comes by socket, then by the grown shared block
+            args = positives(cat, call)
+            assert torch.equal(shm.sample_ids(*args), ref.sample_ids(*args))
+        want = ref.sample(*positives(cat, 9), default_value=int(cat.ids[0]), return_log_q=True)
+        got = shm.sample(*positives(cat, 9), default_value=int(cat.ids[0]), return_log_q=True)
+        assert torch.equal(got.ids, want.ids) and torch.allclose(got.log_q, want.log_q)
+        for name, value in want.features.items():
+            other = got.features[name]
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(other, value), name
+            elif isinstance(value, np.ndarray):
+                assert np.array_equal(other, value), name
+            else:
+                assert other.to_list() == value.to_list(), name
+        ids = torch.from_numpy(cat.ids[:50])
+        assert torch.equal(shm.valid_sample_ids(ids, -1), ref.valid_sample_ids(ids, -1))
+        assert "placement on cpu" in shm.describe()
+
+
+def test_killed_server_becomes_an_error_in_every_client_within_10s(job):
+    with client(job) as starter:
+        starter.reload(catalogue().table)
+        procs, results = start(w.sample_forever, [1], job)
+        assert collect(results, 1) == [(1, "ready")]
+        os.kill(starter.server_pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(ServerError, match="died"):
+            starter.sample_ids(*positives(catalogue(), 0))
+        rank, message = collect(results, 1, timeout=15)[0]
+        assert time.monotonic() - t0 < 10 and message.startswith("ServerError"), message
+        procs[0].join(10)
+
+
+def test_killed_client_frees_its_state_and_others_go_on(job):
+    cat = catalogue()
+    with client(job) as survivor:
+        survivor.reload(cat.table)
+        procs, results = start(w.sample_forever, [1], job)
+        assert collect(results, 1) == [(1, "ready")]
+        time.sleep(0.5)
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].join(10)
+        ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+        ref.reload(cat.table)
+        for call in range(3):
+            assert torch.equal(survivor.sample_ids(*positives(cat, call)), ref.sample_ids(*positives(cat, call)))
+
+
+def test_killed_starter_takes_its_server_down(job):
+    procs, results = start(w.sample_forever, [0], job)
+    assert collect(results, 1) == [(0, "ready")]
+    server = [p for p in os.listdir("/proc") if p.isdigit() and _is_server_of(int(p), job)]
+    assert len(server) == 1
+    os.kill(procs[0].pid, signal.SIGKILL)
+    procs[0].join(10)
+    deadline = time.monotonic() + 10
+    while pid_alive(int(server[0])) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(int(server[0])), "the server outlived the process that started it"
+
+
+def _is_server_of(pid, job):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"gpu_negsample.server" in cmd and job.encode() in cmd
+
+
+def test_hot_reload_while_another_rank_samples(job):
+    a, b = catalogue(seed=5), catalogue(seed=6)
+    assert not np.isin(a.ids, b.ids).any()
+    with client(job) as rank0:
+        rank0.reload(a.table)
+        procs, results = start(w.sample_forever, [1], job)
+        assert collect(results, 1) == [(1, "ready")]
+        seen = set()
+        for table in (b, a, b):
+            rank0.reload(table.table)
+            for call in range(5):
+                ids = rank0.sample_ids(*positives(table, call)).numpy()
+                in_b = np.isin(ids, b.ids)
+                assert in_b.all() or not in_b.any(), "a result mixes two tables"
+                seen.add(bool(in_b.all()))
+        assert seen == {True, False}
+        assert procs[0].is_alive(), "the other rank failed during the reloads"
+        procs[0].kill()
+        procs[0].join(10)
+    try:
+        while True:
+            rank, message = results.get_nowait()
+            assert "Error" not in message or "Killed" in message, message
+    except queue_module.Empty:
+        pass
+
+
+def test_waiting_for_the_table_times_out_with_a_clear_error(job):
+    with client(job, wait_for_table_timeout=0.3) as s:
+        with pytest.raises(NotLoadedError, match="local rank 0 .* must call reload"):
+            s.sample_ids(*positives(catalogue(), 0))
+
+
+def test_requests_are_bounded(job):
+    with client(job, max_request_bytes=4096) as s:
+        with pytest.raises(RequestError, match="max_request_bytes"):
+            s.reload(catalogue().table)
