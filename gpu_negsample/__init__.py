@@ -1,6 +1,7 @@
 """gpu_negsample: weighted, category-conditional negative sampling for recommendation training."""
 from .errors import NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
 from .ragged import RaggedTensor
+from .prefetch import Prefetcher, prefetch
 from .sampler import NegativeSampler, SampleResult
 from .server.client import LocalRpcDataSampler, ServerError
 
@@ -8,6 +9,8 @@ __all__ = [
     "NegativeSampler",
     "LocalRpcDataSampler",
     "ServerError",
+    "Prefetcher",
+    "prefetch",
     "RaggedTensor",
     "SampleResult",
     "NegSampleError",

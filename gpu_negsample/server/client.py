@@ -13,7 +13,6 @@ import threading
 import time
 import weakref
 
-import numpy as np
 import torch
 import zmq
 

@@ -1,0 +1,100 @@
+"""Prefetch: negative sampling of the next batches runs in a background thread while the
+model trains on the current one (RecIS's ``prefetch_transform=True``)."""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Iterable, Iterator
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class Prefetcher(Iterator):
+    """Iterate ``transform(item)`` for the items of ``iterable``, computed ``depth`` items ahead
+    in a background thread.
+
+    An exception in the iterable or the transform is raised in the consuming loop, at the
+    item where it happened; ``close()`` (or leaving a ``with`` block, or the end of the
+    data) stops the thread. The samplers release the GIL in their kernels and answer one
+    request at a time, so a prefetch thread and the training thread can share one.
+    """
+
+    def __init__(self, iterable: Iterable, transform: Callable, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1; got {depth}")
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, args=(iter(iterable), transform),
+                                        name="gpu_negsample-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, value) -> bool:
+        """Hand a value over unless closed (checked while waiting for room in the queue)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator, transform: Callable) -> None:
+        try:
+            for item in items:
+                if not self._put(transform(item)):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put(_Failure(e))
+            return
+        self._put(_DONE)
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        while True:
+            try:
+                value = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    self._finished = True
+                    raise StopIteration from None
+        if value is _DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(value, _Failure):
+            self.close()
+            raise value.error
+        return value
+
+    def close(self) -> None:
+        """Stop the background thread and drop what it computed ahead. Idempotent."""
+        self._finished = True
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        self._stop.set()
+
+
+def prefetch(iterable: Iterable, transform: Callable, depth: int = 2) -> Prefetcher:
+    """``Prefetcher(iterable, transform, depth)``: e.g. ``for batch in prefetch(dataset, neg_sampling_fn)``."""
+    return Prefetcher(iterable, transform, depth)
