@@ -31,10 +31,11 @@ def job():
 def leftovers(job):
     """Shared-memory blocks and the socket directory of a job that still exist."""
     found = [str(p) for p in SHM_DIR.glob(f"{shm_prefix(job)}*")]
-    path = job_dir(job).parent / job  # job_dir creates it: look, then remove the empty probe
-    entries = [str(path / f) for f in os.listdir(path)]
-    os.rmdir(path) if not entries else None
-    return found + entries
+    for name in (job, f"127.0.0.1-{job}"):  # by explicit name, and as the workers' MASTER_PORT
+        path = job_dir(name, create=False)
+        if path.exists():
+            found += [str(path)] + [str(path / f) for f in os.listdir(path)]
+    return found
 
 
 def start(target, ranks, *args):

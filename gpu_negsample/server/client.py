@@ -81,7 +81,7 @@ class LocalRpcDataSampler:
                        "device": device, "memory_budget": memory_budget}
         self.local_rank, self.rank = local_rank(), global_rank()
         self.job = job_name(name)
-        self.directory = job_dir(self.job)
+        self.directory = job_dir(self.job, create=self.local_rank == 0)
         self.results = results
         self.wait_for_table_timeout = wait_for_table_timeout
         self.max_request_bytes = int(max_request_bytes)

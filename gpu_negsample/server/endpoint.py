@@ -51,12 +51,14 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def job_dir(job: str) -> Path:
-    """The job's 0700 directory (its socket lives there), under $XDG_RUNTIME_DIR or the temp dir."""
+def job_dir(job: str, create: bool = True) -> Path:
+    """The job's 0700 directory (its socket lives there), under $XDG_RUNTIME_DIR or the temp dir.
+    The server's starter creates it (and checks an existing one is private); clients only look."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     if not base or not os.access(base, os.W_OK):
         base = tempfile.gettempdir()
-    return _private_dir(_private_dir(Path(base) / f"gpu_negsample-{os.getuid()}") / job)
+    path = Path(base) / f"gpu_negsample-{os.getuid()}" / job
+    return _private_dir(_private_dir(path.parent) / job) if create else path
 
 
 def remove_empty_dirs(directory: Path) -> None:
@@ -66,8 +68,10 @@ def remove_empty_dirs(directory: Path) -> None:
     for path in (directory, directory.parent):
         try:
             path.rmdir()
+        except FileNotFoundError:
+            continue  # the server removed its own directory
         except OSError:
-            return
+            return  # not empty: another job's, or not ours to remove
 
 
 def socket_path(directory: Path) -> Path:
