@@ -1,0 +1,215 @@
+"""The node server's cost: end-to-end latency and throughput of LocalRpcDataSampler.
+
+In one run on one machine: p50/p99 latency and aggregate negatives/s for 1, 2, 4 and 8
+client processes, the fused request against RecIS's 5-call sequence, results through
+shared memory against copies through the socket, the in-process NegativeSampler, and the
+bare round trip of torch.distributed.rpc (what RecIS uses) carrying the same request and
+response bytes. JSON + PNG to --out.
+
+    python bench/bench_server.py [--items 1000000] [--batch-size 4096] [--iters 40] [--out bench/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RaggedTensor
+from gpu_negsample.server import protocol
+from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
+
+K = 10
+CLIENTS = (1, 2, 4, 8)
+SPAWN = mp.get_context("spawn")
+
+
+def ragged(values: np.ndarray) -> RaggedTensor:
+    return RaggedTensor(torch.from_numpy(values), torch.arange(values.shape[0] + 1))
+
+
+def five_calls(s, items, cats, default_id):
+    neg = s.sample_ids(items, K, cats)
+    pos = s.valid_sample_ids(items.values(), default_id)
+    ids = s.combine_vector_with_sample_counts(pos, K, neg)
+    return s.pack_feature(ids, default_id)
+
+
+def timed(fn, iters) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def summary(latencies: list[float], negatives_per_call: int, wall: float | None = None) -> dict:
+    lat = np.asarray(latencies) * 1e3
+    calls = len(latencies)
+    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "calls": calls,
+            "negatives_per_s": negatives_per_call * calls / (wall if wall else float(np.sum(latencies)))}
+
+
+def client_loop(rank, job, ids, cats, default_id, iters, results_mode, start, results) -> None:
+    """One training process: `iters` fused requests, then `iters` 5-call sequences."""
+    os.environ.update(LOCAL_PROCESS_RANK=str(rank), RANK=str(rank))
+    with LocalRpcDataSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=rank, device="cpu", name=job,
+                             results=results_mode) as s:
+        items, tags = ragged(ids), ragged(cats)
+        s.sample(items, K, tags, default_value=default_id)  # connect and warm up
+        start.wait()
+        t0 = time.perf_counter()
+        fused = timed(lambda: s.sample(items, K, tags, default_value=default_id), iters)
+        mid = time.perf_counter()
+        calls5 = timed(lambda: five_calls(s, items, tags, default_id), iters)
+        results.put((rank, fused, calls5, mid - t0, time.perf_counter() - mid))
+
+
+def run_clients(job, n, batch, default_id, iters, results_mode) -> dict:
+    start, results = SPAWN.Event(), SPAWN.Queue()
+    procs = [SPAWN.Process(target=client_loop, args=(rank, job, batch[0], batch[1], default_id, iters, results_mode,
+                                                     start, results)) for rank in range(1, n + 1)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)
+    start.set()
+    got = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    negatives = batch[0].shape[0] * K
+    fused = [t for _, f, _, _, _ in got for t in f]
+    calls5 = [t for _, _, c, _, _ in got for t in c]
+    return {"clients": n, "fused": summary(fused, negatives, max(g[3] for g in got)),
+            "five_calls": summary(calls5, negatives, max(g[4] for g in got))}
+
+
+def rpc_echo_worker(response_bytes, ready) -> None:
+    import torch.distributed.rpc as rpc
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29631")
+    rpc.init_rpc("server", rank=1, world_size=2)
+    ready.set()
+    rpc.shutdown()
+
+
+def respond(request: list, response_bytes: int) -> torch.Tensor:
+    return torch.empty(response_bytes, dtype=torch.uint8)
+
+
+def rpc_round_trip(request_bytes: int, response_bytes: int, iters: int) -> dict:
+    """torch.distributed.rpc between two local processes, carrying the same payload sizes."""
+    import torch.distributed.rpc as rpc
+
+    ready = SPAWN.Event()
+    worker = SPAWN.Process(target=rpc_echo_worker, args=(response_bytes, ready))
+    worker.start()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29631")
+    rpc.init_rpc("client", rank=0, world_size=2)
+    payload = [torch.empty(request_bytes, dtype=torch.uint8)]
+    lat = timed(lambda: rpc.rpc_sync("server", respond, args=(payload, response_bytes)), iters)
+    rpc.shutdown()
+    worker.join(60)
+    return summary(lat, 0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--categories", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--clients", default=",".join(map(str, CLIENTS)))
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args(argv)
+    cat = make_catalogue(args.items, args.categories, seed=0)
+    default_id = int(cat.ids[0])
+    b = positive_batch(cat, args.batch_size, np.random.default_rng(0))[0]
+    batch = (b[DEDUP_TAG].values().numpy().copy(), b[SAMPLE_TAG].values().numpy().copy())
+    items, tags = ragged(batch[0]), ragged(batch[1])
+    negatives = args.batch_size * K
+    results = {"machine": {"host": platform.node(), "cpus": os.cpu_count(), "processor": platform.processor(),
+                           "torch": torch.__version__, "python": platform.python_version()},
+               "settings": vars(args)}
+
+    local = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device="cpu")
+    local.reload(cat.table)
+    results["in_process"] = {
+        "fused": summary(timed(lambda: local.sample(items, K, tags, default_value=default_id), args.iters), negatives),
+        "five_calls": summary(timed(lambda: five_calls(local, items, tags, default_id), args.iters), negatives)}
+
+    job = f"bench{os.getpid()}"
+    with LocalRpcDataSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device="cpu", name=job) as starter:
+        starter.reload(cat.table)
+        results["server"] = [run_clients(job, n, batch, default_id, args.iters, "shm")
+                             for n in map(int, args.clients.split(","))]
+        results["server_socket_results"] = run_clients(job, 1, batch, default_id, args.iters, "socket")
+        # the bytes one fused request and its answer carry, for the torch.distributed.rpc peer
+        arrays = {}
+        protocol.encode("dedup", items, arrays), protocol.encode("tags", tags, arrays)
+        request_bytes = sum(a.nbytes for a in arrays.values())
+        answer = local.sample(items, K, tags, default_value=default_id)
+        out = {}
+        protocol.encode_table("f", answer.features, out)
+        response_bytes = sum(a.nbytes for a in out.values()) + 3 * answer.ids.nbytes
+    results["payload_bytes"] = {"request": request_bytes, "response": response_bytes}
+    results["torch_rpc_round_trip"] = rpc_round_trip(request_bytes, response_bytes, args.iters)
+
+    print(json.dumps(results["machine"]))
+    print(f"batch {args.batch_size} x {K}; request {request_bytes / 1e3:.0f} kB, response {response_bytes / 1e6:.1f} MB")
+    ip = results["in_process"]
+    print(f"in-process         fused p50 {ip['fused']['p50_ms']:.1f} ms   5 calls p50 {ip['five_calls']['p50_ms']:.1f} ms")
+    for r in results["server"]:
+        f, c = r["fused"], r["five_calls"]
+        print(f"server {r['clients']} client(s)  fused p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms, "
+              f"{f['negatives_per_s']:.3e} neg/s | 5 calls p50 {c['p50_ms']:.1f} p99 {c['p99_ms']:.1f} ms, "
+              f"{c['negatives_per_s']:.3e} neg/s")
+    so = results["server_socket_results"]["fused"]
+    print(f"server, results by socket copy: fused p50 {so['p50_ms']:.1f} p99 {so['p99_ms']:.1f} ms")
+    rp = results["torch_rpc_round_trip"]
+    print(f"torch.distributed.rpc bare round trip, same bytes: p50 {rp['p50_ms']:.1f} p99 {rp['p99_ms']:.1f} ms")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_server.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot(results, os.path.join(args.out, "bench_server.png"))
+    print(f"wrote {args.out}/bench_server.json and bench_server.png")
+    return results
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    clients = [r["clients"] for r in results["server"]]
+    for kind in ("fused", "five_calls"):
+        ax[0].plot(clients, [r[kind]["p50_ms"] for r in results["server"]], "o-", label=f"{kind} p50")
+        ax[0].plot(clients, [r[kind]["p99_ms"] for r in results["server"]], "o--", label=f"{kind} p99")
+    ax[0].axhline(results["in_process"]["fused"]["p50_ms"], color="k", lw=1, label="in-process fused p50")
+    ax[0].axhline(results["torch_rpc_round_trip"]["p50_ms"], color="r", lw=1, label="torch rpc bare round trip p50")
+    ax[0].set_xlabel("client processes")
+    ax[0].set_ylabel("ms per request")
+    ax[0].set_title("latency")
+    ax[0].legend(fontsize=7)
+    for kind in ("fused", "five_calls"):
+        ax[1].plot(clients, [r[kind]["negatives_per_s"] for r in results["server"]], "o-", label=kind)
+    ax[1].set_xlabel("client processes")
+    ax[1].set_ylabel("negatives / s (all clients)")
+    ax[1].set_title("throughput")
+    ax[1].legend()
+    fig.suptitle(f"LocalRpcDataSampler, {results['settings']['batch_size']}x{K} per request, "
+                 f"{results['machine']['cpus']} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
