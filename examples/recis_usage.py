@@ -69,4 +69,7 @@ def main(n_batches=10, batch_size=1024):
 
 
 if __name__ == "__main__":
+    # RecIS reads LOCAL_PROCESS_RANK; under torchrun take it from LOCAL_RANK (RecIS's docs ask
+    # the user to set it by hand outside whole-node jobs).
+    os.environ.setdefault("LOCAL_PROCESS_RANK", os.environ.get("LOCAL_RANK", "0"))
     main()
