@@ -2,8 +2,8 @@
 # The one prepared check for a lent GPU machine (no network; torch cu130, cupy-cuda13x,
 # cuda-bindings, numba, pyarrow, pytest preinstalled). In under 5 minutes it
 #   1. records the card, driver and library versions;
-#   2. runs the whole test suite, slow stress tests and GPU tests included: on a GPU the
-#      parity tests compare the CUDA backend with the CPU backend bit for bit;
+#   2. runs the GPU tests first (the CUDA backend against the CPU backend bit for bit, CUDA
+#      IPC results of the node server), then the rest of the suite, slow tests included;
 #   3. runs the kernel benchmark (bench/bench_cuda.py) and prints its summary.
 # Results: $OUT (the device tool's folder) or bench/results/ when OUT is unset.
 set -uo pipefail
@@ -21,8 +21,9 @@ export GPU_NEGSAMPLE_CACHE="${TMPDIR:-/tmp}/gpu_negsample_cache"
   python3 -c 'import cupy; print("cupy", cupy.__version__, "devices", cupy.cuda.runtime.getDeviceCount())' 2>&1 | tail -1
 } 2>&1 | tee "$out/device_info.txt"
 status=0
-timeout 200 python3 -m pytest -q -m "slow or not slow" -p no:cacheprovider -rs 2>&1 | tee "$out/device_tests.log" || status=1
-grep -qi "skipped.*no CUDA device" "$out/device_tests.log" && { echo "GPU tests were skipped: no usable GPU"; status=1; }
+timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider -rs 2>&1 | tee "$out/device_gpu_tests.log" || status=1
+grep -qi "skipped.*no CUDA device" "$out/device_gpu_tests.log" && { echo "GPU tests were skipped: no usable GPU"; status=1; }
+timeout 150 python3 -m pytest -q -m "not gpu" -p no:cacheprovider -rs 2>&1 | tee "$out/device_tests.log" || status=1
 timeout 90 python3 bench/bench_cuda.py --repeats 20 --out "$out" 2>&1 | grep -v '^reload' | tee "$out/device_bench.log" \
   || status=1
 echo "device_check: $([ $status = 0 ] && echo passed || echo FAILED)"

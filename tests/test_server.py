@@ -16,6 +16,7 @@ from gpu_negsample.server.endpoint import SHM_DIR, job_dir, pid_alive, shm_prefi
 from gpu_negsample.server.service import rank_seed
 from server_tables import catalogue, positives
 import server_workers as w
+from devices import needs_gpu
 
 SPAWN = mp.get_context("spawn")
 _jobs = itertools.count()
@@ -200,3 +201,33 @@ def test_requests_are_bounded(job):
     with client(job, max_request_bytes=4096) as s:
         with pytest.raises(RequestError, match="max_request_bytes"):
             s.reload(catalogue().table)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_results_in_cuda_ipc_buffers_on_the_ranks_gpu(job):
+    cat = catalogue()
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+    with client(job, device="cuda", results="cuda") as s:
+        s.reload(cat.table)
+        for call in range(3):  # the first answer grows the buffers; the next ones land in them
+            want = ref.sample(*positives(cat, call), default_value=int(cat.ids[0]))
+            got = s.sample(*positives(cat, call), default_value=int(cat.ids[0]))
+            assert got.ids.is_cuda and got.ids.device.index == torch.cuda.current_device()
+            assert torch.equal(got.ids.cpu(), want.ids) and torch.equal(got.negative_ids.cpu(), want.negative_ids)
+            for name, value in want.features.items():
+                other = got.features[name]
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(other.cpu(), value), name
+                elif isinstance(value, np.ndarray):
+                    assert np.array_equal(other, value), name
+                else:
+                    assert torch.equal(other.values().cpu(), value.values()), name
+
+
+def test_cuda_results_need_a_gpu_on_both_sides(job):
+    if torch.cuda.is_available():
+        pytest.skip("checks the error of a machine without a GPU")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        client(job, results="cuda")

@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 
+import numpy as np
 import torch
 import zmq
 
@@ -38,14 +39,74 @@ class ServerError(NegSampleError):
 
 
 class _Block:
-    """A shared-memory result block: mapped here and in the server, its name already unlinked."""
+    """A result block the server writes answers into; offered again only when no array the
+    caller holds views it any more."""
 
-    def __init__(self, ident: int, size: int, memory: mmap.mmap):
-        self.ident, self.size, self.memory = ident, size, memory
-        self.live_arrays = 0  # arrays handed to the caller that still view this block
+    kind = ""
+
+    def __init__(self, ident: int, size: int):
+        self.ident, self.size = ident, size
+        self.live_arrays = 0
 
     def release(self) -> None:
         self.live_arrays -= 1
+
+    def views(self, metas: list) -> dict:
+        arrays = self._views(metas)
+        for a in arrays.values():
+            self.live_arrays += 1
+            weakref.finalize(a, self.release)
+        return arrays
+
+
+class _ShmBlock(_Block):
+    """Shared memory: mapped here and in the server, its /dev/shm name already unlinked."""
+
+    kind = "shm"
+
+    def __init__(self, ident: int, size: int, memory: mmap.mmap):
+        super().__init__(ident, size)
+        self.memory = memory
+
+    def _views(self, metas):
+        return p.read_block(self.memory, metas)
+
+    def close(self) -> None:
+        try:
+            self.memory.close()
+        except BufferError:
+            pass  # the caller still holds tensors on it; the mapping goes with them
+
+
+class _CudaBlock(_Block):
+    """Memory on this rank's GPU that the server opened through a CUDA IPC handle."""
+
+    kind = "cuda"
+
+    def __init__(self, ident: int, size: int, device: int):
+        import cupy
+
+        super().__init__(ident, size)
+        self._cupy, self.device = cupy, device
+        with cupy.cuda.Device(device):
+            self.ptr = cupy.cuda.runtime.malloc(size)  # its own allocation: the IPC handle covers exactly it
+            self.handle = cupy.cuda.runtime.ipcGetMemHandle(self.ptr)
+            memory = cupy.cuda.UnownedMemory(self.ptr, size, self, device)
+            self.tensor = torch.from_dlpack(cupy.ndarray((size,), cupy.uint8, cupy.cuda.MemoryPointer(memory, 0)))
+
+    def _views(self, metas):
+        out = {}
+        for meta in metas:
+            dtype = torch.from_numpy(np.empty(0, dtype=np.dtype(meta["dtype"]))).dtype
+            nbytes = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
+            start = int(meta["offset"])
+            out[meta["name"]] = self.tensor[start:start + nbytes].view(dtype).reshape(meta["shape"])
+        return out
+
+    def close(self) -> None:
+        if self.live_arrays == 0:  # else the caller's tensors keep using it until the process ends
+            with self._cupy.cuda.Device(self.device):
+                self._cupy.cuda.runtime.free(self.ptr)
 
 
 class LocalRpcDataSampler:
@@ -57,8 +118,10 @@ class LocalRpcDataSampler:
 
     * name: the job's name on this machine (default: torchrun's run id, or MASTER_ADDR and
       MASTER_PORT, or this process id for a single process);
-    * results: "shm" (results arrive in shared memory and become tensors without a copy)
-      or "socket" (copied through the socket);
+    * results: "shm" (results arrive in shared memory and become tensors without a copy),
+      "socket" (copied through the socket), or "cuda" (a server on a GPU writes them into
+      buffers on this rank's current CUDA device, shared once through CUDA IPC handles; the
+      answer's tensors are views of those buffers);
     * connect_timeout, wait_for_table_timeout: seconds to wait for the server to come up
       and for local rank 0's reload;
     * max_request_bytes: the server refuses bigger requests (reload a bigger table from a
@@ -73,8 +136,10 @@ class LocalRpcDataSampler:
                  weight_exponent=1.0, unsatisfiable="raise", fill_id=-1, device="auto", memory_budget=None,
                  name=None, results="shm", connect_timeout=120.0, wait_for_table_timeout=600.0,
                  max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, **_recis_options):
-        if results not in ("shm", "socket"):
-            raise ValueError(f"results must be 'shm' or 'socket'; got {results!r}")
+        if results not in ("shm", "socket", "cuda"):
+            raise ValueError(f"results must be 'shm', 'socket' or 'cuda'; got {results!r}")
+        if results == "cuda" and not torch.cuda.is_available():
+            raise ValueError("results='cuda' puts answers on this rank's GPU; this process has no CUDA device")
         self.config = {"sample_tag": sample_tag, "dedup_tag": dedup_tag, "weight_tag": weight_tag,
                        "skey_name": skey_name, "put_back": bool(put_back), "seed": seed,
                        "weight_exponent": weight_exponent, "unsatisfiable": unsatisfiable, "fill_id": fill_id,
@@ -143,10 +208,7 @@ class LocalRpcDataSampler:
         sock.close(0)
         ctx.term()
         for block in blocks:
-            try:
-                block.memory.close()
-            except BufferError:
-                pass  # the caller still holds tensors on it; the mapping goes with them
+            block.close()
         if process is not None:
             try:
                 process.wait(timeout=30)  # the server leaves once every rank has said goodbye
@@ -192,20 +254,16 @@ class LocalRpcDataSampler:
         if not head.get("ok"):
             kind = _ERRORS.get(head.get("error"), ServerError)
             raise kind(head.get("message", "the sampling server failed"))
-        if "shm" in head:
-            arrays = p.read_block(block.memory, head["shm"])
-            for a in arrays.values():
-                block.live_arrays += 1
-                weakref.finalize(a, block.release)
-        else:
-            _, arrays = p.unpack(reply, 2**62)
-            if head.get("needed"):
-                self._grow_blocks(int(head["needed"]))
+        _, arrays = p.unpack(reply, 2**62)  # what came through the socket
+        if "placed" in head:
+            arrays.update(block.views(head["placed"]))
+        if head.get("needed"):
+            self._grow_blocks(int(head["needed"]))
         head["arrays"] = arrays
         return head
 
     def _free_block(self):
-        if self.results != "shm":
+        if self.results == "socket":
             return None
         free = [b for b in self._blocks if b.live_arrays == 0]
         return max(free, key=lambda b: b.size) if free else (self._new_block(MIN_BLOCK_BYTES)
@@ -217,18 +275,23 @@ class LocalRpcDataSampler:
         if free and len(self._blocks) >= MAX_BLOCKS:
             smallest = min(free, key=lambda b: b.size)
             self._blocks.remove(smallest)
-            smallest.memory.close()
+            self._request("unmap_block", {"block": smallest.ident}, {})
+            smallest.close()
         if len(self._blocks) < MAX_BLOCKS:
             self._new_block(max(2 * needed, MIN_BLOCK_BYTES))
 
     def _new_block(self, size: int) -> _Block:
         ident = next(self._block_ids)
+        if self.results == "cuda":
+            block = _CudaBlock(ident, size, torch.cuda.current_device())
+            self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident}, {})
+            self._blocks.append(block)
+            return block
         path = block_path(self.job, os.getpid(), ident)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, size)
-            memory = mmap.mmap(fd, size)
-            block = _Block(ident, size, memory)
+            block = _ShmBlock(ident, size, mmap.mmap(fd, size))
             self._request("map_block", {"path": str(path), "size": size, "block": ident}, {})
         finally:
             os.close(fd)

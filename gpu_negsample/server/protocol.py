@@ -29,9 +29,26 @@ def _check_meta(meta: dict) -> tuple[np.dtype, tuple]:
     return dtype, shape
 
 
+def host(a) -> np.ndarray:
+    """A contiguous numpy array of a numpy array, a torch tensor (any device) or a CuPy array."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    elif not isinstance(a, np.ndarray) and hasattr(a, "get"):  # a CuPy array
+        a = a.get()
+    return np.ascontiguousarray(a)
+
+
+def on_gpu(a) -> bool:
+    return (isinstance(a, torch.Tensor) and a.is_cuda) or hasattr(a, "__cuda_array_interface__")
+
+
+def dtype_of(a) -> np.dtype:
+    return torch.empty(0, dtype=a.dtype).numpy().dtype if isinstance(a, torch.Tensor) else np.dtype(a.dtype)
+
+
 def pack(header: dict, arrays: dict) -> list:
     """Frames of a message: the header (with the arrays' dtypes and shapes), then each array."""
-    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    arrays = {name: host(a) for name, a in arrays.items()}
     meta = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()]
     return [json.dumps(dict(header, arrays=meta)).encode(), *arrays.values()]
 
@@ -56,18 +73,21 @@ def unpack(frames: list, max_bytes: int) -> tuple[dict, dict]:
 
 
 def layout(arrays: dict) -> tuple[list, int]:
-    """Placement of arrays in one shared-memory block: (metas with offsets, bytes needed)."""
+    """Placement of arrays in one result block: (metas with offsets, bytes needed)."""
     metas, offset = [], 0
     for name, a in arrays.items():
-        metas.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset})
-        offset += (a.nbytes + ALIGN - 1) // ALIGN * ALIGN
+        dtype = dtype_of(a)
+        nbytes = int(np.prod(a.shape, dtype=np.int64)) * dtype.itemsize
+        metas.append({"name": name, "dtype": dtype.str, "shape": list(a.shape), "offset": offset})
+        offset += (nbytes + ALIGN - 1) // ALIGN * ALIGN
     return metas, offset
 
 
 def write_block(block: memoryview, arrays: dict, metas: list) -> None:
     for meta, a in zip(metas, arrays.values()):
+        a = host(a)
         view = np.frombuffer(block, dtype=a.dtype, count=a.size, offset=meta["offset"])
-        view[...] = np.ascontiguousarray(a).reshape(-1)
+        view[...] = a.reshape(-1)
 
 
 def read_block(block, metas: list) -> dict:
@@ -81,20 +101,17 @@ def read_block(block, metas: list) -> dict:
 
 
 # ---- values <-> (JSON args, arrays) -------------------------------------------------------
-def _numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
 def encode(name: str, value, arrays: dict):
-    """The JSON description of value; its arrays go into `arrays` under names starting with name."""
+    """The JSON description of value; its arrays go into `arrays` (as they are: host copies are
+    made when the message is sent) under names starting with name."""
     if isinstance(value, RaggedTensor):
-        arrays[f"{name}.values"] = _numpy(value.values())
-        arrays[f"{name}.offsets"] = _numpy(value.offsets()[0])
+        arrays[f"{name}.values"] = value.values()
+        arrays[f"{name}.offsets"] = value.offsets()[0]
         if value.weight() is not None:
-            arrays[f"{name}.weight"] = _numpy(value.weight())
+            arrays[f"{name}.weight"] = value.weight()
         return {"ragged": name, "weight": value.weight() is not None}
     if isinstance(value, (torch.Tensor, np.ndarray)):
-        arrays[name] = _numpy(value)
+        arrays[name] = value
         return {"array": name, "numpy": isinstance(value, np.ndarray)}
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
@@ -104,16 +121,21 @@ def encode(name: str, value, arrays: dict):
                        "give tensors, RaggedTensors, numpy arrays or numbers")
 
 
+def tensor(a) -> torch.Tensor:
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(a)
+
+
 def decode(desc, arrays: dict):
-    """The value `encode` described (numpy arrays become torch tensors unless they were numpy)."""
+    """The value `encode` described (numpy arrays become torch tensors unless they were numpy;
+    tensors, e.g. views of a CUDA result block, stay as they are)."""
     if isinstance(desc, dict) and "ragged" in desc:
         name = desc["ragged"]
         weight = arrays[f"{name}.weight"] if desc["weight"] else None
-        return RaggedTensor(torch.from_numpy(arrays[f"{name}.values"]), torch.from_numpy(arrays[f"{name}.offsets"]),
-                            None if weight is None else torch.from_numpy(weight))
+        return RaggedTensor(tensor(arrays[f"{name}.values"]), tensor(arrays[f"{name}.offsets"]),
+                            None if weight is None else tensor(weight))
     if isinstance(desc, dict) and "array" in desc:
         a = arrays[desc["array"]]
-        return a if desc["numpy"] or a.dtype.kind == "S" else torch.from_numpy(a)
+        return a if isinstance(a, np.ndarray) and (desc["numpy"] or a.dtype.kind == "S") else tensor(a)
     return desc
 
 

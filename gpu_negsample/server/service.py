@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import zmq
 
 from ..backends.select import select_backend
@@ -44,12 +45,54 @@ def rank_seed(seed: int, rank: int) -> int:
     return (int(seed) + int(rank) * GOLDEN) % 2**64
 
 
+class RemoteCudaBlock:
+    """A client's GPU buffer, opened here from its CUDA IPC handle."""
+
+    def __init__(self, cupy, ordinal: int, handle: bytes, size: int):
+        self.cp, self.ordinal, self.size = cupy, ordinal, size
+        with cupy.cuda.Device(ordinal):
+            self.ptr = cupy.cuda.runtime.ipcOpenMemHandle(handle)
+
+    def write(self, arrays: dict, metas: list) -> None:
+        """Device-to-device copies on the current stream, finished before the answer leaves."""
+        rt = self.cp.cuda.runtime
+        stream = self.cp.cuda.get_current_stream()
+        for meta, a in zip(metas, arrays.values()):
+            if isinstance(a, torch.Tensor):
+                a = a.contiguous()
+                src, nbytes = a.data_ptr(), a.numel() * a.element_size()
+            else:
+                a = self.cp.ascontiguousarray(a)
+                src, nbytes = a.data.ptr, a.nbytes
+            rt.memcpyAsync(self.ptr + int(meta["offset"]), src, nbytes, rt.memcpyDefault, stream.ptr)
+        stream.synchronize()
+
+    def close(self) -> None:
+        with self.cp.cuda.Device(self.ordinal):
+            self.cp.cuda.runtime.ipcCloseMemHandle(self.ptr)
+
+
+class SharedBlock:
+    """A client's shared-memory result block, mapped here."""
+
+    def __init__(self, path: str, size: int):
+        with open(path, "r+b") as f:
+            self.memory = mmap.mmap(f.fileno(), size)
+        self.size = size
+
+    def write(self, arrays: dict, metas: list) -> None:
+        p.write_block(memoryview(self.memory), arrays, metas)
+
+    def close(self) -> None:
+        self.memory.close()
+
+
 @dataclass
 class Client:
     pid: int
     rank: int
     stream: RandomStream
-    blocks: dict = field(default_factory=dict)  # block id -> mmap of the client's result block
+    blocks: dict = field(default_factory=dict)  # block id -> SharedBlock | RemoteCudaBlock
 
     def close(self) -> None:
         for block in self.blocks.values():
@@ -160,19 +203,27 @@ class SamplingServer:
         return p.pack({"ok": False, "seq": header.get("seq"), "error": kind, "message": message}, {})
 
     def _reply(self, identity: bytes, request: dict, header: dict, arrays: dict) -> list:
-        """Frames of a reply; arrays go into the client's offered shared-memory block when they fit."""
+        """Frames of a reply. Arrays go into the block the client offered when they fit (a
+        shared-memory block takes every array; a CUDA block the ones on the GPU); the rest,
+        and everything when nothing fits, go through the socket, with the size that would
+        have fitted ("needed") so the client can map a bigger block."""
         header["seq"] = request.get("seq")
-        block_id = request.get("block")
         client = self.clients.get(identity)
-        if arrays and block_id is not None and client and block_id in client.blocks:
-            metas, needed = p.layout(arrays)
-            block = client.blocks[block_id]
-            if needed <= len(block):
-                p.write_block(memoryview(block), arrays, metas)
-                return p.pack(dict(header, shm=metas, block=block_id), {})
-            header["needed"] = needed
-        elif arrays and block_id is not None:
-            header["needed"] = p.layout(arrays)[1]
+        block = client.blocks.get(request.get("block")) if client else None
+        if block is not None and arrays:
+            cuda = isinstance(block, RemoteCudaBlock)
+            placed = {n: a for n, a in arrays.items() if p.on_gpu(a)} if cuda else arrays
+            metas, needed = p.layout(placed)
+            if placed and needed <= block.size:
+                if cuda:
+                    with self.engine.backend.device.active():
+                        block.write(placed, metas)
+                else:
+                    block.write(placed, metas)
+                header["placed"] = metas
+                arrays = {n: a for n, a in arrays.items() if n not in placed}
+            elif placed:
+                header["needed"] = needed
         return p.pack(header, arrays)
 
     # ---- operations ------------------------------------------------------------------------
@@ -196,9 +247,22 @@ class SamplingServer:
         return {}, {}
 
     def op_map_block(self, identity, args, arrays):
-        with open(args["path"], "r+b") as f:
-            block = mmap.mmap(f.fileno(), int(args["size"]))
+        self.clients[identity].blocks[int(args["block"])] = SharedBlock(args["path"], int(args["size"]))
+        return {}, {}
+
+    def op_map_cuda_block(self, identity, args, arrays):
+        device = getattr(self.engine.backend, "device", None)
+        if getattr(device, "cp", None) is None:
+            raise RequestError("results='cuda' needs the node's server on a GPU: start it with device='cuda' "
+                               "(or 'auto' on a GPU node, with cupy installed), or use results='shm'")
+        block = RemoteCudaBlock(device.cp, device.ordinal, bytes.fromhex(args["handle"]), int(args["size"]))
         self.clients[identity].blocks[int(args["block"])] = block
+        return {}, {}
+
+    def op_unmap_block(self, identity, args, arrays):
+        block = self.clients[identity].blocks.pop(int(args["block"]), None)
+        if block is not None:
+            block.close()
         return {}, {}
 
     def op_reload(self, identity, args, arrays):
@@ -235,17 +299,17 @@ class SamplingServer:
         neg, _, _ = self.engine.sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
                                            p.decode(args["tags"], arrays), args["avoid_conflict"],
                                            args["avoid_all"], self._stream(identity))
-        return {}, {"out": self.engine.backend.to_host(neg)}
+        return {}, {"out": neg}
 
     def op_valid_sample_ids(self, identity, args, arrays):
         out = self.engine.valid_sample_ids(p.decode(args["ids"], arrays), args["default"])
-        return {}, {"out": self.engine.backend.to_host(out)}
+        return {}, {"out": out}
 
     def op_combine_vector(self, identity, args, arrays):
         out = self.engine.combine_vector_with_sample_counts(p.decode(args["origin"], arrays),
                                                             p.decode(args["counts"], arrays),
                                                             p.decode(args["sampled"], arrays))
-        return {}, {"out": self.engine.backend.to_host(out)}
+        return {}, {"out": out}
 
     def op_pack_feature(self, identity, args, arrays):
         out = {}
@@ -261,8 +325,7 @@ class SamplingServer:
         neg, valid, ids, features, counts, log_q = self.engine.fused_sample(
             p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays), p.decode(args["tags"], arrays),
             args["default"], args["avoid_conflict"], args["avoid_all"], args["log_q"], self._stream(identity))
-        host = self.engine.backend.to_host
-        out = {"neg": host(neg), "valid": host(valid), "ids": host(ids), "counts": counts}
+        out = {"neg": neg, "valid": valid, "ids": ids, "counts": counts}
         if log_q is not None:
             out["log_q"] = log_q
         return {"table": p.encode_table("f", features, out)}, out
