@@ -19,6 +19,8 @@ import numba
 import numpy as np
 import torch
 
+from report import save
+
 from gpu_negsample import NegativeSampler
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
 
@@ -179,19 +181,10 @@ def main(argv=None):
     }
     print(f"load + index of {args.items:,} rows: {results['load_index_s']:.2f} s (RecIS {RECIS['load_index_s']} s)")
     print("vs RecIS:", json.dumps({k: round(v, 1) for k, v in results["x_recis"].items()}))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_cpu.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    plot(results, os.path.join(args.out, "bench_cpu.png"))
-    print(f"wrote {args.out}/bench_cpu.json and bench_cpu.png")
+    save(results, args.out, "bench_cpu", plot)
 
 
-def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(results, plt):
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     names = ["ours", "ours_no_put_back", "ours_batch_wide", "numpy_choice", "torch_multinomial"]
     for j, key in enumerate(("4096x10", "65536x10")):
@@ -209,8 +202,7 @@ def plot(results, path):
     ax[1].set_ylabel("MB/s")
     ax[1].set_title("pack_feature vs numpy fancy-index gather")
     fig.suptitle(f"gpu_negsample CPU path, {results['machine']['cpus']} cores ({results['machine']['processor']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import torch
 from gpu_negsample import NegativeSampler
 from gpu_negsample.request import ragged_rows, sample_counts
 from gpu_negsample.rng import split_seed
+from report import save
+
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
 
 K = 10
@@ -230,20 +232,11 @@ def main(argv=None):
     }
     for name, (got, want) in results["targets"].items():
         print(f"target {name}: {got:.3g} (target {want:g}) {'met' if got >= want else 'NOT met'}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    plot(results, os.path.join(args.out, "bench_cuda.png"))
-    print(f"wrote {args.out}/bench_cuda.json and bench_cuda.png")
+    save(results, args.out, "bench_cuda", plot)
     return results
 
 
-def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(results, plt):
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     sizes = list(results["sample_ids"])
     peers = ["kernels_per_s", "sample_ids_call_per_s", "torch_multinomial_per_category_per_s",
@@ -267,8 +260,7 @@ def plot(results, path):
     ax[2].set_ylabel("ids / s")
     ax[2].set_title("hash lookups")
     fig.suptitle(f"gpu_negsample CUDA kernels on {results['machine'].get('gpu', results['machine']['device'])}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 if __name__ == "__main__":

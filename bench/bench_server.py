@@ -20,6 +20,8 @@ import time
 import numpy as np
 import torch
 
+from report import save
+
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RaggedTensor
 from gpu_negsample.server import protocol
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
@@ -53,8 +55,10 @@ def timed(fn, iters) -> list[float]:
 def summary(latencies: list[float], negatives_per_call: int, wall: float | None = None) -> dict:
     lat = np.asarray(latencies) * 1e3
     calls = len(latencies)
-    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "calls": calls,
-            "negatives_per_s": negatives_per_call * calls / (wall if wall else float(np.sum(latencies)))}
+    out = {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "calls": calls}
+    if negatives_per_call:
+        out["negatives_per_s"] = negatives_per_call * calls / (wall if wall else float(np.sum(latencies)))
+    return out
 
 
 def client_loop(rank, job, ids, cats, default_id, iters, results_mode, start, results) -> None:
@@ -174,20 +178,11 @@ def main(argv=None):
     print(f"server, results by socket copy: fused p50 {so['p50_ms']:.1f} p99 {so['p99_ms']:.1f} ms")
     rp = results["torch_rpc_round_trip"]
     print(f"torch.distributed.rpc bare round trip, same bytes: p50 {rp['p50_ms']:.1f} p99 {rp['p99_ms']:.1f} ms")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_server.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    plot(results, os.path.join(args.out, "bench_server.png"))
-    print(f"wrote {args.out}/bench_server.json and bench_server.png")
+    save(results, args.out, "bench_server", plot)
     return results
 
 
-def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(results, plt):
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
     clients = [r["clients"] for r in results["server"]]
     for kind in ("fused", "five_calls"):
@@ -207,8 +202,7 @@ def plot(results, path):
     ax[1].legend()
     fig.suptitle(f"LocalRpcDataSampler, {results['settings']['batch_size']}x{K} per request, "
                  f"{results['machine']['cpus']} cores")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 if __name__ == "__main__":

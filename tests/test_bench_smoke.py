@@ -7,7 +7,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_cuda.py"
 
 
-def test_bench_cuda_runs_on_the_emulation(tmp_path, capsys):
+def test_bench_cuda_runs_on_the_emulation(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # as when run as a script: bench/ is on the path
     spec = importlib.util.spec_from_file_location("bench_cuda", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -196,11 +196,14 @@ class LocalRpcDataSampler:
         if self._closed:
             return
         self._closed = True
-        try:
-            if self.server_pid and pid_alive(self.server_pid):
-                self._request("bye", {}, {}, timeout=5.0)
-        except (NegSampleError, TimeoutError):
-            pass
+        if self._lock.acquire(timeout=10):  # a prefetch thread may be mid-request on the socket
+            try:
+                if self.server_pid and pid_alive(self.server_pid):
+                    self._request("bye", {}, {}, timeout=5.0)
+            except (NegSampleError, TimeoutError):
+                pass
+            finally:
+                self._lock.release()
         self._finalizer()
 
     @staticmethod
