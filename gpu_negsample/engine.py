@@ -104,7 +104,7 @@ class Engine:
 
     # ---- loading -------------------------------------------------------------------------
     def reload(self, data, progress: bool | None = None) -> None:
-        """Load a table; the bar (validate, index) shows for tables of PROGRESS_MIN_ROWS rows or more."""
+        """Load a table; the bar (validate, index, place) shows for tables of PROGRESS_MIN_ROWS rows or more."""
         self.swap(self.build_state(data, progress))
 
     def swap(self, state: LoadedTable) -> None:
@@ -131,6 +131,10 @@ class Engine:
         log.info("loaded %s; %s in %.2f s\n%s", table.describe(), index.describe(), time.perf_counter() - t0,
                  state.placement.describe())
         return state
+
+    @property
+    def loaded(self) -> bool:
+        return self._state is not None
 
     @property
     def state(self) -> LoadedTable:

@@ -239,7 +239,7 @@ class SamplingServer:
         self.clients[identity] = Client(int(args["pid"]), int(args["rank"]),
                                         RandomStream(rank_seed(seed, int(args["rank"]))))
         self.had_clients = True
-        return {"server_pid": os.getpid(), "loaded": self.engine._state is not None,
+        return {"server_pid": os.getpid(), "loaded": self.engine.loaded,
                 "seed": rank_seed(seed, int(args["rank"]))}, {}
 
     def op_bye(self, identity, args, arrays):
