@@ -231,3 +231,16 @@ def test_cuda_results_need_a_gpu_on_both_sides(job):
         pytest.skip("checks the error of a machine without a GPU")
     with pytest.raises(ValueError, match="no CUDA device"):
         client(job, results="cuda")
+
+
+def test_a_second_server_for_the_same_job_is_refused_and_the_first_keeps_serving(job):
+    """Two processes that both believe they are local rank 0: the second one's server refuses
+    to bind over the first's socket and exits, and the second process joins the first server."""
+    cat = catalogue()
+    with client(job) as first:
+        first.reload(cat.table)
+        with client(job) as second:
+            assert second._process.wait(30) != 0
+            assert second.server_pid == first.server_pid
+            assert second.sample_ids(*positives(cat, 0)).shape == (128 * 6,)
+        assert first.sample_ids(*positives(cat, 1)).shape == (128 * 6,)

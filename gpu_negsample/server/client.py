@@ -164,10 +164,17 @@ class LocalRpcDataSampler:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(f"ipc://{socket_path(self.directory)}")
         self.server_pid = None
-        hello = self._hello(connect_timeout)
-        self.server_pid, self.seed = hello["server_pid"], hello["seed"]
         self._finalizer = weakref.finalize(self, LocalRpcDataSampler._shutdown, self._sock, self._ctx,
                                            self._process, self._blocks, self.directory)
+        try:
+            hello = self._hello(connect_timeout)
+        except BaseException:
+            if self._process is not None and self._process.poll() is None:
+                self._process.terminate()  # never reached: nobody else will ask it to leave
+            self._closed = True
+            self._finalizer()
+            raise
+        self.server_pid, self.seed = hello["server_pid"], hello["seed"]
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _start_server(self) -> subprocess.Popen:
@@ -185,7 +192,7 @@ class LocalRpcDataSampler:
             except TimeoutError:
                 if self._process is not None and self._process.poll() is not None:
                     raise ServerError(f"the sampling server exited with code {self._process.returncode} while "
-                                      "starting; its log is above") from None
+                                      f"starting; its log is above (another server for job {self.job!r}?)") from None
                 if time.monotonic() > deadline:
                     raise ServerError(f"no sampling server answered at {socket_path(self.directory)} within "
                                       f"{timeout:.0f} s; local rank 0 of job {self.job!r} starts it (is it "

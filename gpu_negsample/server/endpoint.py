@@ -62,9 +62,15 @@ def job_dir(job: str, create: bool = True) -> Path:
 
 
 def remove_empty_dirs(directory: Path) -> None:
-    """Remove the job directory and the per-user one above it where they are empty (and a
-    socket a killed server left behind: nobody serves it any more)."""
-    (directory / "server.sock").unlink(missing_ok=True)
+    """Remove the job directory and the per-user one above it where they are empty (and the
+    socket and pid file a killed server left behind, unless that server still runs)."""
+    try:
+        text = pid_path(directory).read_text().strip()
+    except OSError:
+        text = ""
+    if not (text.isdigit() and pid_alive(int(text))):
+        socket_path(directory).unlink(missing_ok=True)
+        pid_path(directory).unlink(missing_ok=True)
     for path in (directory, directory.parent):
         try:
             path.rmdir()
@@ -76,6 +82,30 @@ def remove_empty_dirs(directory: Path) -> None:
 
 def socket_path(directory: Path) -> Path:
     return directory / "server.sock"
+
+
+def pid_path(directory: Path) -> Path:
+    return directory / "server.pid"
+
+
+def claim_job(directory: Path) -> None:
+    """Record this process as the job's server; refuse when a live server already serves it
+    (binding over its socket would silently cut its clients off)."""
+    path = pid_path(directory)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            text = path.read_text().strip()
+            if text.isdigit() and pid_alive(int(text)):
+                raise RuntimeError(f"job {directory.name!r} already has a sampling server (pid {text}); give this "
+                                   "job another name= (or MASTER_PORT), or stop that one") from None
+            path.unlink(missing_ok=True)  # left by a server that was killed
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return
+    raise RuntimeError(f"could not claim {path}")
 
 
 def shm_prefix(job: str) -> str:

@@ -31,7 +31,7 @@ from ..backends.select import select_backend
 from ..engine import Engine, RandomStream
 from ..errors import NegSampleError, RequestError
 from . import protocol as p
-from .endpoint import pid_alive, socket_path, sweep_stale_blocks
+from .endpoint import claim_job, pid_alive, pid_path, socket_path, sweep_stale_blocks
 
 log = logging.getLogger("gpu_negsample.server")
 
@@ -120,6 +120,7 @@ class SamplingServer:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)
+        claim_job(Path(directory))
         self.path = socket_path(Path(directory))
         self.sock.bind(f"ipc://{self.path}")
         os.chmod(self.path, 0o600)
@@ -167,6 +168,7 @@ class SamplingServer:
         self.sock.close(0)
         self.ctx.term()
         self.path.unlink(missing_ok=True)
+        pid_path(Path(self.directory)).unlink(missing_ok=True)
         try:
             os.rmdir(self.directory)
         except OSError:
