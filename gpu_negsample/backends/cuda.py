@@ -33,6 +33,7 @@ class IndexMirror:
     host: IndexArrays
     arrays: dict
     view: object
+    no_batch: dict  # the batch-wide fields of an ExclusionView without batch-wide exclusion, uploaded once
 
 
 @dataclasses.dataclass
@@ -82,7 +83,9 @@ class CudaBackend:
             arrays = {name: dev.upload(a) for name, a in index.arrays._asdict().items()}
             fields = dict(arrays, id_capacity=index.arrays.id_slots.shape[0],
                           cat_capacity=index.arrays.cat_slots.shape[0])
-            return IndexMirror(index.arrays, arrays, pack_view(dev, "IndexView", fields))
+            none = s.exclusion(index.arrays, np.zeros(1, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), None)
+            no_batch = {name: dev.upload(a) for name, a in none._asdict().items() if name.startswith("batch_")}
+            return IndexMirror(index.arrays, arrays, pack_view(dev, "IndexView", fields), no_batch)
 
     def place_table(self, table) -> tuple[dict, Placement]:
         dev = self.device
@@ -174,16 +177,17 @@ class CudaBackend:
         np.cumsum(counts, out=out_offsets[1:])
         uniform = int(counts[0]) if n and counts[0] > 0 and (counts == counts[0]).all() else 0
         own_ids_d = dev.upload(own_ids)
-        own_rows = (self._lookup_rows(ix, own_ids_d) if batch is None
-                    else dev.upload(np.full(own_ids.shape[0], -1, np.int64)))
-        # Batch-wide exclusion's per-segment masses and tables are built on the host by the
-        # same code as the CPU path, then copied.
-        host_ex = s.exclusion(ix.host, own_offsets, own_ids, np.empty(0, np.int64), batch)
-        ex_arrays = {name: dev.upload(a) for name, a in host_ex._asdict().items()
-                     if isinstance(a, np.ndarray) and name not in ("own_ids", "own_rows")}
-        ex_arrays.update(own_ids=own_ids_d, own_rows=own_rows)
-        ex_view = pack_view(dev, "ExclusionView", dict(ex_arrays, use_batch=int(host_ex.use_batch),
-                                                       batch_capacity=host_ex.batch_slots.shape[0]))
+        if batch is None:
+            ex_arrays = dict(ix.no_batch, own_rows=self._lookup_rows(ix, own_ids_d))
+        else:
+            # Batch-wide exclusion's per-segment masses and tables are built on the host by
+            # the same code as the CPU path, then copied.
+            host_ex = s.exclusion(ix.host, own_offsets, own_ids, np.empty(0, np.int64), batch)
+            ex_arrays = {name: dev.upload(a) for name, a in host_ex._asdict().items() if name.startswith("batch_")}
+            ex_arrays["own_rows"] = dev.upload(np.full(own_ids.shape[0], -1, np.int64))
+        ex_arrays.update(own_offsets=dev.upload(own_offsets), own_ids=own_ids_d)
+        ex_view = pack_view(dev, "ExclusionView", dict(ex_arrays, use_batch=int(batch is not None),
+                                                       batch_capacity=ex_arrays["batch_slots"].shape[0]))
         return SampleJob(
             ix=ix, ex_view=ex_view, ex_arrays=ex_arrays, n_rows=n, n_draws=int(out_offsets[-1]),
             uniform_count=uniform, distinct=distinct, call=call & 0xFFFFFFFF, key=(int(key[0]), int(key[1])),

@@ -249,8 +249,8 @@ class LocalRpcDataSampler:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._sock.poll(500):
-                reply = self._sock.recv_multipart(copy=True)
-                head = json.loads(reply[0])
+                reply = self._sock.recv_multipart(copy=False)  # unpack copies each array once
+                head = json.loads(reply[0].bytes)
                 if head.get("seq") != seq:
                     continue  # the answer to an earlier request that timed out
                 return self._decode_reply(head, reply, block)

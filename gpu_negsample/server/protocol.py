@@ -54,7 +54,8 @@ def pack(header: dict, arrays: dict) -> list:
 
 
 def unpack(frames: list, max_bytes: int) -> tuple[dict, dict]:
-    """(header, arrays) of received frames; RequestError when they do not add up or exceed max_bytes."""
+    """(header, arrays) of received frames (bytes or zmq frames, each array copied once into
+    writable memory); RequestError when they do not add up or exceed max_bytes."""
     total = sum(len(f) for f in frames)
     if total > max_bytes:
         raise RequestError(f"request of {total:,} bytes exceeds the server's limit of {max_bytes:,} bytes "

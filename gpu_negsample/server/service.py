@@ -131,7 +131,7 @@ class SamplingServer:
         try:
             while not self.stopping:
                 if self.sock.poll(50 if self.reloading else 200):
-                    self._answer(self.sock.recv_multipart(copy=True))
+                    self._answer(self.sock.recv_multipart(copy=False))
                 while not self.replies.empty():
                     self.sock.send_multipart(self.replies.get_nowait(), copy=False)
                 now = time.monotonic()
@@ -177,7 +177,7 @@ class SamplingServer:
 
     # ---- one request -----------------------------------------------------------------------
     def _answer(self, frames: list) -> None:
-        identity, body = frames[0], frames[1:]
+        identity, body = frames[0].bytes, frames[1:]
         header = {}
         try:
             header, arrays = p.unpack(body, self.max_request_bytes)
