@@ -97,7 +97,7 @@ def bench_sampling(sampler, cat, sizes, clock, rng, xp, on_gpu) -> dict:
     for b in sizes:
         batch = positive_batch(cat, b, rng)[0]
         own_offsets, own_ids = ragged_rows(batch[DEDUP_TAG], "positives")
-        counts = sample_counts(K, b)
+        counts = sample_counts(K, b, sampler.config.max_negatives)
         cats = engine.resolve_categories(state, batch[SAMPLE_TAG], b)
         job = backend.prepare_sample(cats.placed, cats.offsets, cats.segments, counts, own_offsets, own_ids,
                                      None, False, 0, split_seed(sampler.seed), -1)

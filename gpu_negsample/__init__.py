@@ -2,7 +2,9 @@
 from .errors import NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
 from .ragged import RaggedTensor
 from .prefetch import Prefetcher, prefetch
-from .sampler import NegativeSampler, SampleResult
+from .config import SamplerConfig
+from .sampler import NegativeSampler, SamplerBase
+from .transport import SampleResult
 from .server.client import LocalRpcDataSampler, ServerError
 
 __all__ = [
@@ -13,6 +15,8 @@ __all__ = [
     "prefetch",
     "RaggedTensor",
     "SampleResult",
+    "SamplerBase",
+    "SamplerConfig",
     "NegSampleError",
     "NotLoadedError",
     "RequestError",

@@ -20,24 +20,24 @@ from .backends import CpuBackend
 from .backends.cpu_sampling import STATUS_NO_CANDIDATE
 from .columns import DENSE, RAGGED, read_table_input
 from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
-from .hashing import build_hash_table, lookup_many
+from .config import SamplerConfig
+from .hashing import EMPTY_KEY, build_hash_table, lookup_many
 from .index import Index, build_index
 from .ragged import RaggedTensor
-from .request import int64_array, ragged_rows, row_of_position, sample_counts
+from .request import int64_array, int64_scalar, ragged_rows, row_of_position, sample_counts
 from .rng import split_seed
 from .table import SamplingColumns, Table, build_table
 
 log = logging.getLogger("gpu_negsample")
 
 PROGRESS_MIN_ROWS = 1_000_000
-UNSATISFIABLE_POLICIES = ("raise", "fill")
 
 
 class LoadedTable:
     """A table and its index, placed by the backend, and (built on first use) the
     one-category index for requests without categories."""
 
-    def __init__(self, table: Table, index: Index, sample_tag: str, backend):
+    def __init__(self, table: Table, index: Index, sample_tag: str, backend) -> None:
         self.table = table
         self.index = index
         self.backend = backend
@@ -85,18 +85,16 @@ class Categories:
 
 
 class Engine:
-    """Table state plus the sampling pipeline; NegativeSampler is its public face."""
+    """Table state plus the sampling pipeline, for one ``SamplerConfig``.
 
-    def __init__(self, sample_tag, dedup_tag, weight_tag, skey_name=None, put_back=True, seed=None,
-                 weight_exponent=1.0, unsatisfiable="raise", fill_id=-1, backend=None):
-        if unsatisfiable not in UNSATISFIABLE_POLICIES:
-            raise ValueError(f"unsatisfiable must be one of {UNSATISFIABLE_POLICIES}; got {unsatisfiable!r}")
-        self.sample_tag, self.dedup_tag, self.weight_tag, self.skey_name = sample_tag, dedup_tag, weight_tag, skey_name
-        self.put_back = bool(put_back)
-        self.seed = secrets.randbits(64) if seed is None else int(seed) & (2**64 - 1)
-        self.weight_exponent = float(weight_exponent)
-        self.unsatisfiable = unsatisfiable
-        self.fill_id = int(fill_id)
+    Every request reads the current table once (``self.state``) and uses that one
+    ``LoadedTable`` to its end, so a ``reload`` that swaps tables meanwhile can never give
+    one answer parts of two tables. ``NegativeSampler`` and the node server both drive it.
+    """
+
+    def __init__(self, config: SamplerConfig, backend=None):
+        self.config = config
+        self.seed = secrets.randbits(64) if config.seed is None else config.seed
         self.backend = backend or CpuBackend()
         self.stream = RandomStream(self.seed)
         self._state: LoadedTable | None = None
@@ -114,22 +112,23 @@ class Engine:
 
     def build_state(self, data, progress: bool | None = None) -> LoadedTable:
         """Read, validate, index and place a table aside, without touching the current one."""
+        cfg = self.config
         t0 = time.perf_counter()
         columns = read_table_input(data)
         rows = next(iter(columns.values())).row_count if columns else 0
         show = progress if progress is not None else rows >= PROGRESS_MIN_ROWS
         with tqdm(total=3, desc=f"reload {rows:,} rows", unit="step", disable=not show, leave=False) as bar:
             bar.set_postfix_str("validating")
-            table = build_table(columns, self.sample_tag, self.dedup_tag, self.weight_tag, self.skey_name,
-                                self.weight_exponent, self.backend.allocate_host)
+            table = build_table(columns, cfg.sample_tag, cfg.dedup_tag, cfg.weight_tag, cfg.skey_name,
+                                cfg.weight_exponent, self.backend.allocate_host)
             bar.update()
             bar.set_postfix_str("indexing")
-            index = build_index(table.sampling, self.sample_tag)
+            index = build_index(table.sampling, cfg.sample_tag)
             bar.update()
             bar.set_postfix_str("placing")
-            state = LoadedTable(table, index, self.sample_tag, self.backend)
-        log.info("loaded %s; %s in %.2f s\n%s", table.describe(), index.describe(), time.perf_counter() - t0,
-                 state.placement.describe())
+            state = LoadedTable(table, index, cfg.sample_tag, self.backend)
+        log.info("loaded %s; %s in %.2f s", table.describe(), index.describe(), time.perf_counter() - t0)
+        log.debug("%s", state.placement.describe())
         return state
 
     @property
@@ -138,10 +137,17 @@ class Engine:
 
     @property
     def state(self) -> LoadedTable:
+        """The current table: read once per request."""
         state = self._state
         if state is None:
             raise NotLoadedError("no table is loaded: call reload(neg_data) first")
         return state
+
+    def describe(self) -> str:
+        """The loaded table, its index, the backend, and where each column lives."""
+        state = self.state
+        return (f"table: {state.table.describe()}\nindex: {state.index.describe()}\n"
+                f"backend: {self.backend.name}\n{state.placement.describe()}")
 
     # ---- sampling ------------------------------------------------------------------------
     def resolve_categories(self, state: LoadedTable, sample_tag_ragged_tensor, n_positives: int) -> Categories:
@@ -159,23 +165,28 @@ class Engine:
             pos = int(unknown[0])
             raise RequestError(
                 f"positive row {row_of_position(offsets, pos)}: category {int(cats[pos])} is not in the table "
-                f"({unknown.size} unknown value(s)); only categories of column {self.sample_tag!r} can be sampled"
+                f"({unknown.size} unknown value(s)); only categories of column {self.config.sample_tag!r} can be sampled"
             )
         return Categories(state.index, state.placed_index, offsets, segments)
 
     def sample_ids(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None,
                    avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, stream: RandomStream | None = None):
-        """Negative ids (a backend array, positive 0's first), the resolved categories and the
-        counts; draws come from ``stream`` (default: the engine's own)."""
+        """Negative ids (a backend array, positive 0's first); draws come from ``stream``
+        (default: the engine's own)."""
+        return self._sample(self.state, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                            avoid_conflict, avoid_conflict_with_all_dedup_tags, stream)[0]
+
+    def _sample(self, state: LoadedTable, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                avoid_conflict, avoid_conflict_with_all_dedup_tags, stream):
+        """(negatives, resolved categories, counts) of one sample request on ``state``."""
         stream = stream or self.stream
-        state = self.state
         own_offsets, own_ids = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
         n = own_offsets.shape[0] - 1
-        counts = sample_counts(sample_cnts, n)
+        counts = sample_counts(sample_cnts, n, self.config.max_negatives)
         cats = self.resolve_categories(state, sample_tag_ragged_tensor, n)
         per_row = np.diff(cats.offsets)
         wanted = counts > 0
-        if not self.put_back:
+        if not self.config.put_back:
             bad = np.flatnonzero(wanted & (per_row != 1))
             if bad.size:
                 row = int(bad[0])
@@ -192,12 +203,13 @@ class Engine:
             own_ids = np.zeros(0, dtype=np.int64)
         elif avoid_conflict_with_all_dedup_tags:
             unique = np.unique(own_ids)
+            unique = unique[unique != EMPTY_KEY]  # never a table id; the hash set's empty marker
             batch = (build_hash_table(unique)[0], unique)
         out = self.backend.sample(
             cats.placed, cats.offsets, cats.segments, counts, own_offsets, own_ids, batch,
-            not self.put_back, stream.next_call(), stream.key, self.fill_id)
+            not self.config.put_back, stream.next_call(), stream.key, self.config.fill_id)
         self.last_attempts = out.attempts
-        if out.n_failed and self.unsatisfiable == "raise":
+        if out.n_failed and self.config.unsatisfiable == "raise":
             raise self._unsatisfiable_error(out.first_failed, out.first_status, out.n_failed, counts,
                                             own_offsets, own_ids, cats)
         return out.ids, cats, counts
@@ -205,21 +217,22 @@ class Engine:
     def fused_sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
                      avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False,
                      stream: RandomStream | None = None):
-        """sample_ids -> valid ids -> combine -> pack in one call: (negatives, valid positives,
-        combined ids, features, counts, log q as float32 numpy or None)."""
+        """sample_ids -> valid ids -> combine -> pack in one call, on one table: (negatives,
+        valid positives, combined ids, features, counts, log q or None), as backend arrays."""
+        state = self.state
         offsets, pos = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
         if pos.shape[0] != offsets.shape[0] - 1:
             raise RequestError("sample() needs exactly one dedup id per positive row")
-        neg, cats, counts = self.sample_ids(dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
-                                            avoid_conflict, avoid_conflict_with_all_dedup_tags, stream)
-        valid = self.valid_sample_ids(pos, default_value)
+        neg, cats, counts = self._sample(state, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                                         avoid_conflict, avoid_conflict_with_all_dedup_tags, stream)
+        valid = self._valid(state, pos, default_value)
         ids = self.backend.combine(valid, counts, neg)
-        features = self.pack_ids(ids, default_value)
+        features = self._pack(state, ids, default_value)
         log_q = None
         if return_log_q:
             # q of the positives themselves, not of the default id that replaced absent ones
             raw = self.backend.combine(pos, counts, neg)
-            log_q = self.log_q_resolved(cats, counts, raw).astype(np.float32)
+            log_q = self._log_q(cats, counts, raw)
         return neg, valid, ids, features, counts, log_q
 
     def _unsatisfiable_error(self, row, status, n_failed, counts, own_offsets, own_ids, cats):
@@ -235,28 +248,31 @@ class Engine:
             "avoid_conflict_with_all_dedup_tags, or pass unsatisfiable='fill' to pad such rows with fill_id"
         )
 
-    def log_q(self, ids, sample_cnts, sample_tag_ragged_tensor, n_positives: int) -> np.ndarray:
-        """log q for combined ids (each positive followed by its negatives)."""
-        counts = sample_counts(sample_cnts, n_positives)
-        cats = self.resolve_categories(self.state, sample_tag_ragged_tensor, n_positives)
-        return self.log_q_resolved(cats, counts, int64_array(ids, "ids"))
+    def log_q(self, ids, sample_cnts, sample_tag_ragged_tensor, n_positives: int):
+        """log q (float32 backend array) for combined ids (each positive followed by its negatives)."""
+        state = self.state
+        counts = sample_counts(sample_cnts, n_positives, self.config.max_negatives)
+        cats = self.resolve_categories(state, sample_tag_ragged_tensor, n_positives)
+        return self._log_q(cats, counts, int64_array(ids, "ids"))
 
-    def log_q_resolved(self, cats: Categories, counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    def _log_q(self, cats: Categories, counts: np.ndarray, ids):
         item_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
         np.cumsum(counts + 1, out=item_offsets[1:])
         if ids.shape[0] != item_offsets[-1]:
             raise RequestError(f"ids has {ids.shape[0]} entries; positives + sum(sample_cnts) = {int(item_offsets[-1])}")
-        return self.backend.log_q(cats.placed, cats.offsets, cats.segments, item_offsets, ids)
+        return self.backend.log_q(cats.placed, cats.offsets, cats.segments, item_offsets, ids).astype(np.float32)
 
     # ---- lookups -------------------------------------------------------------------------
     def valid_sample_ids(self, ids, default_value) -> np.ndarray:
-        state = self.state
-        return self.backend.valid_ids(state.placed_index, int64_array(ids, "ids"), int(default_value))
+        return self._valid(self.state, int64_array(ids, "ids"), default_value)
+
+    def _valid(self, state: LoadedTable, ids, default_value):
+        return self.backend.valid_ids(state.placed_index, ids, int64_scalar(default_value, "default_value"))
 
     def combine_vector_with_sample_counts(self, origin, sample_cnts, sampled) -> np.ndarray:
         origin = int64_array(origin, "origin_vector")
         sampled = int64_array(sampled, "sampled_vector")
-        counts = sample_counts(sample_cnts, origin.shape[0])
+        counts = sample_counts(sample_cnts, origin.shape[0], self.config.max_negatives)
         if counts.sum() != sampled.shape[0]:
             raise RequestError(
                 f"sampled_vector has {sampled.shape[0]} entries but sample_cnts add up to {int(counts.sum())}"
@@ -264,11 +280,11 @@ class Engine:
         return self.backend.combine(origin, counts, sampled)
 
     def pack_feature(self, ids, default_value=-1) -> dict:
-        return self.pack_ids(int64_array(ids, "ids"), default_value)
+        return self._pack(self.state, int64_array(ids, "ids"), default_value)
 
-    def pack_ids(self, ids, default_value=-1) -> dict:
-        """pack_feature of checked ids: a host int64 array or a backend array of this request."""
-        state = self.state
+    def _pack(self, state: LoadedTable, ids, default_value) -> dict:
+        """pack_feature of checked ids (a host int64 array or a backend array of this request) on ``state``."""
+        default_value = int64_scalar(default_value, "default_value")
         id_slots = state.index.arrays.id_slots
         default_row = int(lookup_many(id_slots, np.array([default_value], dtype=np.int64))[0])
         rows, missing = self.backend.rows_or_default(state.placed_index, ids, max(default_row, 0))
@@ -278,7 +294,7 @@ class Engine:
             pos = int(np.flatnonzero(found < 0)[0])
             raise RequestError(
                 f"pack_feature: {missing} id(s) are not in the table (first: {int(ids[pos])} at position {pos}) "
-                f"and default_value {default_value} is not a {self.dedup_tag!r} id of the table either; pass a "
+                f"and default_value {default_value} is not a {self.config.dedup_tag!r} id of the table either; pass a "
                 "default_value that is in the table (the same one given to valid_sample_ids)"
             )
         return gather_columns(self.backend, state.columns, rows)

@@ -9,7 +9,11 @@ from .ragged import RaggedTensor
 
 
 def int64_array(x, what: str) -> np.ndarray:
-    """A contiguous 1-D int64 numpy array of a tensor / array / list; RequestError on lossy casts."""
+    """A contiguous 1-D int64 numpy array of ids: a tensor, numpy array or list of integers
+    (any integer dtype; one id per entry; an (n, 1) column counts as n ids), or a
+    RaggedTensor, whose values are taken (one id per value). RequestError on anything else."""
+    if isinstance(x, RaggedTensor):
+        x = x.values()
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     a = np.asarray(x)
@@ -20,7 +24,8 @@ def int64_array(x, what: str) -> np.ndarray:
     if a.ndim != 1:
         raise RequestError(f"{what} must be 1-D; got shape {tuple(a.shape)}")
     if a.size and a.dtype.kind not in "iu":
-        raise RequestError(f"{what} has dtype {a.dtype}; it must hold integers (int64)")
+        raise RequestError(f"{what} has dtype {a.dtype}; it must hold integer ids (int64), e.g. "
+                           "torch.tensor([...], dtype=torch.int64)")
     if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
         raise RequestError(f"{what} value {a.max()} does not fit in int64")
     return np.ascontiguousarray(a, dtype=np.int64)
@@ -34,9 +39,26 @@ def ragged_rows(x, what: str) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(values.shape[0] + 1, dtype=np.int64), values
 
 
-def sample_counts(counts, n_positives: int) -> np.ndarray:
-    """Per-positive counts from an int or a tensor of length 1 or n_positives."""
+def int64_scalar(value, what: str) -> int:
+    """An int64 scalar argument (e.g. default_value), refused clearly when it is not one."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise RequestError(f"{what} must be an int64 id; got {value!r} ({type(value).__name__})")
+    if not -(1 << 63) <= int(value) < (1 << 63):
+        raise RequestError(f"{what} = {value} does not fit in int64")
+    return int(value)
+
+
+def sample_counts(counts, n_positives: int, max_total: int) -> np.ndarray:
+    """Per-positive counts from an int or a tensor of length 1 or n_positives; each >= 0
+    and their sum at most max_total (checked before anything is allocated for them)."""
     if isinstance(counts, (int, np.integer)) and not isinstance(counts, bool):
+        if not 0 <= int(counts) <= max_total:
+            raise RequestError(f"sample_cnts = {int(counts)} must be between 0 and the request maximum {max_total:,} "
+                               "(max_negatives)")
         arr = np.full(n_positives, int(counts), dtype=np.int64)
     else:
         arr = int64_array(counts, "sample_cnts")
@@ -51,6 +73,14 @@ def sample_counts(counts, n_positives: int) -> np.ndarray:
     if negative.size:
         row = int(negative[0])
         raise RequestError(f"sample_cnts[{row}] = {int(arr[row])} is negative; counts must be >= 0")
+    # The float sum cannot overflow; only when it is in range is the exact int64 sum taken.
+    big = np.flatnonzero(arr > max_total)
+    total = None if big.size or float(arr.sum(dtype=np.float64)) > 2.0 * max_total else int(arr.sum())
+    if big.size or total is None or total > max_total:
+        where = (f"sample_cnts[{int(big[0])}] = {int(arr[big[0]])}" if big.size else
+                 f"sample_cnts add up to {total if total is not None else float(arr.sum(dtype=np.float64)):,.0f}")
+        raise RequestError(f"{where}: a request may ask for at most {max_total:,} negatives (max_negatives); "
+                           "split the batch or raise max_negatives")
     return arr
 
 

@@ -1,42 +1,144 @@
-"""NegativeSampler: RecIS's LocalDataSampler API, in-process."""
+"""The RecIS sampler API, written once over a transport; NegativeSampler runs it in-process.
+
+``SamplerBase`` holds the public methods of RecIS's ``LocalDataSampler`` /
+``LocalRpcDataSampler`` (plus the fused ``sample`` and ``sampling_log_prob``) and hands
+each call to its ``SamplerTransport``: ``NegativeSampler`` uses an engine in this process,
+``LocalRpcDataSampler`` (server/client.py) the node's sampling server.
+
+What the arguments mean, for every method:
+
+* ids (``dedup_tag_ragged_tensor``, ``ids``, ``origin_vector``, ...) may be a
+  ``RaggedTensor`` (one row per positive), or a 1-D tensor, numpy array or list of
+  integers of any integer dtype (int32 included): one id per row. Where a method takes
+  plain ids (``valid_sample_ids``, ``pack_feature``), a RaggedTensor's values are used.
+* ``sample_cnts``: an int (the same count for every positive), a one-element tensor, or
+  one count per positive. Counts are >= 0 and add up to at most ``max_negatives``.
+* ``sample_tag_ragged_tensor``: each positive's categories (RaggedTensor or one per row);
+  None samples from the whole table.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Sequence, Union
 
+import numpy as np
 import torch
 
 from . import combine as _combine
 from .backends import CpuBackend
 from .backends.select import select_backend
+from .config import DEFAULT_MAX_NEGATIVES, SamplerConfig
 from .engine import Engine
 from .errors import RequestError
-from .request import ragged_rows
+from .ragged import RaggedTensor
+from .request import int64_array, ragged_rows
+from .transport import InProcessTransport, SampleResult, SamplerTransport
+
+Ids = Union[RaggedTensor, torch.Tensor, np.ndarray, Sequence[int]]
+Counts = Union[int, torch.Tensor, np.ndarray, Sequence[int]]
+FeatureTable = dict  # column name -> torch.Tensor (dense) | RaggedTensor (ragged) | np.ndarray of bytes (strings)
+
+__all__ = ["NegativeSampler", "SampleResult", "SamplerBase"]
 
 
-@dataclass
-class SampleResult:
-    """What one fused ``sample`` call returns (one round trip through a server).
+class SamplerBase:
+    """RecIS's sampler methods over a transport (see the module docstring for argument types)."""
 
-    ``ids`` interleaves each positive with its negatives, ``features`` is the packed
-    table of ``ids``, ``log_q`` (when asked for) is aligned with ``ids``.
-    """
+    config: SamplerConfig
+    _transport: SamplerTransport
 
-    negative_ids: torch.Tensor
-    positive_ids: torch.Tensor
-    ids: torch.Tensor
-    features: dict
-    sample_counts: torch.Tensor
-    log_q: torch.Tensor | None = None
+    @property
+    def seed(self) -> int:
+        """The 64-bit seed this sampler's draws come from (drawn at random when none was given)."""
+        return self._transport.seed
+
+    @property
+    def put_back(self) -> bool:
+        return self.config.put_back
+
+    def describe(self) -> str:
+        """The loaded table, its index, the backend, and where each column lives."""
+        return self._transport.describe()
+
+    def reload(self, neg_data, progress: bool | None = None) -> None:
+        """Load the negative table: a RecIS batch (list of dicts), a dict of columns, a
+        pyarrow.Table, a pandas DataFrame, or a Parquet file / directory. On error the previous
+        table stays loaded. ``progress`` shows a bar (default: for tables of 1M rows or more)."""
+        self._transport.reload(neg_data, progress)
+
+    def sample_ids(self, dedup_tag_ragged_tensor: Ids, sample_cnts: Counts, sample_tag_ragged_tensor: Ids | None = None,
+                   avoid_conflict: bool = True, avoid_conflict_with_all_dedup_tags: bool = False) -> torch.Tensor:
+        """Negative item ids, int64, positive 0's negatives first.
+
+        ``dedup_tag_ragged_tensor`` has one row per positive (its ids are excluded when
+        ``avoid_conflict``); ``sample_tag_ragged_tensor`` gives each positive's categories
+        (None: the whole table). ``avoid_conflict_with_all_dedup_tags`` excludes every
+        positive id of the request from every row.
+        """
+        return self._transport.sample_ids(dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                                          bool(avoid_conflict), bool(avoid_conflict_with_all_dedup_tags))
+
+    def valid_sample_ids(self, ids: Ids, default_value: int = -1) -> torch.Tensor:
+        """ids with every id that is not in the table replaced by default_value."""
+        return self._transport.valid_sample_ids(ids, default_value)
+
+    def combine_vector_with_sample_counts(self, origin_vector: Ids, sample_cnts: Counts,
+                                          sampled_vector: Ids) -> torch.Tensor:
+        """Each origin entry followed by its sampled entries: [1,2,3], 2, [5..10] -> [1,5,6,2,7,8,3,9,10]."""
+        return self._transport.combine_vector(origin_vector, sample_cnts, sampled_vector)
+
+    def pack_feature(self, local_data_sample_ids: Ids, default_value: int = -1,
+                     decorate_skey: bool = False) -> FeatureTable:
+        """Every table column at the given ids (absent ids take default_value's row, so
+        default_value must be an id of the table when an id may be absent): dense ->
+        Tensor, ragged -> RaggedTensor, strings -> numpy array of bytes."""
+        if decorate_skey:
+            raise NotImplementedError("decorate_skey is not supported (RecIS does not implement it either)")
+        return self._transport.pack_feature(local_data_sample_ids, default_value)
+
+    def combine(self, batch: list, output_sample_table: FeatureTable, sample_cnts: Counts,
+                keep_positive_columns: bool = False, label_column: str | None = None) -> list:
+        """RecIS's combine; see ``gpu_negsample.combine.combine`` for the two opt-in extras.
+        It tiles the caller's own positive batch, so it runs here, in the caller."""
+        return _combine.combine(batch, output_sample_table, sample_cnts, CpuBackend.gather_ragged,
+                                keep_positive_columns, label_column)
+
+    def sample(self, dedup_tag_ragged_tensor: Ids, sample_cnts: Counts, sample_tag_ragged_tensor: Ids | None = None,
+               default_value: int = -1, avoid_conflict: bool = True, avoid_conflict_with_all_dedup_tags: bool = False,
+               return_log_q: bool = False) -> SampleResult:
+        """sample_ids -> valid_sample_ids -> combine_vector_with_sample_counts -> pack_feature in
+        one call on one table (one round trip through a server). Needs one dedup id per positive."""
+        return self._transport.sample(dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor, default_value,
+                                      bool(avoid_conflict), bool(avoid_conflict_with_all_dedup_tags),
+                                      bool(return_log_q))
+
+    def sampling_log_prob(self, ids: Ids, sample_cnts: Counts, sample_tag_ragged_tensor: Ids | None = None
+                          ) -> torch.Tensor:
+        """log q for combined ids (each positive followed by its negatives): the log probability
+        that the positive's category mixture draws the item, before exclusion (float32)."""
+        return self._transport.log_q(ids, sample_cnts, sample_tag_ragged_tensor,
+                                     _positives_of(ids, sample_cnts, sample_tag_ragged_tensor))
+
+    def close(self) -> None:
+        """Release what the sampler holds. Idempotent."""
+        self._transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
 
-class NegativeSampler:
+class NegativeSampler(SamplerBase):
     """Weighted, category-conditional negative sampler over a table loaded in this process.
 
     Args:
         sample_tag: category column (int64, one or several per row).
         dedup_tag: item id column (int64, one per row, unique).
         weight_tag: weight column: one per row, or one per category value of the row.
-        skey_name: RecIS's sample-key column (strings), kept as a feature; None if absent.
+        skey_name: RecIS's sample-key column (strings), kept as a feature; None when the
+            table has no such column.
         put_back: True samples with replacement; False gives distinct negatives per
             positive (one category per positive).
         seed: 64-bit Philox key; the same seed, table and call sequence give the same
@@ -51,101 +153,42 @@ class NegativeSampler:
             are the same ids and features on every device for the same seed.
         memory_budget: bytes of feature columns the CUDA backend copies to the GPU; the
             rest are read from pinned host memory (None: half the free GPU memory).
+        max_negatives: the most negatives one request may ask for (sum of its counts).
+
+    RecIS's other keyword arguments (``use_positive``, ``ignore_invalid_dedup_tag``,
+    ``profiling`` and the ``rpc_*`` options) are accepted and ignored; any other keyword is
+    a TypeError.
     """
 
-    def __init__(self, sample_tag, dedup_tag, weight_tag, skey_name=None, put_back=True, seed=None,
-                 weight_exponent=1.0, unsatisfiable="raise", fill_id=-1, device="auto", memory_budget=None,
-                 **_recis_options):
-        self._engine = Engine(sample_tag, dedup_tag, weight_tag, skey_name, put_back, seed,
-                              weight_exponent, unsatisfiable, fill_id, select_backend(device, memory_budget))
-
-    @property
-    def seed(self) -> int:
-        return self._engine.seed
-
-    @property
-    def put_back(self) -> bool:
-        return self._engine.put_back
+    def __init__(self, sample_tag: str, dedup_tag: str, weight_tag: str, skey_name: str | None = None,
+                 put_back: bool = True, *, seed: int | None = None, weight_exponent: float = 1.0,
+                 unsatisfiable: str = "raise", fill_id: int = -1, device: str = "auto",
+                 memory_budget: int | None = None, max_negatives: int = DEFAULT_MAX_NEGATIVES, **recis_options):
+        self.config = SamplerConfig.from_arguments(
+            recis_options=recis_options, owner=type(self).__name__, sample_tag=sample_tag, dedup_tag=dedup_tag,
+            weight_tag=weight_tag, skey_name=skey_name, put_back=put_back, seed=seed,
+            weight_exponent=weight_exponent, unsatisfiable=unsatisfiable, fill_id=fill_id, device=device,
+            memory_budget=memory_budget, max_negatives=max_negatives)
+        self._transport = InProcessTransport(Engine(self.config, select_backend(device, memory_budget)))
 
     @property
     def engine(self) -> Engine:
-        return self._engine
-
-    def describe(self) -> str:
-        """The loaded table, its index, the backend, and where each column lives."""
-        state = self._engine.state
-        return (f"table: {state.table.describe()}\nindex: {state.index.describe()}\n"
-                f"backend: {self._engine.backend.name}\n{state.placement.describe()}")
-
-    def reload(self, neg_data, progress: bool | None = None) -> None:
-        """Load a negative table: a RecIS batch (list of dicts), a dict, a pyarrow.Table, or a
-        Parquet file / directory. On error the previous table stays loaded."""
-        self._engine.reload(neg_data, progress)
-
-    def sample_ids(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None,
-                   avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False) -> torch.Tensor:
-        """Negative item ids, int64, positive 0's negatives first.
-
-        ``dedup_tag_ragged_tensor`` has one row per positive (its ids are excluded when
-        ``avoid_conflict``); ``sample_cnts`` is an int or one count per positive;
-        ``sample_tag_ragged_tensor`` gives each positive's categories (None: the whole
-        table). ``avoid_conflict_with_all_dedup_tags`` excludes every positive id of the
-        request from every row.
-        """
-        ids, _, _ = self._engine.sample_ids(dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
-                                            avoid_conflict, avoid_conflict_with_all_dedup_tags)
-        return self._engine.backend.to_torch(ids)
-
-    def valid_sample_ids(self, ids, default_value=-1) -> torch.Tensor:
-        """ids with every id that is not in the table replaced by default_value."""
-        return self._engine.backend.to_torch(self._engine.valid_sample_ids(ids, default_value))
-
-    def combine_vector_with_sample_counts(self, origin_vector, sample_cnts, sampled_vector) -> torch.Tensor:
-        """Each origin entry followed by its sampled entries: [1,2,3], 2, [5..10] -> [1,5,6,2,7,8,3,9,10]."""
-        return self._engine.backend.to_torch(
-            self._engine.combine_vector_with_sample_counts(origin_vector, sample_cnts, sampled_vector))
-
-    def pack_feature(self, local_data_sample_ids, default_value=-1, decorate_skey=False) -> dict:
-        """Every table column at the given ids (absent ids take default_value's row):
-        dense -> Tensor, ragged -> RaggedTensor, strings -> numpy array of bytes."""
-        if decorate_skey:
-            raise NotImplementedError("decorate_skey is not supported (RecIS does not implement it either)")
-        return self._engine.pack_feature(local_data_sample_ids, default_value)
-
-    def combine(self, batch, output_sample_table, sample_cnts, keep_positive_columns=False,
-                label_column=None) -> list:
-        """RecIS's combine; see ``gpu_negsample.combine.combine`` for the two opt-in extras."""
-        # The positive batch is the caller's host data: its ragged columns are tiled on the CPU.
-        return _combine.combine(batch, output_sample_table, sample_cnts, CpuBackend.gather_ragged,
-                                keep_positive_columns, label_column)
-
-    def sampling_log_prob(self, ids, sample_cnts, sample_tag_ragged_tensor=None) -> torch.Tensor:
-        """log q for combined ids (each positive followed by its negatives): the log probability
-        that the positive's category mixture draws the item, before exclusion (float32)."""
-        counts_len = None if isinstance(sample_cnts, int) else len(torch.as_tensor(sample_cnts).reshape(-1))
-        n = _positives_of(ids, sample_cnts, counts_len, sample_tag_ragged_tensor)
-        logq = self._engine.log_q(ids, sample_cnts, sample_tag_ragged_tensor, n)
-        return torch.from_numpy(logq.astype("float32"))
-
-    def sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
-               avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False) -> SampleResult:
-        """sample_ids -> valid_sample_ids -> combine_vector_with_sample_counts -> pack_feature in one call."""
-        neg, valid, ids, features, counts, log_q = self._engine.fused_sample(
-            dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor, default_value, avoid_conflict,
-            avoid_conflict_with_all_dedup_tags, return_log_q)
-        to_torch = self._engine.backend.to_torch
-        return SampleResult(to_torch(neg), to_torch(valid), to_torch(ids), features, to_torch(counts),
-                            None if log_q is None else torch.from_numpy(log_q))
+        """The engine behind this sampler (its backend, loaded table and statistics)."""
+        return self._transport.engine
 
 
-def _positives_of(ids, sample_cnts, counts_len, sample_tag_ragged_tensor) -> int:
+def _positives_of(ids, sample_cnts, sample_tag_ragged_tensor) -> int:
     """The number of positives behind a combined id vector."""
-    if counts_len is not None and counts_len > 1:
-        return counts_len
+    if isinstance(sample_cnts, (int, np.integer)) and not isinstance(sample_cnts, bool):
+        counts = np.array([int(sample_cnts)])
+    else:
+        counts = int64_array(sample_cnts, "sample_cnts")
+    if counts.shape[0] > 1:
+        return counts.shape[0]
     if sample_tag_ragged_tensor is not None:
         return ragged_rows(sample_tag_ragged_tensor, "sample_tag_ragged_tensor")[0].shape[0] - 1
-    per = (int(sample_cnts) if counts_len is None else int(torch.as_tensor(sample_cnts).reshape(-1)[0])) + 1
-    total = len(ids)
-    if total % per:
+    total = int64_array(ids, "ids").shape[0]
+    per = int(counts[0]) + 1 if counts.shape[0] else 0
+    if per <= 0 or total % per:
         raise RequestError(f"ids has {total} entries, not a multiple of sample_cnts + 1 = {per}")
     return total // per

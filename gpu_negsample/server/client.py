@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import zmq
 
-from .. import combine as _combine
-from ..backends import CpuBackend
 from ..columns import read_table_input
+from ..config import DEFAULT_MAX_NEGATIVES, SamplerConfig
 from ..errors import NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
-from ..sampler import SampleResult, _positives_of
+from ..sampler import SamplerBase
+from ..transport import SampleResult
 from . import protocol as p
 from .endpoint import (block_path, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
                        socket_path, sweep_stale_blocks)
@@ -109,41 +109,21 @@ class _CudaBlock(_Block):
                 self._cupy.cuda.runtime.free(self.ptr)
 
 
-class LocalRpcDataSampler:
-    """RecIS's LocalRpcDataSampler: one sampling server per node, shared by its training processes.
+class ServerTransport:
+    """The sampler's requests, carried to the node's sampling server over a local socket.
 
-    The arguments of ``NegativeSampler`` (tags, put_back, seed, device, ...) configure the
-    server, which local rank 0 (``LOCAL_PROCESS_RANK``, else ``LOCAL_RANK``, else 0)
-    starts; every rank connects to it. Extra arguments:
-
-    * name: the job's name on this machine (default: torchrun's run id, or MASTER_ADDR and
-      MASTER_PORT, or this process id for a single process);
-    * results: "shm" (results arrive in shared memory and become tensors without a copy),
-      "socket" (copied through the socket), or "cuda" (a server on a GPU writes them into
-      buffers on this rank's current CUDA device, shared once through CUDA IPC handles; the
-      answer's tensors are views of those buffers);
-    * connect_timeout, wait_for_table_timeout: seconds to wait for the server to come up
-      and for local rank 0's reload;
-    * max_request_bytes: the server refuses bigger requests (reload a bigger table from a
-      Parquet path, which the server reads itself).
-
-    RecIS's ``rpc_*`` keyword arguments are accepted and ignored: the transport is a local
-    socket. With a seed, a rank's results depend only on (seed, RANK, its own calls);
-    rank 0's equal an in-process NegativeSampler's with the same seed.
+    Local rank 0 starts the server; every rank connects. One request at a time per
+    transport (a lock: a prefetch thread may share it); answers come back in shared-memory
+    blocks, through the socket, or in CUDA IPC buffers (``results``).
     """
 
-    def __init__(self, sample_tag, dedup_tag, weight_tag, skey_name=None, put_back=True, seed=None,
-                 weight_exponent=1.0, unsatisfiable="raise", fill_id=-1, device="auto", memory_budget=None,
-                 name=None, results="shm", connect_timeout=120.0, wait_for_table_timeout=600.0,
-                 max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, **_recis_options):
+    def __init__(self, config: SamplerConfig, name: str | None, results: str, connect_timeout: float,
+                 wait_for_table_timeout: float, max_request_bytes: int):
         if results not in ("shm", "socket", "cuda"):
             raise ValueError(f"results must be 'shm', 'socket' or 'cuda'; got {results!r}")
         if results == "cuda" and not torch.cuda.is_available():
             raise ValueError("results='cuda' puts answers on this rank's GPU; this process has no CUDA device")
-        self.config = {"sample_tag": sample_tag, "dedup_tag": dedup_tag, "weight_tag": weight_tag,
-                       "skey_name": skey_name, "put_back": bool(put_back), "seed": seed,
-                       "weight_exponent": weight_exponent, "unsatisfiable": unsatisfiable, "fill_id": fill_id,
-                       "device": device, "memory_budget": memory_budget}
+        self.config = config.to_wire()
         self.local_rank, self.rank = local_rank(), global_rank()
         self.job = job_name(name)
         self.directory = job_dir(self.job, create=self.local_rank == 0)
@@ -164,7 +144,7 @@ class LocalRpcDataSampler:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(f"ipc://{socket_path(self.directory)}")
         self.server_pid = None
-        self._finalizer = weakref.finalize(self, LocalRpcDataSampler._shutdown, self._sock, self._ctx,
+        self._finalizer = weakref.finalize(self, ServerTransport._shutdown, self._sock, self._ctx,
                                            self._process, self._blocks, self.directory)
         try:
             hello = self._hello(connect_timeout)
@@ -174,7 +154,7 @@ class LocalRpcDataSampler:
             self._closed = True
             self._finalizer()
             raise
-        self.server_pid, self.seed = hello["server_pid"], hello["seed"]
+        self.server_pid, self._seed = hello["server_pid"], hello["seed"]
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _start_server(self) -> subprocess.Popen:
@@ -226,13 +206,6 @@ class LocalRpcDataSampler:
                 process.terminate()
                 process.wait(timeout=10)
             remove_empty_dirs(directory)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     # ---- transport -------------------------------------------------------------------------
     def _request(self, op: str, args: dict, arrays: dict, timeout: float | None = None, block=None) -> dict:
@@ -329,10 +302,14 @@ class LocalRpcDataSampler:
         arrays = {}
         return {k: p.encode(k, v, arrays) for k, v in values.items()}, arrays
 
-    # ---- RecIS API -------------------------------------------------------------------------
+    # ---- the sampler's operations ---------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        return self._seed
+
     def reload(self, neg_data, progress: bool | None = None) -> None:
-        """Load the node's negative table into the server (local rank 0; a Parquet path is read by
-        the server itself). Other ranks keep sampling the old table until the new one is in."""
+        """Load the node's negative table into the server (a Parquet path is read by the server
+        itself). Other ranks keep sampling the old table until the new one is in."""
         if isinstance(neg_data, (str, os.PathLike)):
             args, arrays = {"path": os.path.abspath(os.fspath(neg_data))}, {}
         else:
@@ -341,49 +318,86 @@ class LocalRpcDataSampler:
         with self._lock:
             self._request("reload", args, arrays)
 
-    def sample_ids(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None,
-                   avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False) -> torch.Tensor:
-        args, arrays = self._encode(dedup=dedup_tag_ragged_tensor, counts=sample_cnts, tags=sample_tag_ragged_tensor)
-        args.update(avoid_conflict=bool(avoid_conflict), avoid_all=bool(avoid_conflict_with_all_dedup_tags))
-        return torch.from_numpy(self._call("sample_ids", args, arrays)["arrays"]["out"])
+    def sample_ids(self, dedup, counts, tags, avoid_conflict: bool, avoid_all: bool) -> torch.Tensor:
+        args, arrays = self._encode(dedup=dedup, counts=counts, tags=tags)
+        args.update(avoid_conflict=avoid_conflict, avoid_all=avoid_all)
+        return p.tensor(self._call("sample_ids", args, arrays)["arrays"]["out"])
 
-    def valid_sample_ids(self, ids, default_value=-1) -> torch.Tensor:
-        args, arrays = self._encode(ids=ids, default=int(default_value))
-        return torch.from_numpy(self._call("valid_sample_ids", args, arrays)["arrays"]["out"])
+    def valid_sample_ids(self, ids, default_value: int) -> torch.Tensor:
+        args, arrays = self._encode(ids=ids, default=default_value)
+        return p.tensor(self._call("valid_sample_ids", args, arrays)["arrays"]["out"])
 
-    def combine_vector_with_sample_counts(self, origin_vector, sample_cnts, sampled_vector) -> torch.Tensor:
-        args, arrays = self._encode(origin=origin_vector, counts=sample_cnts, sampled=sampled_vector)
-        return torch.from_numpy(self._call("combine_vector", args, arrays)["arrays"]["out"])
+    def combine_vector(self, origin, counts, sampled) -> torch.Tensor:
+        args, arrays = self._encode(origin=origin, counts=counts, sampled=sampled)
+        return p.tensor(self._call("combine_vector", args, arrays)["arrays"]["out"])
 
-    def pack_feature(self, local_data_sample_ids, default_value=-1, decorate_skey=False) -> dict:
-        if decorate_skey:
-            raise NotImplementedError("decorate_skey is not supported (RecIS does not implement it either)")
-        args, arrays = self._encode(ids=local_data_sample_ids, default=int(default_value))
+    def pack_feature(self, ids, default_value: int) -> dict:
+        args, arrays = self._encode(ids=ids, default=default_value)
         reply = self._call("pack_feature", args, arrays)
         return p.decode_table(reply["table"], reply["arrays"])
 
-    def combine(self, batch, output_sample_table, sample_cnts, keep_positive_columns=False, label_column=None):
-        """RecIS's combine; it tiles the caller's own batch, so it runs here, without a round trip."""
-        return _combine.combine(batch, output_sample_table, sample_cnts, CpuBackend.gather_ragged,
-                                keep_positive_columns, label_column)
-
-    def sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
-               avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False) -> SampleResult:
-        """The fused request: sample_ids -> valid_sample_ids -> combine -> pack_feature in one round trip."""
-        args, arrays = self._encode(dedup=dedup_tag_ragged_tensor, counts=sample_cnts, tags=sample_tag_ragged_tensor)
-        args.update(default=int(default_value), avoid_conflict=bool(avoid_conflict),
-                    avoid_all=bool(avoid_conflict_with_all_dedup_tags), log_q=bool(return_log_q))
+    def sample(self, dedup, counts, tags, default_value: int, avoid_conflict: bool, avoid_all: bool,
+               return_log_q: bool) -> SampleResult:
+        args, arrays = self._encode(dedup=dedup, counts=counts, tags=tags, default=default_value)
+        args.update(avoid_conflict=avoid_conflict, avoid_all=avoid_all, log_q=return_log_q)
         reply = self._call("sample", args, arrays)
         a = reply["arrays"]
-        log_q = torch.from_numpy(a["log_q"]) if "log_q" in a else None
-        return SampleResult(torch.from_numpy(a["neg"]), torch.from_numpy(a["valid"]), torch.from_numpy(a["ids"]),
-                            p.decode_table(reply["table"], a), torch.from_numpy(a["counts"]), log_q)
+        return SampleResult(p.tensor(a["neg"]), p.tensor(a["valid"]), p.tensor(a["ids"]),
+                            p.decode_table(reply["table"], a), p.tensor(a["counts"]),
+                            p.tensor(a["log_q"]) if "log_q" in a else None)
 
-    def sampling_log_prob(self, ids, sample_cnts, sample_tag_ragged_tensor=None) -> torch.Tensor:
-        counts_len = None if isinstance(sample_cnts, int) else len(torch.as_tensor(sample_cnts).reshape(-1))
-        n = _positives_of(ids, sample_cnts, counts_len, sample_tag_ragged_tensor)
-        args, arrays = self._encode(ids=ids, counts=sample_cnts, tags=sample_tag_ragged_tensor, n=n)
-        return torch.from_numpy(self._call("log_q", args, arrays)["arrays"]["out"])
+    def log_q(self, ids, counts, tags, n_positives: int) -> torch.Tensor:
+        args, arrays = self._encode(ids=ids, counts=counts, tags=tags, n=n_positives)
+        return p.tensor(self._call("log_q", args, arrays)["arrays"]["out"])
 
     def describe(self) -> str:
         return self._call("describe", {}, {})["text"]
+
+
+class LocalRpcDataSampler(SamplerBase):
+    """RecIS's LocalRpcDataSampler: one sampling server per node, shared by its training processes.
+
+    The arguments of ``NegativeSampler`` (tags, put_back, seed, device, ...) configure the
+    server, which local rank 0 (``LOCAL_PROCESS_RANK``, else ``LOCAL_RANK``, else 0)
+    starts; every rank connects to it. Extra arguments:
+
+    * name: the job's name on this machine (default: torchrun's run id, or MASTER_ADDR and
+      MASTER_PORT, or this process id for a single process);
+    * results: "shm" (results arrive in shared memory and become tensors without a copy),
+      "socket" (copied through the socket), or "cuda" (a server on a GPU writes them into
+      buffers on this rank's current CUDA device, shared once through CUDA IPC handles; the
+      answer's tensors are views of those buffers);
+    * connect_timeout, wait_for_table_timeout: seconds to wait for the server to come up
+      and for local rank 0's reload;
+    * max_request_bytes: the server refuses bigger requests (reload a bigger table from a
+      Parquet path, which the server reads itself).
+
+    RecIS's ``rpc_*`` keyword arguments are accepted and ignored: the transport is a local
+    socket. With a seed, a rank's results depend only on (seed, RANK, its own calls);
+    rank 0's equal an in-process NegativeSampler's with the same seed.
+    """
+
+    def __init__(self, sample_tag: str, dedup_tag: str, weight_tag: str, skey_name: str | None = None,
+                 put_back: bool = True, *, seed: int | None = None, weight_exponent: float = 1.0,
+                 unsatisfiable: str = "raise", fill_id: int = -1, device: str = "auto",
+                 memory_budget: int | None = None, max_negatives: int = DEFAULT_MAX_NEGATIVES,
+                 name: str | None = None, results: str = "shm", connect_timeout: float = 120.0,
+                 wait_for_table_timeout: float = 600.0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 **recis_options):
+        self.config = SamplerConfig.from_arguments(
+            recis_options=recis_options, owner=type(self).__name__, sample_tag=sample_tag, dedup_tag=dedup_tag,
+            weight_tag=weight_tag, skey_name=skey_name, put_back=put_back, seed=seed,
+            weight_exponent=weight_exponent, unsatisfiable=unsatisfiable, fill_id=fill_id, device=device,
+            memory_budget=memory_budget, max_negatives=max_negatives)
+        self._transport = ServerTransport(self.config, name, results, connect_timeout, wait_for_table_timeout,
+                                          max_request_bytes)
+
+    @property
+    def server_pid(self) -> int | None:
+        """The pid of the node's sampling server."""
+        return self._transport.server_pid
+
+    @property
+    def job(self) -> str:
+        """The job name this sampler's server is found by."""
+        return self._transport.job

@@ -23,11 +23,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import zmq
 
 from ..backends.select import select_backend
+from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import NegSampleError, RequestError
 from . import protocol as p
@@ -101,14 +101,11 @@ class Client:
 
 
 class SamplingServer:
-    def __init__(self, directory: str, job: str, config: dict, parent_pid: int, max_request_bytes: int):
+    def __init__(self, directory: str, job: str, config: SamplerConfig, parent_pid: int, max_request_bytes: int):
         self.directory, self.job, self.parent_pid = directory, job, parent_pid
         self.config = config
         self.max_request_bytes = max_request_bytes
-        backend = select_backend(config.get("device", "auto"), config.get("memory_budget"))
-        self.engine = Engine(config["sample_tag"], config["dedup_tag"], config["weight_tag"], config.get("skey_name"),
-                             config.get("put_back", True), config.get("seed"), config.get("weight_exponent", 1.0),
-                             config.get("unsatisfiable", "raise"), config.get("fill_id", -1), backend)
+        self.engine = Engine(config, select_backend(config.device, config.memory_budget))
         self.clients: dict[bytes, Client] = {}
         self.had_clients = False
         self.last_client_left = None
@@ -230,14 +227,14 @@ class SamplingServer:
 
     # ---- operations ------------------------------------------------------------------------
     def op_hello(self, identity, args, arrays):
-        cfg = self.config
-        mismatched = [k for k in ("sample_tag", "dedup_tag", "weight_tag", "skey_name", "put_back")
-                      if args["config"].get(k) != cfg.get(k)]
+        theirs = SamplerConfig.from_wire(args["config"])
+        ours, asked = self.config.table_identity(), theirs.table_identity()
+        mismatched = [k for k in ours if ours[k] != asked[k]]
         if mismatched:
-            raise RequestError(f"this job's sampling server was started with other settings {mismatched}: "
-                               f"{ {k: cfg.get(k) for k in mismatched} }; give every rank the same arguments")
-        seed = args["config"].get("seed")
-        seed = self.engine.seed if seed is None else int(seed)
+            raise RequestError(f"this job's sampling server was started with other settings: "
+                               f"{ {k: ours[k] for k in mismatched} }, this rank asks for "
+                               f"{ {k: asked[k] for k in mismatched} }; give every rank the same arguments")
+        seed = self.engine.seed if theirs.seed is None else theirs.seed
         self.clients[identity] = Client(int(args["pid"]), int(args["rank"]),
                                         RandomStream(rank_seed(seed, int(args["rank"]))))
         self.had_clients = True
@@ -290,17 +287,15 @@ class SamplingServer:
         return None
 
     def op_describe(self, identity, args, arrays):
-        state = self.engine.state
-        return {"text": f"table: {state.table.describe()}\nindex: {state.index.describe()}\n"
-                        f"backend: {self.engine.backend.name}\n{state.placement.describe()}"}, {}
+        return {"text": self.engine.describe()}, {}
 
     def _stream(self, identity) -> RandomStream:
         return self.clients[identity].stream
 
     def op_sample_ids(self, identity, args, arrays):
-        neg, _, _ = self.engine.sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
-                                           p.decode(args["tags"], arrays), args["avoid_conflict"],
-                                           args["avoid_all"], self._stream(identity))
+        neg = self.engine.sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
+                                     p.decode(args["tags"], arrays), args["avoid_conflict"],
+                                     args["avoid_all"], self._stream(identity))
         return {}, {"out": neg}
 
     def op_valid_sample_ids(self, identity, args, arrays):
@@ -321,7 +316,7 @@ class SamplingServer:
     def op_log_q(self, identity, args, arrays):
         out = self.engine.log_q(p.decode(args["ids"], arrays), p.decode(args["counts"], arrays),
                                 p.decode(args["tags"], arrays), int(args["n"]))
-        return {}, {"out": out.astype(np.float32)}
+        return {}, {"out": out}
 
     def op_sample(self, identity, args, arrays):
         neg, valid, ids, features, counts, log_q = self.engine.fused_sample(
@@ -352,7 +347,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"[gpu_negsample server {os.getpid()}] %(message)s")
     _die_with_parent()
-    server = SamplingServer(args.dir, args.job, json.loads(args.config), args.parent, args.max_request_bytes)
+    server = SamplingServer(args.dir, args.job, SamplerConfig.from_wire(json.loads(args.config)), args.parent,
+                            args.max_request_bytes)
 
     def stop(signum, frame):
         server.stopping = True
