@@ -1,4 +1,5 @@
 """gpu_negsample: weighted, category-conditional negative sampling for recommendation training."""
+from . import compile_cache  # noqa: F401  (before any numba function is defined: where they are cached)
 from .errors import NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
 from .ragged import RaggedTensor
 from .prefetch import Prefetcher, prefetch

@@ -69,7 +69,10 @@ def build_hash_table(keys: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | No
 
 @nb.njit(inline="always", cache=True)
 def probe(slots, key):
-    """Value stored for key, or NOT_FOUND."""
+    """Value stored for key, or NOT_FOUND. EMPTY_KEY is never a key: it would match an
+    empty slot, whose value word is not a row."""
+    if key == EMPTY_KEY:
+        return NOT_FOUND
     mask = np.uint64(slots.shape[0] - 1)
     slot = splitmix64(key) & mask
     while True:

@@ -14,7 +14,9 @@ GN_INLINE u64 splitmix64(i64 key) {
   return z ^ (z >> 31);
 }
 
+// GN_EMPTY_KEY is never present: it would match an empty slot, whose value word is not a row.
 GN_INLINE i64 probe(const i64* __restrict__ slots, i64 capacity, i64 key) {
+  if (key == GN_EMPTY_KEY) return GN_NOT_FOUND;
   const longlong2* pairs = reinterpret_cast<const longlong2*>(slots);
   const u64 mask = (u64)capacity - 1;
   for (u64 slot = splitmix64(key) & mask;; slot = (slot + 1) & mask) {

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compile_cache import cache_dir
 from . import kernel_sources as ks
 
 _CTYPES = {"i64": ctypes.c_int64, "u64": ctypes.c_uint64, "u32": ctypes.c_uint32}
@@ -38,11 +39,6 @@ def _wrapper(source: Path) -> str:
         lines.append(f'extern "C" void emu_{k.name}(unsigned grid, unsigned block, {params}) '
                      f"{{ gn_emu::launch(grid, block, [&] {{ {k.name}({names}); }}); }}")
     return "\n".join(lines) + "\n"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("GPU_NEGSAMPLE_CACHE") or Path.home() / ".cache" / "gpu_negsample"
-    return Path(root)
 
 
 @functools.lru_cache(maxsize=None)
