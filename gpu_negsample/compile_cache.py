@@ -1,7 +1,7 @@
 """Where compiled code is cached: numba's machine code and the kernel emulation library.
 
 numba's own cache is keyed by each function's source file only, so a change to a helper
-it inlines from another file (``hashing.probe`` inside ``backends/cpu_gather.py``) would
+it inlines from another file (``hashing.probe`` inside ``backends/cpu/lookup.py``) would
 be served stale from ``__pycache__``. The package's numba functions are therefore cached
 in a directory keyed by a digest of every module of the package that uses numba: any
 change to one recompiles them all, once. Other code's numba functions are untouched (the locator answers only for

@@ -17,11 +17,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends import CpuBackend
-from .backends.cpu_sampling import STATUS_NO_CANDIDATE
+from .backends.kernel_constants import STATUS_NO_CANDIDATE
 from .columns import DENSE, RAGGED, read_table_input
 from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
 from .config import SamplerConfig
-from .hashing import EMPTY_KEY, build_hash_table, lookup_many
+from .backends.cpu.lookup import lookup
+from .hashing import EMPTY_KEY, build_hash_table
 from .index import Index, build_index
 from .ragged import RaggedTensor
 from .request import int64_array, int64_scalar, ragged_rows, row_of_position, sample_counts
@@ -159,7 +160,7 @@ class Engine:
             raise RequestError(
                 f"sample_tag_ragged_tensor has {offsets.shape[0] - 1} rows but there are {n_positives} positives"
             )
-        segments = lookup_many(state.index.arrays.cat_slots, cats)  # on the host: unknown ones are reported
+        segments = lookup(state.index.arrays.cat_slots, cats)  # on the host: unknown ones are reported
         unknown = np.flatnonzero(segments < 0)
         if unknown.size:
             pos = int(unknown[0])
@@ -286,11 +287,11 @@ class Engine:
         """pack_feature of checked ids (a host int64 array or a backend array of this request) on ``state``."""
         default_value = int64_scalar(default_value, "default_value")
         id_slots = state.index.arrays.id_slots
-        default_row = int(lookup_many(id_slots, np.array([default_value], dtype=np.int64))[0])
+        default_row = int(lookup(id_slots, np.array([default_value], dtype=np.int64))[0])
         rows, missing = self.backend.rows_or_default(state.placed_index, ids, max(default_row, 0))
         if missing and default_row < 0:
             ids = self.backend.to_host(ids)
-            found = lookup_many(id_slots, ids)
+            found = lookup(id_slots, ids)
             pos = int(np.flatnonzero(found < 0)[0])
             raise RequestError(
                 f"pack_feature: {missing} id(s) are not in the table (first: {int(ids[pos])} at position {pos}) "

@@ -82,12 +82,3 @@ def probe(slots, key):
         if held == EMPTY_KEY:
             return NOT_FOUND
         slot = (slot + np.uint64(1)) & mask
-
-
-@nb.njit(parallel=True, nogil=True, cache=True)
-def lookup_many(slots, keys):
-    """Values for many keys (NOT_FOUND where absent), in parallel."""
-    out = np.empty(keys.shape[0], dtype=np.int64)
-    for i in nb.prange(keys.shape[0]):
-        out[i] = probe(slots, keys[i])
-    return out

@@ -1,6 +1,6 @@
 // Feature gather: dense rows as machine words (coalesced: consecutive threads read
 // consecutive words of a row), ragged rows (lengths -> scan on the host side -> copy),
-// strings to fixed-width byte rows. The CUDA twin of backends/cpu_gather.py.
+// strings to fixed-width byte rows. The CUDA twin of backends/cpu/gather.py.
 #include "types.cuh"
 
 template <typename W>

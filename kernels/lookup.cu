@@ -1,5 +1,5 @@
 // Hash lookups: id -> table row (or category -> segment), valid ids, rows with a default.
-// The CUDA twin of gpu_negsample/hashing.lookup_many and backends/cpu_gather.py.
+// The CUDA twin of gpu_negsample/backends/cpu/lookup.py.
 #include "hash_probe.cuh"
 
 extern "C" __global__ void lookup_rows(const i64* __restrict__ slots, i64 capacity, const i64* __restrict__ keys,

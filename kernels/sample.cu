@@ -1,5 +1,5 @@
 // Category-conditional alias sampling with exclusion: the CUDA twin of
-// gpu_negsample/backends/cpu_sampling.py. Every decision is the same integer arithmetic
+// gpu_negsample/backends/cpu/sample.py. Every decision is the same integer arithmetic
 // on the same Philox words, so both paths return the same ids for the same seed.
 //
 // part_masses      one thread per positive: remaining (head, tail) mass of each of its

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from gpu_negsample.backends import kernel_sources as ks
+from gpu_negsample.backends.cuda import kernel_sources as ks
 
 nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not installed (pip install -e '.[test]')")
 

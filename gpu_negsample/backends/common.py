@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cpu_sampling import STATUS_OK
+from .kernel_constants import STATUS_OK
 
 
 @dataclass

@@ -40,7 +40,7 @@ def select_backend(device: str = "auto", memory_budget: int | None = None):
     from .cuda import CudaBackend
 
     if device == "emulated":
-        from .emulated_device import EmulatedDevice
+        from .cuda.emulated_device import EmulatedDevice
         return CudaBackend(EmulatedDevice(), memory_budget)
     if device == "cuda" or (isinstance(device, str) and device.startswith("cuda:")):
         import torch
@@ -51,6 +51,6 @@ def select_backend(device: str = "auto", memory_budget: int | None = None):
         if ordinal >= count:
             raise ValueError(f"device={device!r}: {count} CUDA device(s) usable through cupy "
                              "(install gpu_negsample[cuda12] or [cuda13] and check the driver), or use device='cpu'")
-        from .cupy_device import CupyDevice
+        from .cuda.cupy_device import CupyDevice
         return CudaBackend(CupyDevice(ordinal), memory_budget)
     raise ValueError(f"device={device!r} is not one of {DEVICES}")

@@ -14,10 +14,12 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..columns import Column
-from ..index import Index, IndexArrays
-from . import cpu_sampling as s
-from .common import Placement, SampleOutput
+from ...columns import Column
+from ...index import Index, IndexArrays
+from ..common import Placement, SampleOutput
+from ..exclusion import exclusion
+from ..kernel_constants import STATUS_OK
+from ..log_q import log_q_rows
 from .kernel_views import pack_view
 
 GPU = "gpu"
@@ -83,7 +85,7 @@ class CudaBackend:
             arrays = {name: dev.upload(a) for name, a in index.arrays._asdict().items()}
             fields = dict(arrays, id_capacity=index.arrays.id_slots.shape[0],
                           cat_capacity=index.arrays.cat_slots.shape[0])
-            none = s.exclusion(index.arrays, np.zeros(1, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), None)
+            none = exclusion(index.arrays, np.zeros(1, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), None)
             no_batch = {name: dev.upload(a) for name, a in none._asdict().items() if name.startswith("batch_")}
             return IndexMirror(index.arrays, arrays, pack_view(dev, "IndexView", fields), no_batch)
 
@@ -182,7 +184,7 @@ class CudaBackend:
         else:
             # Batch-wide exclusion's per-segment masses and tables are built on the host by
             # the same code as the CPU path, then copied.
-            host_ex = s.exclusion(ix.host, own_offsets, own_ids, np.empty(0, np.int64), batch)
+            host_ex = exclusion(ix.host, own_offsets, own_ids, np.empty(0, np.int64), batch)
             ex_arrays = {name: dev.upload(a) for name, a in host_ex._asdict().items() if name.startswith("batch_")}
             ex_arrays["own_rows"] = dev.upload(np.full(own_ids.shape[0], -1, np.int64))
         ex_arrays.update(own_offsets=dev.upload(own_offsets), own_ids=own_ids_d)
@@ -214,14 +216,14 @@ class CudaBackend:
         """Wait for the kernels (one read of three counters) and report failed rows."""
         dev = self.device
         n_failed, first, attempts = (int(v) for v in dev.to_host(job.counters))
-        first_status = int(dev.to_host(job.status[first:first + 1])[0]) if n_failed else s.STATUS_OK
+        first_status = int(dev.to_host(job.status[first:first + 1])[0]) if n_failed else STATUS_OK
         return SampleOutput(job.out, n_failed, first if n_failed else -1, first_status,
                             attempts if self.count_attempts else None)
 
     def log_q(self, ix: IndexMirror, req_offsets, req_segs, item_offsets, item_ids) -> np.ndarray:
         """Float math, on the host from the same index (GPU and CPU logs agree only to rounding)."""
         out = np.empty(item_offsets[-1], dtype=np.float64)
-        s.log_q_rows(ix.host, req_offsets, req_segs, item_offsets, np.ascontiguousarray(self.to_host(item_ids)), out)
+        log_q_rows(ix.host, req_offsets, req_segs, item_offsets, np.ascontiguousarray(self.to_host(item_ids)), out)
         return out
 
     # ---- feature gather --------------------------------------------------------------

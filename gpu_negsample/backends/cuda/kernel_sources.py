@@ -26,10 +26,10 @@ _FIELD = re.compile(r"(?:const )?(\w+)(\*?) (\w+);")
 
 def kernel_dir() -> Path:
     """kernels/ of a source checkout, or the copy installed with the package."""
-    checkout = Path(__file__).resolve().parents[2] / "kernels"
+    checkout = Path(__file__).resolve().parents[3] / "kernels"
     if (checkout / "sample.cu").exists():
         return checkout
-    installed = Path(__file__).resolve().parents[1] / "kernels"
+    installed = Path(__file__).resolve().parents[2] / "kernels"
     if (installed / "sample.cu").exists():
         return installed
     raise FileNotFoundError(f"CUDA sources not found in {checkout} or {installed}; reinstall gpu_negsample")

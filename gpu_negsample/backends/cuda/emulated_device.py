@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..compile_cache import cache_dir
+from ...compile_cache import cache_dir
 from . import kernel_sources as ks
 
 _CTYPES = {"i64": ctypes.c_int64, "u64": ctypes.c_uint64, "u32": ctypes.c_uint32}
