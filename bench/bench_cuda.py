@@ -164,8 +164,8 @@ def bench_gather(sampler, dev, clock, n_items, n_rows, width, rng, limits) -> di
         resident = dev.upload(host)
         uva = dev.host_view(host)
         r = {"row_bytes": width * 4, "rows": n_rows,
-             "gpu_resident_Bps": out_bytes / clock(lambda: backend.gather_dense(resident, rows)),
-             "pinned_uva_Bps": out_bytes / clock(lambda: backend.gather_dense(uva, rows))}
+             "gpu_resident_Bps": out_bytes / clock(lambda: backend._gather_dense(resident, rows)),
+             "pinned_uva_Bps": out_bytes / clock(lambda: backend._gather_dense(uva, rows))}
     r["gpu_fraction_of_copy"] = r["gpu_resident_Bps"] / limits["d2d_copy_Bps"]
     r["uva_fraction_of_h2d"] = r["pinned_uva_Bps"] / limits["pinned_h2d_Bps"]
     print(f"gather {n_rows:,} rows x {width * 4} B: GPU-resident {r['gpu_resident_Bps'] / 1e9:.1f} GB/s "

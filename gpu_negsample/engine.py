@@ -17,14 +17,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends import CpuBackend
+from .backends.protocol import Allocator, host_empty
 from .backends.kernel_constants import STATUS_NO_CANDIDATE
-from .columns import DENSE, RAGGED, read_table_input
+from .columns import read_table_input
 from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
 from .config import SamplerConfig
 from .backends.cpu.lookup import lookup
 from .hashing import EMPTY_KEY, build_hash_table
 from .index import Index, build_index
-from .ragged import RaggedTensor
 from .request import int64_array, int64_scalar, ragged_rows, row_of_position, sample_counts
 from .rng import split_seed
 from .table import SamplingColumns, Table, build_table
@@ -217,9 +217,10 @@ class Engine:
 
     def fused_sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
                      avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False,
-                     stream: RandomStream | None = None):
+                     stream: RandomStream | None = None, alloc: Allocator = host_empty):
         """sample_ids -> valid ids -> combine -> pack in one call, on one table: (negatives,
-        valid positives, combined ids, features, counts, log q or None), as backend arrays."""
+        valid positives, combined ids, features, counts, log q or None), as backend arrays;
+        the features' host arrays come from ``alloc``."""
         state = self.state
         offsets, pos = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
         if pos.shape[0] != offsets.shape[0] - 1:
@@ -228,7 +229,7 @@ class Engine:
                                          avoid_conflict, avoid_conflict_with_all_dedup_tags, stream)
         valid = self._valid(state, pos, default_value)
         ids = self.backend.combine(valid, counts, neg)
-        features = self._pack(state, ids, default_value)
+        features = self._pack(state, ids, default_value, alloc)
         log_q = None
         if return_log_q:
             # q of the positives themselves, not of the default id that replaced absent ones
@@ -280,10 +281,12 @@ class Engine:
             )
         return self.backend.combine(origin, counts, sampled)
 
-    def pack_feature(self, ids, default_value=-1) -> dict:
-        return self._pack(self.state, int64_array(ids, "ids"), default_value)
+    def pack_feature(self, ids, default_value=-1, alloc: Allocator = host_empty) -> dict:
+        """Every column at the given ids (absent ids take default_value's row); host outputs
+        come from ``alloc``."""
+        return self._pack(self.state, int64_array(ids, "ids"), default_value, alloc)
 
-    def _pack(self, state: LoadedTable, ids, default_value) -> dict:
+    def _pack(self, state: LoadedTable, ids, default_value, alloc: Allocator) -> dict:
         """pack_feature of checked ids (a host int64 array or a backend array of this request) on ``state``."""
         default_value = int64_scalar(default_value, "default_value")
         id_slots = state.index.arrays.id_slots
@@ -298,20 +301,4 @@ class Engine:
                 f"and default_value {default_value} is not a {self.config.dedup_tag!r} id of the table either; pass a "
                 "default_value that is in the table (the same one given to valid_sample_ids)"
             )
-        return gather_columns(self.backend, state.columns, rows)
-
-
-def gather_columns(backend, columns: dict, rows) -> dict:
-    """Every placed column at the given rows: dense -> Tensor, ragged -> RaggedTensor, string -> np.bytes_ array."""
-    out = {}
-    for name, col in columns.items():
-        if col.kind == DENSE:
-            out[name] = backend.to_torch(backend.gather_dense(col.values, rows))
-        elif col.kind == RAGGED:
-            values, offsets = backend.gather_ragged(col.values, col.offsets, rows)
-            weight = None if col.weight is None else backend.gather_ragged(col.weight, col.offsets, rows)[0]
-            out[name] = RaggedTensor(backend.to_torch(values), backend.to_torch(offsets),
-                                     None if weight is None else backend.to_torch(weight))
-        else:
-            out[name] = backend.gather_strings(col, rows)
-    return out
+        return self.backend.gather_table(state.columns, rows, alloc)

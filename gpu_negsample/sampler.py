@@ -99,7 +99,7 @@ class SamplerBase:
                 keep_positive_columns: bool = False, label_column: str | None = None) -> list:
         """RecIS's combine; see ``gpu_negsample.combine.combine`` for the two opt-in extras.
         It tiles the caller's own positive batch, so it runs here, in the caller."""
-        return _combine.combine(batch, output_sample_table, sample_cnts, CpuBackend.gather_ragged,
+        return _combine.combine(batch, output_sample_table, sample_cnts, CpuBackend.tile_ragged,
                                 keep_positive_columns, label_column)
 
     def sample(self, dedup_tag_ragged_tensor: Ids, sample_cnts: Counts, sample_tag_ragged_tensor: Ids | None = None,

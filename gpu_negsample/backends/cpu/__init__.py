@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from ...arena import default_allocate
-from ...columns import Column
+from ...columns import DENSE, RAGGED
+from ...ragged import RaggedTensor
 from ...index import Index, IndexArrays
 from ..common import Placement, SampleOutput
+from ..protocol import Allocator, host_empty
 from ..exclusion import exclusion
 from ..log_q import log_q_rows
 from . import combine as c
@@ -22,14 +24,10 @@ from . import sample as s
 
 
 def _word_view(a: np.ndarray) -> np.ndarray:
-    """2-D view of a row-major array as the widest unsigned word that divides a row."""
-    rows = a.shape[0]
-    flat = a.reshape(rows, -1)
-    row_bytes = flat.shape[1] * a.itemsize
-    for size in (8, 4, 2, 1):
-        if row_bytes % size == 0:
-            return flat.view(np.dtype(f"u{size}")).reshape(rows, row_bytes // size)
-    raise AssertionError("unreachable: 1 divides every row")
+    """2-D view of a contiguous row-major array as the widest unsigned word that divides a row."""
+    row_bytes = a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
+    size = next(w for w in (8, 4, 2, 1) if row_bytes % w == 0)
+    return a.reshape(-1).view(np.uint8).view(np.dtype(f"u{size}")).reshape(a.shape[0], row_bytes // size)
 
 
 class CpuBackend:
@@ -105,27 +103,52 @@ class CpuBackend:
         log_q_rows(ix, req_offsets, req_segs, item_offsets, item_ids, out)
         return out
 
-    @staticmethod
-    def gather_dense(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        words = _word_view(values)
-        out = np.empty((rows.shape[0], words.shape[1]), dtype=words.dtype)
-        g.gather_words(words, rows, out)
-        return out.view(values.dtype).reshape((rows.shape[0],) + values.shape[1:])
+    @classmethod
+    def gather_table(cls, columns: dict, rows: np.ndarray, alloc: Allocator = host_empty) -> dict:
+        n = rows.shape[0]
+        out = {}
+        for name, col in columns.items():
+            if col.kind == DENSE:
+                dst = alloc(name, (n,) + col.values.shape[1:], col.values.dtype)
+                g.gather_words(_word_view(col.values), rows, _word_view(dst))
+                out[name] = torch.from_numpy(dst)
+            elif col.kind == RAGGED:
+                offsets = alloc(f"{name}.offsets", (n + 1,), np.dtype(np.int64))
+                values = cls.gather_ragged(col.values, col.offsets, rows, offsets,
+                                           lambda total, c=col, m=name: alloc(f"{m}.values", (total,), c.values.dtype))
+                weight = None if col.weight is None else cls.gather_ragged(
+                    col.weight, col.offsets, rows, offsets,
+                    lambda total, c=col, m=name: alloc(f"{m}.weight", (total,), c.weight.dtype), lengths_done=True)
+                out[name] = RaggedTensor._from_parts(torch.from_numpy(values), torch.from_numpy(offsets),
+                                                     None if weight is None else torch.from_numpy(weight))
+            else:
+                offsets = np.empty(n + 1, dtype=np.int64)
+                data = cls.gather_ragged(col.values, col.offsets, rows, offsets,
+                                         lambda total: np.empty(total, np.uint8))
+                width = max(1, int(np.diff(offsets).max(initial=0)))
+                fixed = alloc(name, (n,), np.dtype(f"S{width}"))
+                as_bytes = fixed.view(np.uint8).reshape(n, width)
+                as_bytes[...] = 0  # rows shorter than the width end in NULs
+                g.strings_to_fixed_width(data, offsets, as_bytes)
+                out[name] = fixed
+        return out
 
     @staticmethod
-    def gather_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out_offsets = np.zeros(rows.shape[0] + 1, dtype=np.int64)
-        g.gather_lengths(offsets, rows, out_offsets)
-        np.cumsum(out_offsets, out=out_offsets)
+    def gather_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, out_offsets: np.ndarray,
+                      allocate_values, lengths_done: bool = False) -> np.ndarray:
+        """Rows of a ragged column: out_offsets (n + 1) filled, values into allocate_values(total)."""
+        if not lengths_done:
+            out_offsets[0] = 0
+            g.gather_lengths(offsets, rows, out_offsets)
+            np.cumsum(out_offsets, out=out_offsets)
         words = values.view(np.dtype(f"u{values.itemsize}"))
-        out = np.empty(int(out_offsets[-1]), dtype=words.dtype)
-        g.gather_ragged(words, offsets, rows, out_offsets, out)
-        return out.view(values.dtype), out_offsets
+        out = allocate_values(int(out_offsets[-1]))
+        g.gather_ragged(words, offsets, rows, out_offsets, out.view(words.dtype))
+        return out
 
     @classmethod
-    def gather_strings(cls, col: Column, rows: np.ndarray) -> np.ndarray:
-        data, offsets = cls.gather_ragged(col.values, col.offsets, rows)
-        width = max(1, int(np.diff(offsets).max(initial=0)))
-        fixed = np.zeros((rows.shape[0], width), dtype=np.uint8)
-        g.strings_to_fixed_width(data, offsets, fixed)
-        return fixed.view(np.dtype(f"S{width}")).reshape(rows.shape[0])
+    def tile_ragged(cls, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, offsets) of the given rows of a ragged array (RecIS combine's tiling)."""
+        out_offsets = np.empty(rows.shape[0] + 1, dtype=np.int64)
+        values = cls.gather_ragged(values, offsets, rows, out_offsets, lambda total: np.empty(total, values.dtype))
+        return values, out_offsets

@@ -14,12 +14,14 @@ import dataclasses
 import numpy as np
 import torch
 
-from ...columns import Column
+from ...columns import DENSE, RAGGED, Column
+from ...ragged import RaggedTensor
 from ...index import Index, IndexArrays
 from ..common import Placement, SampleOutput
 from ..exclusion import exclusion
 from ..kernel_constants import STATUS_OK
 from ..log_q import log_q_rows
+from ..protocol import Allocator, host_empty
 from .kernel_views import pack_view
 
 GPU = "gpu"
@@ -227,39 +229,53 @@ class CudaBackend:
         return out
 
     # ---- feature gather --------------------------------------------------------------
-    def gather_dense(self, values, rows):
-        dev = self.device
-        with dev.active():
+    def gather_table(self, columns: dict, rows, alloc: Allocator = host_empty) -> dict:
+        """Every column at the given rows: dense and ragged columns as tensors on the device,
+        strings as a host bytes array from ``alloc``."""
+        out = {}
+        with self.device.active():
             rows = self.asarray(rows)
-            n = rows.shape[0]
-            row_bytes = values.dtype.itemsize * int(np.prod(values.shape[1:], dtype=np.int64))
-            word = next(w for w in (16, 8, 4, 2, 1) if row_bytes % w == 0 and dev.address(values) % w == 0)
-            out = dev.xp.empty(n * row_bytes, dtype=np.uint8)
-            if n and row_bytes:
-                dev.launch(f"gather_words_{word}", n * (row_bytes // word), values, row_bytes // word, rows, n, out)
-            return out.view(values.dtype).reshape((n,) + tuple(values.shape[1:]))
+            for name, col in columns.items():
+                if col.kind == DENSE:
+                    out[name] = self.device.to_torch(self._gather_dense(col.values, rows))
+                elif col.kind == RAGGED:
+                    values, offsets = self._gather_ragged(col.values, col.offsets, rows)
+                    weight = None if col.weight is None else self._gather_ragged(col.weight, col.offsets, rows)[0]
+                    t = self.device.to_torch
+                    out[name] = RaggedTensor._from_parts(t(values), t(offsets), None if weight is None else t(weight))
+                else:
+                    out[name] = self._gather_strings(name, col, rows, alloc)
+        return out
 
-    def gather_ragged(self, values, offsets, rows):
+    def _gather_dense(self, values, rows):
         dev = self.device
-        with dev.active():
-            rows = self.asarray(rows)
-            n = rows.shape[0]
-            lengths = dev.xp.empty(n, dtype=np.int64)
-            dev.launch("gather_lengths", n, offsets, rows, n, lengths)
-            out_offsets = dev.xp.zeros(n + 1, dtype=np.int64)
-            out_offsets[1:] = dev.xp.cumsum(lengths)
-            total = int(dev.to_host(out_offsets[n:])[0])
-            out = dev.xp.empty(total, dtype=values.dtype)
-            dev.launch(f"gather_ragged_{values.dtype.itemsize}", n, values, offsets, rows, n, out_offsets, out)
-            return out, out_offsets
+        n = rows.shape[0]
+        row_bytes = values.dtype.itemsize * int(np.prod(values.shape[1:], dtype=np.int64))
+        word = next(w for w in (16, 8, 4, 2, 1) if row_bytes % w == 0 and dev.address(values) % w == 0)
+        out = dev.xp.empty(n * row_bytes, dtype=np.uint8)
+        if n and row_bytes:
+            dev.launch(f"gather_words_{word}", n * (row_bytes // word), values, row_bytes // word, rows, n, out)
+        return out.view(values.dtype).reshape((n,) + tuple(values.shape[1:]))
 
-    def gather_strings(self, col: Column, rows) -> np.ndarray:
+    def _gather_ragged(self, values, offsets, rows):
         dev = self.device
-        data, offsets = self.gather_ragged(col.values, col.offsets, rows)
+        n = rows.shape[0]
+        lengths = dev.xp.empty(n, dtype=np.int64)
+        dev.launch("gather_lengths", n, offsets, rows, n, lengths)
+        out_offsets = dev.xp.zeros(n + 1, dtype=np.int64)
+        out_offsets[1:] = dev.xp.cumsum(lengths)
+        total = int(dev.to_host(out_offsets[n:])[0])
+        out = dev.xp.empty(total, dtype=values.dtype)
+        dev.launch(f"gather_ragged_{values.dtype.itemsize}", n, values, offsets, rows, n, out_offsets, out)
+        return out, out_offsets
+
+    def _gather_strings(self, name: str, col: Column, rows, alloc: Allocator) -> np.ndarray:
+        dev = self.device
+        data, offsets = self._gather_ragged(col.values, col.offsets, rows)
         n = offsets.shape[0] - 1
-        with dev.active():
-            width = max(1, int(dev.to_host(dev.xp.diff(offsets).max()) if n else 0))
-            fixed = dev.xp.zeros((n, width), dtype=np.uint8)
-            dev.launch("strings_to_fixed_width", n, data, offsets, n, width, fixed)
-            return dev.to_host(fixed).view(np.dtype(f"S{width}")).reshape(n)
-
+        width = max(1, int(dev.to_host(dev.xp.diff(offsets).max()) if n else 0))
+        fixed = dev.xp.zeros((n, width), dtype=np.uint8)
+        dev.launch("strings_to_fixed_width", n, data, offsets, n, width, fixed)
+        host = alloc(name, (n,), np.dtype(f"S{width}"))
+        host.view(np.uint8).reshape(n, width)[...] = dev.to_host(fixed)
+        return host
