@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from gpu_negsample import NegativeSampler
-from gpu_negsample.request import ragged_rows, sample_counts
-from gpu_negsample.rng import split_seed
+from gpu_negsample.backends.cuda.gather import TableKernels, gather_table
+from gpu_negsample.backends.protocol import host_empty
+from gpu_negsample.columns import DENSE, Column
 from report import save
 
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
@@ -84,7 +85,7 @@ def machine(sampler) -> dict:
     return info
 
 
-def bench_sampling(sampler, cat, sizes, clock, rng, xp, on_gpu) -> dict:
+def bench_sampling(sampler, cat, sizes, clock, rng, on_gpu) -> dict:
     engine, backend = sampler.engine, sampler.engine.backend
     state = engine.state
     by_cat = np.argsort(cat.categories, kind="stable")
@@ -96,13 +97,12 @@ def bench_sampling(sampler, cat, sizes, clock, rng, xp, on_gpu) -> dict:
     out = {}
     for b in sizes:
         batch = positive_batch(cat, b, rng)[0]
-        own_offsets, own_ids = ragged_rows(batch[DEDUP_TAG], "positives")
-        counts = sample_counts(K, b, sampler.config.max_negatives)
-        cats = engine.resolve_categories(state, batch[SAMPLE_TAG], b)
-        job = backend.prepare_sample(cats.placed, cats.offsets, cats.segments, counts, own_offsets, own_ids,
-                                     None, False, 0, split_seed(sampler.seed), -1)
-        n = b * K
-        r = {"kernels_s": clock(lambda: backend.launch_sample(job))}
+        with backend.request() as rq:
+            inputs = engine._prepare(state, rq, batch[DEDUP_TAG], K, batch[SAMPLE_TAG], True, False,
+                                     engine.stream).inputs
+            n = b * K
+            r = {"kernels_s": clock(lambda: backend.sample(rq, inputs))}
+            rq.finish()
         r["kernels_per_s"] = n / r["kernels_s"]
         r["sample_ids_call_s"] = clock.wall(lambda: sampler.sample_ids(batch[DEDUP_TAG], K, batch[SAMPLE_TAG]))
         r["sample_ids_call_per_s"] = n / r["sample_ids_call_s"]
@@ -118,8 +118,10 @@ def bench_sampling(sampler, cat, sizes, clock, rng, xp, on_gpu) -> dict:
         else:
             r["torch_multinomial_global_per_s"] = None  # cannot run: more than 2^24 categories
         if on_gpu:
-            p = xp.asarray(cat.weights / cat.weights.sum())
-            r["cupy_choice_global_per_s"] = n / clock(lambda: xp.random.choice(cat.ids.shape[0], n, p=p), warmup=1)
+            import cupy
+
+            p = cupy.asarray(cat.weights / cat.weights.sum())
+            r["cupy_choice_global_per_s"] = n / clock(lambda: cupy.random.choice(cat.ids.shape[0], n, p=p), warmup=1)
         r["x_torch_per_category"] = r["kernels_per_s"] / r["torch_multinomial_per_category_per_s"]
         if r["torch_multinomial_global_per_s"]:
             r["x_torch_global"] = r["kernels_per_s"] / r["torch_multinomial_global_per_s"]
@@ -135,37 +137,31 @@ def bench_sampling(sampler, cat, sizes, clock, rng, xp, on_gpu) -> dict:
     return out
 
 
-def bandwidths(dev, clock, nbytes, on_gpu) -> dict:
+def bandwidths(dev, clock, nbytes) -> dict:
     """Device-to-device copy and pinned host-to-device copy, bytes copied per second."""
-    xp = dev.xp
-    src, dst = xp.ones(nbytes, dtype=np.uint8), xp.empty(nbytes, dtype=np.uint8)
-    d2d = nbytes / clock(lambda: dst.__setitem__(Ellipsis, src))
-    pinned = dev.allocate_host(nbytes)
-    pinned[:] = 1
-    if on_gpu:
-        rt = xp.cuda.runtime
-
-        def h2d():
-            rt.memcpyAsync(dst.data.ptr, pinned.ctypes.data, nbytes, rt.memcpyHostToDevice,
-                           xp.cuda.get_current_stream().ptr)
-    else:
-        def h2d():
-            dst[...] = pinned
-    return {"d2d_copy_Bps": d2d, "pinned_h2d_Bps": nbytes / clock(h2d)}
+    src, dst = dev.empty((nbytes,), torch.uint8), dev.empty((nbytes,), torch.uint8)
+    src.fill_(1)
+    pinned = dev.host_view(dev.allocate_host(nbytes))
+    pinned.fill_(1)
+    return {"d2d_copy_Bps": nbytes / clock(lambda: dst.copy_(src)),
+            "pinned_h2d_Bps": nbytes / clock(lambda: dst.copy_(pinned, non_blocking=True))}
 
 
 def bench_gather(sampler, dev, clock, n_items, n_rows, width, rng, limits) -> dict:
+    """One dense column of `width` float32 per row, GPU-resident and read from pinned memory."""
     backend = sampler.engine.backend
     host = dev.allocate_host(n_items * width * 4).view(np.float32).reshape(n_items, width)
     host[:] = rng.random((n_items, width), dtype=np.float32)
-    rows = dev.upload(rng.integers(0, n_items, n_rows).astype(np.int64))
+    rows = rng.integers(0, n_items, n_rows).astype(np.int64)
     out_bytes = n_rows * width * 4
-    with dev.active():
-        resident = dev.upload(host)
-        uva = dev.host_view(host)
-        r = {"row_bytes": width * 4, "rows": n_rows,
-             "gpu_resident_Bps": out_bytes / clock(lambda: backend._gather_dense(resident, rows)),
-             "pinned_uva_Bps": out_bytes / clock(lambda: backend._gather_dense(uva, rows))}
+    r = {"row_bytes": width * 4, "rows": n_rows}
+    with backend.request() as rq:
+        rows_d = rq.inputs(rows=rows)["rows"]
+        for key, values in (("gpu_resident_Bps", dev.upload(host)), ("pinned_uva_Bps", dev.host_view(host))):
+            column = {"x": Column("x", DENSE, values)}
+            r[key] = out_bytes / clock(lambda: gather_table(dev, rq, column, TableKernels([], None), rows_d,
+                                                            host_empty))
+        rq.finish()
     r["gpu_fraction_of_copy"] = r["gpu_resident_Bps"] / limits["d2d_copy_Bps"]
     r["uva_fraction_of_h2d"] = r["pinned_uva_Bps"] / limits["pinned_h2d_Bps"]
     print(f"gather {n_rows:,} rows x {width * 4} B: GPU-resident {r['gpu_resident_Bps'] / 1e9:.1f} GB/s "
@@ -175,14 +171,15 @@ def bench_gather(sampler, dev, clock, n_items, n_rows, width, rng, limits) -> di
     return r
 
 
-def bench_lookups(sampler, cat, dev, clock, n_ids, rng) -> dict:
+def bench_lookups(sampler, cat, clock, n_ids, rng) -> dict:
     backend, placed = sampler.engine.backend, sampler.engine.state.placed_index
     ids = np.where(rng.random(n_ids) < 0.9, rng.choice(cat.ids, n_ids), rng.integers(-2**62, 2**62, n_ids))
-    ids_d = dev.upload(ids)
-    with dev.active():
+    with backend.request() as rq:
+        ids_d = rq.inputs(ids=ids)["ids"]
         r = {"ids": n_ids,
-             "valid_ids_per_s": n_ids / clock(lambda: backend.valid_ids(placed, ids_d, -1)),
-             "hash_lookup_per_s": n_ids / clock(lambda: backend.rows_or_default(placed, ids_d, 0))}
+             "valid_ids_per_s": n_ids / clock(lambda: backend.valid_ids(rq, placed, ids_d, -1)),
+             "hash_lookup_per_s": n_ids / clock(lambda: backend.rows_or_default(rq, placed, ids_d, 0, False))}
+        rq.finish()
     print(f"valid ids {r['valid_ids_per_s']:.3e}/s, id->row lookups {r['hash_lookup_per_s']:.3e}/s ({n_ids:,} ids, 10 % absent)")
     return r
 
@@ -217,12 +214,11 @@ def main(argv=None):
     results = {"machine": machine(sampler), "settings": vars(args), "reload_s": time.perf_counter() - t0}
     print(json.dumps(results["machine"]))
     print(sampler.describe())
+    results["sample_ids"] = bench_sampling(sampler, cat, [int(s) for s in args.sizes.split(",")], clock, rng, on_gpu)
     with dev.active():
-        results["sample_ids"] = bench_sampling(sampler, cat, [int(s) for s in args.sizes.split(",")], clock, rng,
-                                               dev.xp, on_gpu)
-        results["limits"] = bandwidths(dev, clock, args.copy_mib << 20, on_gpu)
+        results["limits"] = bandwidths(dev, clock, args.copy_mib << 20)
     results["gather"] = bench_gather(sampler, dev, clock, args.items, args.gather_rows, 16, rng, results["limits"])
-    results["lookups"] = bench_lookups(sampler, cat, dev, clock, args.lookup_ids, rng)
+    results["lookups"] = bench_lookups(sampler, cat, clock, args.lookup_ids, rng)
     results["pack_feature"] = bench_pack(sampler, cat, clock, min(args.gather_rows, 1 << 20), rng)
     largest = results["sample_ids"][max(results["sample_ids"], key=lambda k: int(k.split("x")[0]))]
     results["targets"] = {

@@ -17,15 +17,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends import CpuBackend
-from .backends.protocol import Allocator, host_empty
-from .backends.kernel_constants import STATUS_NO_CANDIDATE
-from .columns import read_table_input
-from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
-from .config import SamplerConfig
 from .backends.cpu.lookup import lookup
-from .hashing import EMPTY_KEY, build_hash_table
+from .backends.kernel_constants import STATUS_NO_CANDIDATE
+from .backends.protocol import Allocator, SampleInputs, host_empty
+from .backends.status import RequestStatus
+from .columns import read_table_input
+from .config import SamplerConfig
+from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
+from .hashing import EMPTY_KEY
 from .index import Index, build_index
-from .request import int64_array, int64_scalar, ragged_rows, row_of_position, sample_counts
+from .request import id_values, int64_scalar, ragged_rows, row_of_position, sample_counts
 from .rng import split_seed
 from .table import SamplingColumns, Table, build_table
 
@@ -76,13 +77,19 @@ class RandomStream:
 
 
 @dataclass
-class Categories:
-    """A request's categories resolved to segments of one index."""
+class Prepared:
+    """A sampling request as the engine checked it: the backend's inputs, and what the error
+    messages need (host offsets and counts; ids and categories as given)."""
 
-    index: Index
-    placed: object        # the index as the backend holds it
-    offsets: np.ndarray   # int64, positives + 1
-    segments: np.ndarray  # int64
+    inputs: SampleInputs
+    index: Index           # whose categories the segments number
+    counts: np.ndarray     # host, one per row
+    own_offsets: np.ndarray
+    own_ids: object        # host array or device tensor
+    cat_offsets: np.ndarray
+    cats: object
+    positives: object      # the backend array of the positives (fused requests)
+    staged: dict           # every staged input, extras included
 
 
 class Engine:
@@ -99,7 +106,7 @@ class Engine:
         self.backend = backend or CpuBackend()
         self.stream = RandomStream(self.seed)
         self._state: LoadedTable | None = None
-        self.last_attempts = 0  # alias draws made by the last sample call (for benchmarks)
+        self.last_attempts: int | None = None  # alias draws of the last request, where the backend counts them
 
     # ---- loading -------------------------------------------------------------------------
     def reload(self, data, progress: bool | None = None) -> None:
@@ -151,41 +158,81 @@ class Engine:
                 f"backend: {self.backend.name}\n{state.placement.describe()}")
 
     # ---- sampling ------------------------------------------------------------------------
-    def resolve_categories(self, state: LoadedTable, sample_tag_ragged_tensor, n_positives: int) -> Categories:
-        if sample_tag_ragged_tensor is None:
-            return Categories(*state.global_index(), np.arange(n_positives + 1, dtype=np.int64),
-                              np.zeros(n_positives, dtype=np.int64))
-        offsets, cats = ragged_rows(sample_tag_ragged_tensor, "sample_tag_ragged_tensor")
-        if offsets.shape[0] - 1 != n_positives:
-            raise RequestError(
-                f"sample_tag_ragged_tensor has {offsets.shape[0] - 1} rows but there are {n_positives} positives"
-            )
-        segments = lookup(state.index.arrays.cat_slots, cats)  # on the host: unknown ones are reported
-        unknown = np.flatnonzero(segments < 0)
-        if unknown.size:
-            pos = int(unknown[0])
-            raise RequestError(
-                f"positive row {row_of_position(offsets, pos)}: category {int(cats[pos])} is not in the table "
-                f"({unknown.size} unknown value(s)); only categories of column {self.config.sample_tag!r} can be sampled"
-            )
-        return Categories(state.index, state.placed_index, offsets, segments)
-
     def sample_ids(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None,
                    avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, stream: RandomStream | None = None):
         """Negative ids (a backend array, positive 0's first); draws come from ``stream``
         (default: the engine's own)."""
-        return self._sample(self.state, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
-                            avoid_conflict, avoid_conflict_with_all_dedup_tags, stream)[0]
+        state = self.state
+        with self.backend.request() as rq:
+            prepared, draw = self._draw(state, rq, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                                        avoid_conflict, avoid_conflict_with_all_dedup_tags, stream)
+            self._raise_for(rq.finish(draw.status), prepared)
+        return draw.ids
 
-    def _sample(self, state: LoadedTable, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
-                avoid_conflict, avoid_conflict_with_all_dedup_tags, stream):
-        """(negatives, resolved categories, counts) of one sample request on ``state``."""
-        stream = stream or self.stream
-        own_offsets, own_ids = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
+    def fused_sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
+                     avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False,
+                     stream: RandomStream | None = None, alloc: Allocator = host_empty):
+        """sample_ids -> valid ids -> combine -> pack in one request on one table: (negatives,
+        valid positives, combined ids, features, counts, float32 log q or None) as backend
+        arrays; the features' host arrays come from ``alloc``."""
+        state = self.state
+        default_value = int64_scalar(default_value, "default_value")
+        b = self.backend
+        with b.request() as rq:
+            prepared = self._prepare(state, rq, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                                     avoid_conflict, avoid_conflict_with_all_dedup_tags, stream or self.stream,
+                                     one_id_per_row=True)
+            inputs, positives = prepared.inputs, prepared.positives
+            draw = b.sample(rq, inputs)
+            valid = b.valid_ids(rq, state.placed_index, positives, default_value)
+            ids = b.combine(rq, valid, inputs.out_offsets, _uniform(inputs), draw.ids)
+            features = self._gather(state, rq, ids, default_value, alloc)
+            log_q = None
+            if return_log_q:
+                # q of the positives themselves, not of the default id that replaced absent ones
+                raw = b.combine(rq, positives, inputs.out_offsets, _uniform(inputs), draw.ids)
+                log_q = b.log_q(rq, inputs.ix, inputs.req_offsets, draw.req_segs, inputs.out_offsets,
+                                _uniform(inputs), raw)
+            status = rq.finish(draw.status)
+            self._raise_for(status, prepared)
+            self._raise_for_missing(status, ids, default_value)
+        return draw.ids, valid, ids, features, prepared.staged["counts"], log_q
+
+    def _draw(self, state: LoadedTable, rq, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+              avoid_conflict, avoid_conflict_with_all_dedup_tags, stream):
+        prepared = self._prepare(state, rq, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                                 avoid_conflict, avoid_conflict_with_all_dedup_tags, stream or self.stream)
+        return prepared, self.backend.sample(rq, prepared.inputs)
+
+    def _draw_with(self, state: LoadedTable, rq, positives, sample_cnts, sample_tag_ragged_tensor, **extra):
+        """A draw without exclusion from a throwaway stream, with extra inputs staged alongside."""
+        prepared = self._prepare(state, rq, positives, sample_cnts, sample_tag_ragged_tensor, False, False,
+                                 RandomStream(0), **extra)
+        return prepared, self.backend.sample(rq, prepared.inputs)
+
+    def _prepare(self, state: LoadedTable, rq, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
+                 avoid_conflict, avoid_all, stream: RandomStream, one_id_per_row: bool = False,
+                 **extra) -> Prepared:
+        """The host-side checks of a sampling request (shapes, counts, categories per row) and
+        its inputs (with ``extra`` arrays, and the positives when ``one_id_per_row``) staged on
+        the backend in one upload. Values that need the index (unknown categories, rows
+        without candidates) are checked by the kernels and raised by ``_raise_for``."""
+        keep = self.backend.keeps_device_tensors
+        own_offsets, own_ids = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor", keep)
         n = own_offsets.shape[0] - 1
+        if one_id_per_row and own_ids.shape[0] != n:
+            raise RequestError("sample() needs exactly one dedup id per positive row")
         counts = sample_counts(sample_cnts, n, self.config.max_negatives)
-        cats = self.resolve_categories(state, sample_tag_ragged_tensor, n)
-        per_row = np.diff(cats.offsets)
+        if sample_tag_ragged_tensor is None:
+            index, placed = state.global_index()
+            cat_offsets, cats = np.arange(n + 1, dtype=np.int64), np.full(n, index.categories[0], np.int64)
+        else:
+            index, placed = state.index, state.placed_index
+            cat_offsets, cats = ragged_rows(sample_tag_ragged_tensor, "sample_tag_ragged_tensor", keep)
+            if cat_offsets.shape[0] - 1 != n:
+                raise RequestError(f"sample_tag_ragged_tensor has {cat_offsets.shape[0] - 1} rows but there are "
+                                   f"{n} positives")
+        per_row = np.diff(cat_offsets)
         wanted = counts > 0
         if not self.config.put_back:
             bad = np.flatnonzero(wanted & (per_row != 1))
@@ -198,107 +245,130 @@ class Engine:
         bad = np.flatnonzero(wanted & (per_row == 0))
         if bad.size:
             raise RequestError(f"positive row {int(bad[0])} has no category; give at least one sample tag per positive")
-        batch = None
+        batch_ids = None
+        excluded_offsets, excluded = own_offsets, own_ids
         if not avoid_conflict:
-            own_offsets = np.zeros(n + 1, dtype=np.int64)
-            own_ids = np.zeros(0, dtype=np.int64)
-        elif avoid_conflict_with_all_dedup_tags:
-            unique = np.unique(own_ids)
-            unique = unique[unique != EMPTY_KEY]  # never a table id; the hash set's empty marker
-            batch = (build_hash_table(unique)[0], unique)
-        out = self.backend.sample(
-            cats.placed, cats.offsets, cats.segments, counts, own_offsets, own_ids, batch,
-            not self.config.put_back, stream.next_call(), stream.key, self.config.fill_id)
-        self.last_attempts = out.attempts
-        if out.n_failed and self.config.unsatisfiable == "raise":
-            raise self._unsatisfiable_error(out.first_failed, out.first_status, out.n_failed, counts,
-                                            own_offsets, own_ids, cats)
-        return out.ids, cats, counts
+            excluded_offsets, excluded = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        elif avoid_all:
+            unique = np.unique(self.backend.to_host(own_ids) if not isinstance(own_ids, np.ndarray) else own_ids)
+            batch_ids = unique[unique != EMPTY_KEY]  # never a table id; the hash set's empty marker
+        out_offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=out_offsets[1:])
+        uniform = int(counts[0]) if n and counts[0] > 0 and (counts == counts[0]).all() else 0
+        if one_id_per_row and not avoid_conflict:
+            extra["positives"] = own_ids  # (else they are the excluded ids, staged once)
+        staged = rq.inputs(own_offsets=excluded_offsets, own_ids=excluded, req_offsets=cat_offsets, req_cats=cats,
+                           out_offsets=out_offsets, counts=counts, **extra)
+        inputs = SampleInputs(placed, staged["own_offsets"], staged["own_ids"], staged["req_offsets"],
+                              staged["req_cats"], staged["out_offsets"], n, int(out_offsets[-1]), uniform, batch_ids,
+                              not self.config.put_back, stream.next_call(), stream.key, self.config.fill_id)
+        return Prepared(inputs, index, counts, own_offsets, own_ids, cat_offsets, cats,
+                        staged.get("positives", staged["own_ids"]), staged)
 
-    def fused_sample(self, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor=None, default_value=-1,
-                     avoid_conflict=True, avoid_conflict_with_all_dedup_tags=False, return_log_q=False,
-                     stream: RandomStream | None = None, alloc: Allocator = host_empty):
-        """sample_ids -> valid ids -> combine -> pack in one call, on one table: (negatives,
-        valid positives, combined ids, features, counts, log q or None), as backend arrays;
-        the features' host arrays come from ``alloc``."""
-        state = self.state
-        offsets, pos = ragged_rows(dedup_tag_ragged_tensor, "dedup_tag_ragged_tensor")
-        if pos.shape[0] != offsets.shape[0] - 1:
-            raise RequestError("sample() needs exactly one dedup id per positive row")
-        neg, cats, counts = self._sample(state, dedup_tag_ragged_tensor, sample_cnts, sample_tag_ragged_tensor,
-                                         avoid_conflict, avoid_conflict_with_all_dedup_tags, stream)
-        valid = self._valid(state, pos, default_value)
-        ids = self.backend.combine(valid, counts, neg)
-        features = self._pack(state, ids, default_value, alloc)
-        log_q = None
-        if return_log_q:
-            # q of the positives themselves, not of the default id that replaced absent ones
-            raw = self.backend.combine(pos, counts, neg)
-            log_q = self._log_q(cats, counts, raw)
-        return neg, valid, ids, features, counts, log_q
+    def _raise_for(self, status: RequestStatus, p: Prepared) -> None:
+        """The errors a request's kernels reported, in the order a user fixes them."""
+        self.last_attempts = status.attempts if self.backend.count_attempts else None
+        if status.unknown:
+            pos = status.first_unknown
+            value = int(self.backend.to_host(p.cats[pos:pos + 1])[0])
+            raise RequestError(
+                f"positive row {row_of_position(p.cat_offsets, pos)}: category {value} is not in the table "
+                f"({status.unknown} unknown value(s)); only categories of column {self.config.sample_tag!r} can be "
+                "sampled"
+            )
+        if status.failed and self.config.unsatisfiable == "raise":
+            row = status.first_failed
+            lo, hi = int(p.own_offsets[row]), int(p.own_offsets[row + 1])
+            excluded = self.backend.to_host(p.own_ids[lo:hi]).tolist()[:8]
+            cats = self.backend.to_host(p.cats[int(p.cat_offsets[row]):int(p.cat_offsets[row + 1])]).tolist()[:8]
+            if status.first_failed_status == STATUS_NO_CANDIDATE:
+                why = "every candidate of its categories is excluded or has zero weight"
+            else:
+                why = f"fewer than {int(p.counts[row])} distinct candidates remain (put_back=False)"
+            raise UnsatisfiableRowError(
+                f"positive row {row} (excluded ids {excluded}, categories {cats}) cannot get "
+                f"{int(p.counts[row])} negatives: {why}; {status.failed} row(s) fail in all. Lower the count, disable "
+                "avoid_conflict_with_all_dedup_tags, or pass unsatisfiable='fill' to pad such rows with fill_id"
+            )
 
-    def _unsatisfiable_error(self, row, status, n_failed, counts, own_offsets, own_ids, cats):
-        row_cats = cats.index.categories[cats.segments[cats.offsets[row]:cats.offsets[row + 1]]].tolist()
-        excluded = own_ids[own_offsets[row]:own_offsets[row + 1]].tolist()
-        if status == STATUS_NO_CANDIDATE:
-            why = "every candidate of its categories is excluded or has zero weight"
-        else:
-            why = f"fewer than {int(counts[row])} distinct candidates remain (put_back=False)"
-        return UnsatisfiableRowError(
-            f"positive row {row} (excluded ids {excluded[:8]}, categories {row_cats[:8]}) cannot get "
-            f"{int(counts[row])} negatives: {why}; {n_failed} row(s) fail in all. Lower the count, disable "
-            "avoid_conflict_with_all_dedup_tags, or pass unsatisfiable='fill' to pad such rows with fill_id"
-        )
+    def _raise_for_missing(self, status: RequestStatus, ids, default_value: int) -> None:
+        if status.missing:
+            pos = status.first_missing
+            raise RequestError(
+                f"pack_feature: {status.missing} id(s) are not in the table (first: "
+                f"{int(self.backend.to_host(ids[pos:pos + 1])[0])} at position {pos}) and default_value "
+                f"{default_value} is not a {self.config.dedup_tag!r} id of the table either; pass a default_value "
+                "that is in the table (the same one given to valid_sample_ids)"
+            )
 
     def log_q(self, ids, sample_cnts, sample_tag_ragged_tensor, n_positives: int):
-        """log q (float32 backend array) for combined ids (each positive followed by its negatives)."""
+        """float32 log q (a backend array) of combined ids (each positive followed by its negatives)."""
         state = self.state
         counts = sample_counts(sample_cnts, n_positives, self.config.max_negatives)
-        cats = self.resolve_categories(state, sample_tag_ragged_tensor, n_positives)
-        return self._log_q(cats, counts, int64_array(ids, "ids"))
-
-    def _log_q(self, cats: Categories, counts: np.ndarray, ids):
-        item_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
-        np.cumsum(counts + 1, out=item_offsets[1:])
-        if ids.shape[0] != item_offsets[-1]:
-            raise RequestError(f"ids has {ids.shape[0]} entries; positives + sum(sample_cnts) = {int(item_offsets[-1])}")
-        return self.backend.log_q(cats.placed, cats.offsets, cats.segments, item_offsets, ids).astype(np.float32)
+        sampled_offsets = np.zeros(n_positives + 1, dtype=np.int64)
+        np.cumsum(counts, out=sampled_offsets[1:])
+        ids = id_values(ids, "ids", self.backend.keeps_device_tensors)
+        if ids.shape[0] != n_positives + int(sampled_offsets[-1]):
+            raise RequestError(f"ids has {ids.shape[0]} entries; positives + sum(sample_cnts) = "
+                               f"{n_positives + int(sampled_offsets[-1])}")
+        with self.backend.request() as rq:
+            # A request of no draws resolves the categories; the ids and their offsets ride along.
+            prepared, draw = self._draw_with(state, rq, np.zeros(n_positives, np.int64), 0, sample_tag_ragged_tensor,
+                                             ids=ids, sampled_offsets=sampled_offsets)
+            uniform = int(counts[0]) if n_positives and (counts == counts[0]).all() else -1
+            out = self.backend.log_q(rq, prepared.inputs.ix, prepared.inputs.req_offsets, draw.req_segs,
+                                     prepared.staged["sampled_offsets"], uniform, prepared.staged["ids"])
+            self._raise_for(rq.finish(draw.status), prepared)
+        return out
 
     # ---- lookups -------------------------------------------------------------------------
-    def valid_sample_ids(self, ids, default_value) -> np.ndarray:
-        return self._valid(self.state, int64_array(ids, "ids"), default_value)
+    def valid_sample_ids(self, ids, default_value):
+        state = self.state
+        default_value = int64_scalar(default_value, "default_value")
+        with self.backend.request() as rq:
+            staged = rq.inputs(ids=id_values(ids, "ids", self.backend.keeps_device_tensors))["ids"]
+            out = self.backend.valid_ids(rq, state.placed_index, staged, default_value)
+            rq.finish()
+        return out
 
-    def _valid(self, state: LoadedTable, ids, default_value):
-        return self.backend.valid_ids(state.placed_index, ids, int64_scalar(default_value, "default_value"))
-
-    def combine_vector_with_sample_counts(self, origin, sample_cnts, sampled) -> np.ndarray:
-        origin = int64_array(origin, "origin_vector")
-        sampled = int64_array(sampled, "sampled_vector")
+    def combine_vector_with_sample_counts(self, origin, sample_cnts, sampled):
+        keep = self.backend.keeps_device_tensors
+        origin, sampled = id_values(origin, "origin_vector", keep), id_values(sampled, "sampled_vector", keep)
         counts = sample_counts(sample_cnts, origin.shape[0], self.config.max_negatives)
         if counts.sum() != sampled.shape[0]:
             raise RequestError(
                 f"sampled_vector has {sampled.shape[0]} entries but sample_cnts add up to {int(counts.sum())}"
             )
-        return self.backend.combine(origin, counts, sampled)
+        offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        uniform = int(counts[0]) if counts.shape[0] and (counts == counts[0]).all() else -1
+        with self.backend.request() as rq:
+            staged = rq.inputs(origin=origin, sampled=sampled, offsets=offsets)
+            out = self.backend.combine(rq, staged["origin"], staged["offsets"], uniform, staged["sampled"])
+            rq.finish()
+        return out
 
     def pack_feature(self, ids, default_value=-1, alloc: Allocator = host_empty) -> dict:
         """Every column at the given ids (absent ids take default_value's row); host outputs
         come from ``alloc``."""
-        return self._pack(self.state, int64_array(ids, "ids"), default_value, alloc)
-
-    def _pack(self, state: LoadedTable, ids, default_value, alloc: Allocator) -> dict:
-        """pack_feature of checked ids (a host int64 array or a backend array of this request) on ``state``."""
+        state = self.state
         default_value = int64_scalar(default_value, "default_value")
-        id_slots = state.index.arrays.id_slots
-        default_row = int(lookup(id_slots, np.array([default_value], dtype=np.int64))[0])
-        rows, missing = self.backend.rows_or_default(state.placed_index, ids, max(default_row, 0))
-        if missing and default_row < 0:
-            ids = self.backend.to_host(ids)
-            found = lookup(id_slots, ids)
-            pos = int(np.flatnonzero(found < 0)[0])
-            raise RequestError(
-                f"pack_feature: {missing} id(s) are not in the table (first: {int(ids[pos])} at position {pos}) "
-                f"and default_value {default_value} is not a {self.config.dedup_tag!r} id of the table either; pass a "
-                "default_value that is in the table (the same one given to valid_sample_ids)"
-            )
-        return self.backend.gather_table(state.columns, rows, alloc)
+        with self.backend.request() as rq:
+            staged = rq.inputs(ids=id_values(ids, "ids", self.backend.keeps_device_tensors))["ids"]
+            features = self._gather(state, rq, staged, default_value, alloc)
+            self._raise_for_missing(rq.finish(), staged, default_value)
+        return features
+
+    def _gather(self, state: LoadedTable, rq, ids, default_value: int, alloc: Allocator) -> dict:
+        """The features of ids on ``state``; absent ids (counted when default_value is absent
+        too, an error the caller raises from the request's status) take default_value's row."""
+        default_row = int(lookup(state.index.arrays.id_slots, np.array([default_value], dtype=np.int64))[0])
+        rows = self.backend.rows_or_default(rq, state.placed_index, ids, max(default_row, 0), default_row < 0)
+        return self.backend.gather_table(rq, state.columns, rows, alloc)
+
+
+def _uniform(inputs: SampleInputs) -> int:
+    """The combine kernels' uniform count: every row's count, or -1 when they differ."""
+    return inputs.uniform_count if inputs.uniform_count > 0 or inputs.n_draws == 0 else -1
+
+

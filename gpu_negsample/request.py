@@ -31,11 +31,37 @@ def int64_array(x, what: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-def ragged_rows(x, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, values) of a RaggedTensor, or of a 1-D tensor read as one value per row."""
+def _never(t: torch.Tensor) -> bool:
+    return False
+
+
+def id_values(x, what: str, keep=_never) -> np.ndarray | torch.Tensor:
+    """The ids of x as ``int64_array`` reads them; a device tensor the backend uses where it
+    is (``keep(tensor)``) is returned as it is, after the same checks of shape and dtype."""
     if isinstance(x, RaggedTensor):
-        return int64_array(x.offsets()[0], f"{what} offsets"), int64_array(x.values(), what)
-    values = int64_array(x, what)
+        x = x.values()
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu" and keep(x):
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise RequestError(f"{what} has dtype {x.dtype}; it must hold integer ids (int64)")
+        if x.dim() == 2 and x.shape[1] == 1 or x.dim() == 0:
+            x = x.reshape(-1)
+        if x.dim() != 1:
+            raise RequestError(f"{what} must be 1-D; got shape {tuple(x.shape)}")
+        return x
+    return int64_array(x, what)
+
+
+def ragged_rows(x, what: str, keep=_never) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
+    """(offsets, values) of a RaggedTensor, or of a 1-D tensor read as one value per row.
+    Offsets are read on the host (they size the outputs); values may stay on the device."""
+    if isinstance(x, RaggedTensor):
+        offsets = int64_array(x.offsets()[0], f"{what} offsets")
+        values = id_values(x.values(), what, keep)
+        if offsets.shape[0] == 0 or offsets[0] != 0 or offsets[-1] != values.shape[0] or (np.diff(offsets) < 0).any():
+            raise RequestError(f"{what}: its offsets must start at 0, never decrease and end at its "
+                               f"{values.shape[0]} values")
+        return offsets, values
+    values = id_values(x, what, keep)
     return np.arange(values.shape[0] + 1, dtype=np.int64), values
 
 

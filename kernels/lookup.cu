@@ -15,14 +15,20 @@ extern "C" __global__ void valid_ids(const i64* __restrict__ slots, i64 capacity
   }
 }
 
-// missing[0] counts the absent ids (an atomic only where one is absent).
+// Rows of ids, default_row where absent. When report is set (the default id itself is not
+// in the table: an error the host raises), absent ids are counted in missing[0] and the
+// first one's position kept in missing[1] (starting at ~0); otherwise no atomic is made.
 extern "C" __global__ void rows_or_default(const i64* __restrict__ slots, i64 capacity, const i64* __restrict__ ids,
-                                           i64 n, i64 default_row, i64* __restrict__ out, u64* __restrict__ missing) {
+                                           i64 n, i64 default_row, i64 report, i64* __restrict__ out,
+                                           u64* __restrict__ missing) {
   GN_GRID_STRIDE(i, n) {
     i64 row = probe(slots, capacity, ids[i]);
     if (row < 0) {
       row = default_row;
-      atomicAdd(&missing[0], 1ull);
+      if (report) {
+        atomicAdd(&missing[0], 1ull);
+        atomicMin(&missing[1], (u64)i);
+      }
     }
     out[i] = row;
   }

@@ -2,23 +2,24 @@
 // gpu_negsample/backends/cpu/sample.py. Every decision is the same integer arithmetic
 // on the same Philox words, so both paths return the same ids for the same seed.
 //
-// part_masses      one thread per positive: remaining (head, tail) mass of each of its
-//                  categories after exclusion, and the row total.
+// part_masses      one thread per positive: its categories resolved to segments, the
+//                  remaining (head, tail) mass of each after exclusion, and the row total.
 // sample_put_back  one thread per negative (draws with replacement are independent).
 // sample_distinct  one thread per positive (each draw removes its item's mass).
 #include "hash_probe.cuh"
 #include "philox.cuh"
+#include "rows.cuh"
 #include "views.cuh"
 
 #define GN_MAX_ATTEMPTS 32
 #define GN_STATUS_NO_CANDIDATE 1
 #define GN_STATUS_TOO_FEW 2
 
-// counters[0]: failed rows, counters[1]: first failed row, counters[2]: alias draws made.
-GN_INLINE void report_failure(signed char* status, u64* counters, i64 row, signed char why) {
+// failed[0]: failed rows, failed[1]: first failed row (starts at ~0), failed[2]: alias draws made.
+GN_INLINE void report_failure(signed char* status, u64* failed, i64 row, signed char why) {
   status[row] = why;
-  atomicAdd(&counters[0], 1ull);
-  atomicMin(&counters[1], (u64)row);
+  atomicAdd(&failed[0], 1ull);
+  atomicMin(&failed[1], (u64)row);
 }
 
 // What identifies one draw's random numbers and its exclusion set.
@@ -106,30 +107,47 @@ GN_INLINE i64 draw_from_part(const IndexView& ix, const ExclusionView& ex, const
   return scan(ix, ex, d, tail_lo, hi, mulhi64(uniform64(r), remaining), distinct, out, out_lo);
 }
 
-extern "C" __global__ void part_masses(const IndexView* __restrict__ ixp, const ExclusionView* __restrict__ exp,
-                                       const i64* __restrict__ req_offsets, const i64* __restrict__ req_segs,
-                                       i64 n_rows, u64* __restrict__ remaining, u64* __restrict__ row_total) {
+// req_segs[k] = the segment of category req_cats[k]; an unknown category is counted in
+// unknown[0] (unknown[1]: its first position, starting at ~0) and weighs nothing.
+extern "C" __global__ void part_masses(const IndexView* __restrict__ ixp,
+                                       const i64* __restrict__ own_offsets, const i64* __restrict__ own_ids,
+                                       i64 use_batch, const i64* __restrict__ batch_slots, i64 batch_capacity,
+                                       const u64* __restrict__ batch_head_mass, const u64* __restrict__ batch_tail_mass,
+                                       const i64* __restrict__ batch_table_start, const u32* __restrict__ batch_alias,
+                                       const i64* __restrict__ req_offsets, const i64* __restrict__ req_cats,
+                                       i64 n_rows, i64* __restrict__ req_segs, u64* __restrict__ remaining,
+                                       u64* __restrict__ row_total, u64* __restrict__ unknown) {
   const IndexView ix = *ixp;
-  const ExclusionView ex = *exp;
+  const ExclusionView ex{own_offsets, own_ids, use_batch, batch_slots, batch_capacity,
+                         batch_head_mass, batch_tail_mass, batch_table_start, batch_alias};
   GN_GRID_STRIDE(i, n_rows) {
     u64 total = 0;
     const i64 own_lo = ex.own_offsets[i], own_hi = ex.own_offsets[i + 1];
     for (i64 k = req_offsets[i]; k < req_offsets[i + 1]; ++k) {
-      const i64 seg = req_segs[k];
-      u64 head_out = 0, tail_out = 0;
-      if (ex.use_batch) {
-        head_out = ex.batch_head_mass[seg];
-        tail_out = ex.batch_tail_mass[seg];
+      const i64 seg = probe(ix.cat_slots, ix.cat_capacity, req_cats[k]);
+      req_segs[k] = seg;
+      u64 head = 0, tail = 0;
+      if (seg < 0) {
+        atomicAdd(&unknown[0], 1ull);
+        atomicMin(&unknown[1], (u64)k);
       } else {
-        for (i64 e = own_lo; e < own_hi; ++e) {
-          const i64 row = ex.own_rows[e];
-          bool repeated = row < 0;
-          for (i64 f = own_lo; f < e && !repeated; ++f) repeated = ex.own_rows[f] == row;
-          if (!repeated) add_mass_in(ix, seg, row, head_out, tail_out);
+        u64 head_out = 0, tail_out = 0;
+        if (ex.use_batch) {
+          head_out = ex.batch_head_mass[seg];
+          tail_out = ex.batch_tail_mass[seg];
+        } else {
+          // Each distinct excluded id once; ids absent from the table weigh nothing.
+          for (i64 e = own_lo; e < own_hi; ++e) {
+            const i64 id = ex.own_ids[e];
+            bool repeated = false;
+            for (i64 f = own_lo; f < e && !repeated; ++f) repeated = ex.own_ids[f] == id;
+            const i64 row = repeated ? -1 : probe(ix.id_slots, ix.id_capacity, id);
+            if (row >= 0) add_mass_in(ix, seg, row, head_out, tail_out);
+          }
         }
+        head = ix.seg_head_mass[seg] - head_out;
+        tail = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out;
       }
-      const u64 head = ix.seg_head_mass[seg] - head_out;
-      const u64 tail = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out;
       remaining[2 * k] = head;
       remaining[2 * k + 1] = tail;
       total += head + tail;
@@ -138,34 +156,27 @@ extern "C" __global__ void part_masses(const IndexView* __restrict__ ixp, const 
   }
 }
 
-// Row of draw t: t / uniform_count when every row asks the same count, else the last row
-// whose output range starts at or before t.
-GN_INLINE i64 row_of_draw(const i64* out_offsets, i64 n_rows, i64 uniform_count, i64 t) {
-  if (uniform_count > 0) return t / uniform_count;
-  i64 lo = 0, hi = n_rows;
-  while (hi - lo > 1) {
-    const i64 mid = (lo + hi) >> 1;
-    if (out_offsets[mid] <= t) lo = mid; else hi = mid;
-  }
-  return lo;
-}
-
-extern "C" __global__ void sample_put_back(const IndexView* __restrict__ ixp, const ExclusionView* __restrict__ exp,
+extern "C" __global__ void sample_put_back(const IndexView* __restrict__ ixp,
+                                           const i64* __restrict__ own_offsets, const i64* __restrict__ own_ids,
+                                           i64 use_batch, const i64* __restrict__ batch_slots, i64 batch_capacity,
+                                           const u64* __restrict__ batch_head_mass, const u64* __restrict__ batch_tail_mass,
+                                           const i64* __restrict__ batch_table_start, const u32* __restrict__ batch_alias,
                                            const i64* __restrict__ req_offsets, const i64* __restrict__ req_segs,
                                            const u64* __restrict__ remaining, const u64* __restrict__ row_total,
                                            const i64* __restrict__ out_offsets, i64 n_rows, i64 uniform_count,
                                            u32 call, u32 k0, u32 k1, i64 fill_id, i64 count_attempts,
                                            i64* __restrict__ out, signed char* __restrict__ status,
-                                           u64* __restrict__ counters) {
+                                           u64* __restrict__ failed) {
   const IndexView ix = *ixp;
-  const ExclusionView ex = *exp;
+  const ExclusionView ex{own_offsets, own_ids, use_batch, batch_slots, batch_capacity,
+                         batch_head_mass, batch_tail_mass, batch_table_start, batch_alias};
   GN_GRID_STRIDE(t, out_offsets[n_rows]) {
     const i64 i = row_of_draw(out_offsets, n_rows, uniform_count, t);
     const i64 j = uniform_count > 0 ? t - i * uniform_count : t - out_offsets[i];
     const u64 total = row_total[i];
     if (total == 0) {
       out[t] = fill_id;
-      if (j == 0) report_failure(status, counters, i, GN_STATUS_NO_CANDIDATE);
+      if (j == 0) report_failure(status, failed, i, GN_STATUS_NO_CANDIDATE);
       continue;
     }
     const DrawContext d{call, (u32)i, (u32)j, k0, k1, ex.own_offsets[i], ex.own_offsets[i + 1]};
@@ -186,18 +197,23 @@ extern "C" __global__ void sample_put_back(const IndexView* __restrict__ ixp, co
     const i64 p = draw_from_part(ix, ex, d, req_segs[q >> 1], (q & 1) == 1, remaining[q], r, false, out, 0,
                                  attempts);
     out[t] = p >= 0 ? ix.seg_ids[p] : fill_id;
-    if (count_attempts && attempts) atomicAdd(&counters[2], attempts);
+    if (count_attempts && attempts) atomicAdd(&failed[2], attempts);
   }
 }
 
-extern "C" __global__ void sample_distinct(const IndexView* __restrict__ ixp, const ExclusionView* __restrict__ exp,
+extern "C" __global__ void sample_distinct(const IndexView* __restrict__ ixp,
+                                           const i64* __restrict__ own_offsets, const i64* __restrict__ own_ids,
+                                           i64 use_batch, const i64* __restrict__ batch_slots, i64 batch_capacity,
+                                           const u64* __restrict__ batch_head_mass, const u64* __restrict__ batch_tail_mass,
+                                           const i64* __restrict__ batch_table_start, const u32* __restrict__ batch_alias,
                                            const i64* __restrict__ req_offsets, const i64* __restrict__ req_segs,
                                            const u64* __restrict__ remaining, const u64* __restrict__ row_total,
                                            const i64* __restrict__ out_offsets, i64 n_rows, u32 call, u32 k0,
                                            u32 k1, i64 fill_id, i64 count_attempts, i64* __restrict__ out,
-                                           signed char* __restrict__ status, u64* __restrict__ counters) {
+                                           signed char* __restrict__ status, u64* __restrict__ failed) {
   const IndexView ix = *ixp;
-  const ExclusionView ex = *exp;
+  const ExclusionView ex{own_offsets, own_ids, use_batch, batch_slots, batch_capacity,
+                         batch_head_mass, batch_tail_mass, batch_table_start, batch_alias};
   GN_GRID_STRIDE(i, n_rows) {
     const i64 o = out_offsets[i], count = out_offsets[i + 1] - o;
     if (count == 0) continue;
@@ -208,14 +224,14 @@ extern "C" __global__ void sample_distinct(const IndexView* __restrict__ ixp, co
     u64 total = row_total[i];
     if (total == 0) {
       for (i64 j = 0; j < count; ++j) out[o + j] = fill_id;
-      report_failure(status, counters, i, GN_STATUS_NO_CANDIDATE);
+      report_failure(status, failed, i, GN_STATUS_NO_CANDIDATE);
       continue;
     }
     u64 attempts = 0;
     for (i64 j = 0; j < count; ++j) {
       if (total == 0) {
         for (i64 q = j; q < count; ++q) out[o + q] = fill_id;
-        report_failure(status, counters, i, GN_STATUS_TOO_FEW);
+        report_failure(status, failed, i, GN_STATUS_TOO_FEW);
         break;
       }
       const DrawContext d{call, (u32)i, (u32)j, k0, k1, ex.own_offsets[i], ex.own_offsets[i + 1]};
@@ -230,6 +246,6 @@ extern "C" __global__ void sample_distinct(const IndexView* __restrict__ ixp, co
       (from_tail ? tail : head) -= ix.seg_weights[p];
       total -= ix.seg_weights[p];
     }
-    if (count_attempts && attempts) atomicAdd(&counters[2], attempts);
+    if (count_attempts && attempts) atomicAdd(&failed[2], attempts);
   }
 }

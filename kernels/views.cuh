@@ -1,5 +1,7 @@
-// The index and the exclusion set as the sampling kernels read them: structs of 8-byte
-// fields (pointers and counts) written by the host into one small device buffer.
+// Structs the kernels read: the index and the column descriptors of a pack request, which
+// the host writes into device memory (8-byte fields only: pointers and counts), and the
+// exclusion set of a sampling request, which the sampling kernels assemble from their
+// parameters (its arrays are staged with the request, so no struct needs uploading).
 // gpu_negsample/backends/kernel_views.py reads the field order from this file, so the
 // host and the kernels cannot disagree on the layout.
 #pragma once
@@ -26,7 +28,6 @@ struct IndexView {
 struct ExclusionView {
   const i64* own_offsets;
   const i64* own_ids;
-  const i64* own_rows;
   i64 use_batch;
   const i64* batch_slots;
   i64 batch_capacity;
@@ -34,4 +35,29 @@ struct ExclusionView {
   const u64* batch_tail_mass;
   const i64* batch_table_start;
   const u32* batch_alias;
+};
+
+// One dense column of a pack request: output row i is source row rows[i], row_words words
+// of word_bytes (16, 8, 4, 2 or 1) each; first_word is where the column's words start in
+// the sequence of all dense columns' words (one launch gathers them all).
+struct DenseColumn {
+  const u8* src;
+  u8* dst;
+  i64 row_words;
+  i64 word_bytes;
+  i64 first_word;
+};
+
+// One ragged or string column of a pack request (a ragged column's weights are one more,
+// with its offsets). Measuring (ragged_lengths): only values, offsets, value_bytes and width
+// (0: ragged, < 0: strings) are read. Gathering: a ragged column's values go to out at
+// out_offsets (n + 1, the scanned lengths); a string column's rows to out as n rows of width
+// bytes, NUL-padded.
+struct RaggedColumn {
+  const u8* values;
+  const i64* offsets;
+  u8* out;
+  i64* out_offsets;
+  i64 value_bytes;
+  i64 width;
 };

@@ -1,30 +1,7 @@
-"""What both backends share: the sample result and the table placement report."""
+"""What both backends share: the table placement report."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import numpy as np
-
-from .kernel_constants import STATUS_OK
-
-
-@dataclass
-class SampleOutput:
-    """Negatives of one call. ``ids`` is a backend array; the rest are host values, read
-    without copying per-row state back unless a row failed."""
-
-    ids: object
-    n_failed: int = 0
-    first_failed: int = -1
-    first_status: int = STATUS_OK
-    attempts: int | None = None  # alias draws made, where the backend counted them
-
-    @classmethod
-    def from_status(cls, ids, status: np.ndarray, attempts: int | None) -> "SampleOutput":
-        failed = np.flatnonzero(status != STATUS_OK)
-        if not failed.size:
-            return cls(ids, attempts=attempts)
-        return cls(ids, int(failed.size), int(failed[0]), int(status[failed[0]]), attempts)
 
 
 @dataclass

@@ -4,7 +4,11 @@
 // intrinsics, so a launch is a plain loop over blocks and threads (gn_emu::launch).
 #pragma once
 #include <atomic>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+
+using std::log;
 
 #define __global__
 #define __device__
@@ -15,13 +19,15 @@
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
-struct uint2 {
+// Aligned as CUDA's own vector types, so a misaligned vector load is undefined here too
+// (and -fsanitize=alignment reports it).
+struct alignas(8) uint2 {
   unsigned x, y;
 };
-struct uint4 {
+struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
-struct longlong2 {
+struct alignas(16) longlong2 {
   long long x, y;
 };
 
@@ -33,6 +39,17 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
 }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
   return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+  unsigned long long old = __atomic_load_n(p, __ATOMIC_RELAXED);
+  while (v > old && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+  return old;
+}
+inline double __longlong_as_double(long long x) {
+  double d;
+  std::memcpy(&d, &x, sizeof d);
+  return d;
 }
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
   unsigned long long old = __atomic_load_n(p, __ATOMIC_RELAXED);

@@ -2,7 +2,10 @@
 
 Its kernels mirror kernels/*.cu file for file and kernel for kernel: ``cpu/sample.py`` is
 the twin of ``sample.cu`` (part_masses, sample_put_back, sample_distinct), ``cpu/lookup.py``
-of ``lookup.cu``, ``cpu/combine.py`` of ``combine.cu``, ``cpu/gather.py`` of ``gather.cu``.
+of ``lookup.cu``, ``cpu/combine.py`` of ``combine.cu``, ``cpu/gather.py`` of ``gather.cu``,
+``cpu/log_q.py`` of ``log_q.cu``. Where a CUDA kernel does a lookup per thread (categories
+and excluded ids inside ``part_masses``), the CPU looks them up for the whole request
+first, so the hash probes of many rows overlap instead of stalling each row in turn.
 """
 from __future__ import annotations
 
@@ -11,16 +14,20 @@ import torch
 
 from ...arena import default_allocate
 from ...columns import DENSE, RAGGED
-from ...ragged import RaggedTensor
+from ...hashing import build_hash_table
 from ...index import Index, IndexArrays
-from ..common import Placement, SampleOutput
-from ..protocol import Allocator, host_empty
+from ...ragged import RaggedTensor
+from ..common import Placement
 from ..exclusion import exclusion
-from ..log_q import log_q_rows
+from ..kernel_constants import STATUS_OK
+from ..protocol import Allocator, Draw, SampleInputs, host_empty
+from ..status import Counter
 from . import combine as c
 from . import gather as g
 from . import lookup as lk
 from . import sample as s
+from .log_q import log_q_rows
+from .request import HostRequest
 
 
 def _word_view(a: np.ndarray) -> np.ndarray:
@@ -34,7 +41,13 @@ class CpuBackend:
     """numba kernels over the table's own numpy arrays; the reference the CUDA backend matches."""
 
     name = "cpu"
+    count_attempts = True  # free here: a per-row sum
     allocate_host = staticmethod(default_allocate)
+    request = HostRequest
+
+    @staticmethod
+    def keeps_device_tensors(t: torch.Tensor) -> bool:
+        return False
 
     @staticmethod
     def place_index(index: Index) -> IndexArrays:
@@ -56,55 +69,67 @@ class CpuBackend:
         return np.asarray(a)
 
     @staticmethod
-    def valid_ids(ix: IndexArrays, ids: np.ndarray, default_id: int) -> np.ndarray:
+    def sample(rq: HostRequest, inputs: SampleInputs) -> Draw:
+        ix, n = inputs.ix, inputs.n_rows
+        req_segs = np.empty(inputs.req_cats.shape[0], dtype=np.int64)
+        lk.lookup_rows(ix.cat_slots, inputs.req_cats, req_segs)
+        rq.count(Counter.UNKNOWN, Counter.FIRST_UNKNOWN, req_segs < 0)
+        own_rows = np.full(inputs.own_ids.shape[0], -1, np.int64)
+        batch = None
+        if inputs.batch_ids is None:
+            lk.lookup_rows(ix.id_slots, inputs.own_ids, own_rows)
+        else:
+            batch = (build_hash_table(inputs.batch_ids)[0], inputs.batch_ids)
+        ex = exclusion(ix, inputs.own_offsets, inputs.own_ids, own_rows, batch)
+        remaining = np.empty(2 * req_segs.shape[0], dtype=np.uint64)
+        row_total = np.empty(n, dtype=np.uint64)
+        s.part_masses(ix, ex, inputs.req_offsets, req_segs, remaining, row_total)
+        out = np.empty(inputs.n_draws, dtype=np.int64)
+        status = np.empty(n, dtype=np.int8)
+        attempts = np.empty(n, dtype=np.int64)
+        draw = s.sample_distinct if inputs.distinct else s.sample_put_back
+        draw(ix, ex, inputs.req_offsets, req_segs, remaining, row_total, inputs.out_offsets,
+             np.uint64(inputs.call & 0xFFFFFFFF), inputs.key[0], inputs.key[1], np.int64(inputs.fill_id),
+             out, status, attempts)
+        rq.count(Counter.FAILED, Counter.FIRST_FAILED, status != STATUS_OK)
+        rq.counters[Counter.ATTEMPTS] += np.uint64(attempts.sum())
+        return Draw(out, req_segs, status)
+
+    @staticmethod
+    def valid_ids(rq: HostRequest, ix: IndexArrays, ids: np.ndarray, default_id: int) -> np.ndarray:
         out = np.empty_like(ids)
         lk.valid_ids(ix.id_slots, ids, np.int64(default_id), out)
         return out
 
     @staticmethod
-    def rows_or_default(ix: IndexArrays, ids: np.ndarray, default_row: int) -> tuple[np.ndarray, int]:
+    def rows_or_default(rq: HostRequest, ix: IndexArrays, ids: np.ndarray, default_row: int,
+                        report_missing: bool) -> np.ndarray:
         out = np.empty(ids.shape[0], dtype=np.int64)
         missing = lk.rows_or_default(ix.id_slots, ids, np.int64(default_row), out)
-        return out, int(missing)
+        if missing and report_missing:
+            found = lk.lookup(ix.id_slots, ids)
+            rq.count(Counter.MISSING, Counter.FIRST_MISSING, found < 0)
+        return out
 
     @staticmethod
-    def combine(origin: np.ndarray, counts: np.ndarray, sampled: np.ndarray) -> np.ndarray:
-        sampled_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
-        np.cumsum(counts, out=sampled_offsets[1:])
-        out_offsets = sampled_offsets[:-1] + np.arange(counts.shape[0], dtype=np.int64)
-        out = np.empty(sampled.shape[0] + origin.shape[0], dtype=np.result_type(origin, sampled))
+    def combine(rq: HostRequest, origin: np.ndarray, sampled_offsets: np.ndarray, uniform_count: int,
+                sampled: np.ndarray) -> np.ndarray:
+        n = origin.shape[0]
+        out_offsets = sampled_offsets[:-1] + np.arange(n, dtype=np.int64)
+        out = np.empty(sampled.shape[0] + n, dtype=np.int64)
         c.combine_with_counts(origin, out_offsets, sampled, sampled_offsets, out)
         return out
 
     @staticmethod
-    def sample(ix: IndexArrays, req_offsets, req_segs, counts, own_offsets, own_ids,
-               batch, distinct: bool, call: int, key: tuple, fill_id: int) -> SampleOutput:
-        n = counts.shape[0]
-        out_offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=out_offsets[1:])
-        out = np.empty(int(out_offsets[-1]), dtype=np.int64)
-        status = np.empty(n, dtype=np.int8)
-        attempts = np.empty(n, dtype=np.int64)
-        own_rows = np.full(own_ids.shape[0], -1, np.int64)
-        if batch is None:
-            lk.lookup_rows(ix.id_slots, own_ids, own_rows)
-        ex = exclusion(ix, own_offsets, own_ids, own_rows, batch)
-        remaining = np.empty(2 * req_segs.shape[0], dtype=np.uint64)
-        row_total = np.empty(n, dtype=np.uint64)
-        s.part_masses(ix, ex, req_offsets, req_segs, remaining, row_total)
-        draw = s.sample_distinct if distinct else s.sample_put_back
-        draw(ix, ex, req_offsets, req_segs, remaining, row_total, out_offsets,
-             np.uint64(call & 0xFFFFFFFF), key[0], key[1], np.int64(fill_id), out, status, attempts)
-        return SampleOutput.from_status(out, status, int(attempts.sum()))
-
-    @staticmethod
-    def log_q(ix: IndexArrays, req_offsets, req_segs, item_offsets, item_ids) -> np.ndarray:
-        out = np.empty(item_ids.shape[0], dtype=np.float64)
-        log_q_rows(ix, req_offsets, req_segs, item_offsets, item_ids, out)
+    def log_q(rq: HostRequest, ix: IndexArrays, req_offsets, req_segs, sampled_offsets, uniform_count: int,
+              ids) -> np.ndarray:
+        item_offsets = sampled_offsets + np.arange(sampled_offsets.shape[0], dtype=np.int64)
+        out = np.empty(ids.shape[0], dtype=np.float32)
+        log_q_rows(ix, req_offsets, req_segs, item_offsets, ids, out)
         return out
 
     @classmethod
-    def gather_table(cls, columns: dict, rows: np.ndarray, alloc: Allocator = host_empty) -> dict:
+    def gather_table(cls, rq: HostRequest, columns: dict, rows: np.ndarray, alloc: Allocator = host_empty) -> dict:
         n = rows.shape[0]
         out = {}
         for name, col in columns.items():

@@ -1,52 +1,63 @@
-"""One GPU through CuPy: kernels/*.cu compiled by NVRTC, launched on the caller's torch stream.
+"""One GPU: kernels/*.cu compiled by NVRTC through CuPy, launched on the sampler's own stream.
 
-Compiled modules are cached per device here and on disk by CuPy (its kernel cache is
-keyed by source and options; the options carry the digest of every header, so a changed
-header recompiles). Arrays cross between torch and CuPy by DLPack, without copies.
+Memory is torch's: device tensors come from its caching allocator on the sampler's stream,
+so results are ordinary torch tensors that the caller's streams can use (``hand_over``
+records them there). CuPy only compiles and launches our kernels, by address. Compiled
+modules are cached per device here and on disk by CuPy (keyed by source and options; the
+options carry the digest of every header, so a changed header recompiles).
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 import torch
 
 from . import kernel_sources as ks
+from .device import DeviceBookkeeping
 
 BLOCK = 256
 BLOCKS_PER_SM = 32  # enough resident warps to hide memory latency; grid-stride loops do the rest
 
 
-class CupyDevice:
-    """The CUDA device `ordinal`, as the CUDA backend uses it."""
+class CupyDevice(DeviceBookkeeping):
+    """The CUDA device `ordinal`, with a non-blocking stream of its own (or `stream`)."""
 
-    def __init__(self, ordinal: int = 0):
+    def __init__(self, ordinal: int = 0, stream: torch.cuda.Stream | None = None):
         import cupy
 
-        self.cp = self.xp = cupy
+        super().__init__()
+        self.cp = cupy
         self.ordinal = ordinal
-        self.name = f"cuda:{ordinal}"
-        self._device = cupy.cuda.Device(ordinal)
-        props = cupy.cuda.runtime.getDeviceProperties(ordinal)
-        self._card = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-        self._max_blocks = int(props["multiProcessorCount"]) * BLOCKS_PER_SM
-        self._arch = f"sm_{props['major']}{props['minor']}"
+        self.torch_device = torch.device("cuda", ordinal)
+        self.stream = stream or torch.cuda.Stream(device=self.torch_device)
+        props = torch.cuda.get_device_properties(ordinal)
+        self._card = props.name
+        self._max_blocks = int(props.multi_processor_count) * BLOCKS_PER_SM
+        self._arch = f"sm_{props.major}{props.minor}"
         self._modules = {}
         self._functions = {}
+        self._callers = threading.local()
 
     def describe(self) -> str:
-        return f"{self._card} ({self.name}, {self._arch})"
+        return f"{self._card} (cuda:{self.ordinal}, {self._arch})"
 
     def free_memory(self) -> int:
-        with self._device:
-            return int(self.cp.cuda.runtime.memGetInfo()[0])
+        return int(torch.cuda.mem_get_info(self.ordinal)[0])
 
     @contextlib.contextmanager
     def active(self):
-        """This device, with CuPy on the caller's current torch stream (kernels queue behind its work)."""
-        stream = self.cp.cuda.ExternalStream(torch.cuda.current_stream(self.ordinal).cuda_stream, self.ordinal)
-        with self._device, stream:
-            yield
+        outer = getattr(self._callers, "stream", None)
+        if outer is None:  # the caller's stream, seen from outside the sampler's own
+            self._callers.stream = torch.cuda.current_stream(self.ordinal)
+        try:
+            with torch.cuda.device(self.ordinal), torch.cuda.stream(self.stream), \
+                    self.cp.cuda.Device(self.ordinal), \
+                    self.cp.cuda.ExternalStream(self.stream.cuda_stream, self.ordinal), self._activated():
+                yield
+        finally:
+            self._callers.stream = outer
 
     def _function(self, name: str):
         fn = self._functions.get(name)
@@ -62,43 +73,67 @@ class CupyDevice:
         return fn
 
     def compile_all(self) -> None:
-        """Load every kernel now (from CuPy's disk cache or NVRTC), so no request pays for it."""
-        with self._device:
+        with self.cp.cuda.Device(self.ordinal):
             for name in ks.kernels():
                 self._function(name)
 
     def launch(self, name: str, n_items: int, *args) -> None:
+        self._op("launches")
         if n_items <= 0:
             return
         grid = max(1, min(-(-int(n_items) // BLOCK), self._max_blocks))
         params = ks.kernels()[name].params
-        values = tuple(a if p.is_pointer else ks.SCALARS[p.ctype](a) for p, a in zip(params, args, strict=True))
+        values = tuple(np.uint64(a.data_ptr()) if p.is_pointer else ks.SCALARS[p.ctype](a)
+                       for p, a in zip(params, args, strict=True))
         self._function(name)((grid,), (BLOCK,), values)
 
     # ---- memory ----------------------------------------------------------------------
-    @staticmethod
-    def address(a) -> int:
-        return int(a.data.ptr)
-
     def allocate_host(self, nbytes: int) -> np.ndarray:
-        """Pinned (page-locked) host memory; with unified addressing kernels read it in place."""
+        """Pinned (page-locked) host memory; with unified addressing kernels read it in place.
+        CuPy's allocation, not torch's: torch's host allocator rounds up to a power of two."""
         memory = self.cp.cuda.alloc_pinned_memory(nbytes)
         return np.frombuffer(memory, dtype=np.uint8, count=nbytes)
 
-    def upload(self, a: np.ndarray):
-        return self.cp.asarray(np.ascontiguousarray(a))
+    def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(tuple(shape), dtype=dtype, device=self.torch_device)
 
-    def host_view(self, a: np.ndarray):
-        """A device array over pinned host memory (zero-copy, read through UVA)."""
-        memory = self.cp.cuda.UnownedMemory(a.ctypes.data, a.nbytes, a, self.ordinal)
-        return self.cp.ndarray(a.shape, a.dtype, self.cp.cuda.MemoryPointer(memory, 0))
-
-    def to_host(self, a) -> np.ndarray:
-        return self.cp.asnumpy(a) if isinstance(a, self.cp.ndarray) else np.asarray(a)
+    def upload(self, host: np.ndarray) -> torch.Tensor:
+        """Asynchronous when host is pinned (a request's staging buffer); the request's final
+        wait covers it."""
+        self._op("uploads")
+        return torch.from_numpy(host).to(self.torch_device, non_blocking=True)
 
     @staticmethod
-    def to_torch(a) -> torch.Tensor:
-        return torch.from_dlpack(a)
+    def host_view(host: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(host)
 
-    def from_torch(self, t: torch.Tensor):
-        return self.cp.from_dlpack(t.detach())
+    def fill_zero(self, t: torch.Tensor) -> None:
+        self._op("launches")
+        t.zero_()  # a memset on the sampler's stream (active())
+
+    def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        self._op("launches")
+        torch.cumsum(src, dim=-1, out=out)
+
+    def fetch(self, tensors) -> list[np.ndarray]:
+        self._op("downloads", len(tensors))
+        self._op("waits")
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        for h, t in zip(host, tensors):
+            h.copy_(t, non_blocking=True)
+        self.stream.synchronize()  # this sampler's stream only: never the caller's training work
+        return [h.numpy() for h in host]
+
+    def adopt(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if t.device != self.torch_device:
+            raise ValueError(f"a tensor on {t.device} was given to a sampler on {self.torch_device}; "
+                             "move it there, or pass it on the CPU")
+        # The caller's stream may still be producing t: the sampler's stream waits for it there.
+        self.stream.wait_stream(self._callers.stream)
+        return t.to(dtype).contiguous()
+
+    def hand_over(self, tensors) -> None:
+        caller = self._callers.stream
+        caller.wait_stream(self.stream)
+        for t in tensors:
+            t.record_stream(caller)

@@ -9,7 +9,6 @@ here too (``device="emulated"``). It exists to check the kernels, not to be fast
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -23,6 +22,7 @@ import torch
 
 from ...compile_cache import cache_dir
 from . import kernel_sources as ks
+from .device import DeviceBookkeeping
 
 _CTYPES = {"i64": ctypes.c_int64, "u64": ctypes.c_uint64, "u32": ctypes.c_uint32}
 CXX_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-fno-strict-aliasing")
@@ -65,24 +65,26 @@ def build_library(extra_flags: tuple[str, ...] = ()) -> Path:
     return target
 
 
-class EmulatedDevice:
-    """Numpy arrays as 'device memory', g++-built kernels as launches."""
+class EmulatedDevice(DeviceBookkeeping):
+    """CPU tensors as "device memory", g++-built kernels as launches; uploads, downloads,
+    launches and waits are counted as on a GPU."""
 
-    name = "emulated"
-    xp = np
     # Small blocks and a capped grid so every grid-stride loop really strides in tests.
     BLOCK = 32
     MAX_BLOCKS = 8
 
-    def __init__(self, memory_bytes: int = 1 << 30):
+    def __init__(self, ordinal: int = 0, memory_bytes: int = 1 << 30):
+        super().__init__()
         # e.g. GPU_NEGSAMPLE_EMU_FLAGS="-fsanitize=address" (tests/test_emulation_sanitized.py)
         extra = tuple(os.environ.get("GPU_NEGSAMPLE_EMU_FLAGS", "").split())
         self._lib = ctypes.CDLL(str(build_library(extra)))
+        self.ordinal = ordinal
+        self.torch_device = torch.device("cpu")
         self._memory_bytes = memory_bytes
         self._functions = {}
 
     def describe(self) -> str:
-        return "CPU emulation of the CUDA kernels (g++)"
+        return f"CPU emulation of the CUDA kernels (g++), device {self.ordinal}"
 
     def free_memory(self) -> int:
         return self._memory_bytes
@@ -102,41 +104,49 @@ class EmulatedDevice:
         for name in ks.kernels():
             self._function(name)
 
+    def active(self):
+        return self._activated()
+
     def launch(self, name: str, n_items: int, *args) -> None:
+        self._op("launches")
+        if n_items <= 0:
+            return
         grid = max(1, min(-(-int(n_items) // self.BLOCK), self.MAX_BLOCKS))
         params = ks.kernels()[name].params
-        values = [self.address(a) if p.is_pointer else int(a) for p, a in zip(params, args, strict=True)]
+        values = [a.data_ptr() if p.is_pointer else int(a) for p, a in zip(params, args, strict=True)]
         self._function(name)(grid, self.BLOCK, *values)
 
     # ---- memory ----------------------------------------------------------------------
     @staticmethod
-    def address(a: np.ndarray) -> int:
-        return a.ctypes.data
-
-    @staticmethod
     def allocate_host(nbytes: int) -> np.ndarray:
         return np.empty(nbytes, dtype=np.uint8)
 
-    @staticmethod
-    def upload(a: np.ndarray) -> np.ndarray:
-        return np.array(a, copy=True, order="C")
+    def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(tuple(shape), dtype=dtype)
+
+    def upload(self, host: np.ndarray) -> torch.Tensor:
+        self._op("uploads")
+        return torch.from_numpy(np.array(host, copy=True, order="C"))
 
     @staticmethod
-    def host_view(a: np.ndarray) -> np.ndarray:
-        return a
+    def host_view(host: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(host)
 
-    @staticmethod
-    def to_host(a) -> np.ndarray:
-        return np.asarray(a)
+    def fill_zero(self, t: torch.Tensor) -> None:
+        self._op("launches")
+        t.zero_()
 
-    @staticmethod
-    def to_torch(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a)
+    def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        self._op("launches")
+        torch.cumsum(src, dim=-1, out=out)
 
-    @staticmethod
-    def from_torch(t: torch.Tensor) -> np.ndarray:
-        return t.detach().cpu().numpy()
+    def fetch(self, tensors) -> list[np.ndarray]:
+        self._op("downloads", len(tensors))
+        self._op("waits")
+        return [t.numpy().copy() for t in tensors]
 
-    @staticmethod
-    def active():
-        return contextlib.nullcontext()
+    def adopt(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return t.to(dtype).contiguous()
+
+    def hand_over(self, tensors) -> None:
+        self._op("launches", 0)  # the same check as on a GPU: inside active()

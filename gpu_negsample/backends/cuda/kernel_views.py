@@ -1,4 +1,4 @@
-"""Host side of views.cuh: the IndexView / ExclusionView structs written into device memory."""
+"""Host side of views.cuh: structs of 8-byte fields written into device memory."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,13 +6,19 @@ import numpy as np
 from .kernel_sources import view_fields
 
 
-def pack_view(device, struct: str, fields: dict):
-    """A device buffer holding `struct` with each pointer field = the address of fields[name]
-    (a device array) and each count field = int(fields[name]). The caller keeps the arrays alive."""
+def view_words(struct: str, fields: dict) -> np.ndarray:
+    """The uint64 words of `struct` with each pointer field = fields[name].data_ptr() (a
+    tensor; None is a null pointer) and each count field = int(fields[name]). The caller
+    keeps the tensors alive."""
     layout = view_fields(struct)
     missing = [name for name, _ in layout if name not in fields]
     if missing:
         raise KeyError(f"{struct} fields without a value: {missing}")
-    words = np.array([device.address(fields[name]) if pointer else int(fields[name]) for name, pointer in layout],
-                     dtype=np.uint64)
-    return device.upload(words)
+    words = [(0 if fields[name] is None else fields[name].data_ptr()) if pointer else int(fields[name])
+             for name, pointer in layout]
+    return np.array(words, dtype=np.int64).view(np.uint64)  # counts may be negative (two's complement)
+
+
+def pack_view(device, struct: str, fields: dict):
+    """A device buffer holding one `struct` (see view_words)."""
+    return device.upload(view_words(struct, fields))

@@ -1,0 +1,102 @@
+"""What the CUDA backend needs from a device, declared; and the bookkeeping both devices share.
+
+Device arrays are torch tensors: on a GPU they come from torch's caching allocator on the
+sampler's own stream (so ``record_stream`` and the caller's streams behave as torch users
+expect), on the emulation they are CPU tensors. Kernels get addresses, so a tensor of pinned
+host memory is read in place (unified addressing). Every operation that costs a GPU request
+something (an upload, a download, a kernel launch, a host wait) goes through the device
+and is counted, and must run inside ``active()``: tests hold a request to its budget.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from typing import ContextManager, Protocol, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclasses.dataclass
+class OpCounts:
+    """Operations a device has done (cumulative; diff two snapshots for one request)."""
+
+    uploads: int = 0
+    downloads: int = 0
+    launches: int = 0
+    waits: int = 0
+
+    def __sub__(self, other: "OpCounts") -> "OpCounts":
+        return OpCounts(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+
+class Device(Protocol):
+    """One GPU (CupyDevice) or its CPU emulation (EmulatedDevice), as the CUDA backend uses it."""
+
+    ordinal: int
+    torch_device: torch.device
+    counts: OpCounts
+
+    def describe(self) -> str: ...
+
+    def free_memory(self) -> int: ...
+
+    def compile_all(self) -> None:
+        """Load every kernel now (at reload), so no request pays for compiling."""
+
+    def active(self) -> ContextManager:
+        """This device and the sampler's stream, for the operations of one request or placement."""
+
+    def launch(self, name: str, n_items: int, *args) -> None:
+        """Queue kernel `name` over n_items with args (tensors for pointers, ints for scalars)."""
+
+    def allocate_host(self, nbytes: int) -> np.ndarray:
+        """uint8 host memory the kernels can read in place (pinned on a GPU)."""
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor: ...
+
+    def upload(self, host: np.ndarray) -> torch.Tensor:
+        """A device copy of a host array (placement at reload, or a request's staged inputs)."""
+
+    def host_view(self, host: np.ndarray) -> torch.Tensor:
+        """A tensor over host memory from allocate_host, read in place by the kernels."""
+
+    def fill_zero(self, t: torch.Tensor) -> None:
+        """t = 0 (a memset; counted as a launch)."""
+
+    def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        """out = the running sums of src along its last dimension."""
+
+    def fetch(self, tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        """Host copies of device tensors, read with one wait for this sampler's stream."""
+
+    def adopt(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A caller's tensor on this device, as a contiguous tensor of dtype, ordered after
+        the caller's work that produced it (no host wait)."""
+
+    def hand_over(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Make results safe to use on the caller's current stream (no host wait)."""
+
+
+class DeviceBookkeeping:
+    """Counting and the active() check, shared by both devices."""
+
+    def __init__(self) -> None:
+        self.counts = OpCounts()
+        self._active = threading.local()
+
+    @contextlib.contextmanager
+    def _activated(self):
+        depth = getattr(self._active, "depth", 0)
+        self._active.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._active.depth = depth
+
+    def _op(self, kind: str, n: int = 1) -> None:
+        if not getattr(self._active, "depth", 0):
+            raise RuntimeError(f"a device {kind[:-1]} outside the device's active(): every device operation of "
+                               "a request must run on the sampler's device and stream")
+        setattr(self.counts, kind, getattr(self.counts, kind) + n)

@@ -1,0 +1,70 @@
+"""What a request costs the device, counted on the emulated GPU: uploads, downloads, kernel
+launches and host waits. The budgets are those of a request that lives on the device (one
+upload of its inputs, a fixed chain of kernels, one wait at its end, one more to size a
+pack's ragged and string outputs); a change that brings back per-array uploads or syncs
+fails here, without a GPU."""
+import numpy as np
+import pytest
+import torch
+
+from gpu_negsample.backends.cuda.device import OpCounts
+from conftest import make_sampler, one_per_row
+from devices import needs_gxx
+from test_cuda_parity import feature_table
+
+pytestmark = needs_gxx
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    ids, table = feature_table(n=200, seed=3)  # dense, ragged (weighted too) and string columns
+    s = make_sampler(table, device="emulated", seed=5)
+    s.ids, s.cats = ids, np.asarray(table["cat"].values())
+    return s
+
+
+def cost(sampler, call) -> OpCounts:
+    device = sampler.engine.backend.device
+    before = OpCounts(**vars(device.counts))
+    call()
+    return device.counts - before
+
+
+def within(got: OpCounts, **budget) -> bool:
+    return all(getattr(got, name) <= most for name, most in budget.items())
+
+
+def test_sample_ids_is_one_upload_two_launches_one_wait(sampler):
+    args = (one_per_row(sampler.ids[:64]), 7, one_per_row(sampler.cats[:64]))
+    got = cost(sampler, lambda: sampler.sample_ids(*args))
+    assert got == OpCounts(uploads=1, downloads=1, launches=2, waits=1), got
+
+
+def test_fused_sample_with_every_kind_of_column_waits_twice(sampler):
+    args = (one_per_row(sampler.ids[:64]), 4, one_per_row(sampler.cats[:64]))
+    got = cost(sampler, lambda: sampler.sample(*args, default_value=int(sampler.ids[0]), return_log_q=True))
+    # uploads: the inputs, then the request's column descriptors (sized by the first wait)
+    assert within(got, uploads=2, waits=2, launches=12), got
+
+
+def test_lookups_and_pack_are_bounded_too(sampler):
+    ids = torch.from_numpy(sampler.ids[:50])
+    assert cost(sampler, lambda: sampler.valid_sample_ids(ids, -1)) == OpCounts(1, 1, 1, 1)
+    assert within(cost(sampler, lambda: sampler.pack_feature(ids, int(sampler.ids[0]))), uploads=2, waits=2)
+    got = cost(sampler, lambda: sampler.combine_vector_with_sample_counts(ids, 2, torch.arange(100)))
+    assert got == OpCounts(1, 1, 1, 1), got
+
+
+def test_device_operations_outside_a_request_are_refused(sampler):
+    device = sampler.engine.backend.device
+    with pytest.raises(RuntimeError, match="outside the device's active"):
+        device.launch("valid_ids", 0, *([torch.zeros(1, dtype=torch.int64)] * 3), 0, 0, torch.zeros(1))
+    with pytest.raises(RuntimeError, match="outside"):
+        device.fetch([torch.zeros(1)])
+
+
+def test_a_fused_result_lives_on_one_device(sampler):
+    r = sampler.sample(one_per_row(sampler.ids[:8]), 2, one_per_row(sampler.cats[:8]),
+                       default_value=int(sampler.ids[0]), return_log_q=True)
+    tensors = [r.negative_ids, r.positive_ids, r.ids, r.sample_counts, r.log_q]
+    assert len({t.device for t in tensors}) == 1 and r.log_q.dtype == torch.float32
