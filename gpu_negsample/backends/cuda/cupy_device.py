@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from . import kernel_sources as ks
-from .device import DeviceBookkeeping
+from .device import DeviceBase
 
 BLOCK = 256
 BLOCKS_PER_SM = 32  # enough resident warps to hide memory latency; grid-stride loops do the rest
 
 
-class CupyDevice(DeviceBookkeeping):
+class CupyDevice(DeviceBase):
     """The CUDA device `ordinal`, with a non-blocking stream of its own (or `stream`)."""
 
     def __init__(self, ordinal: int = 0, stream: torch.cuda.Stream | None = None):
@@ -94,26 +94,11 @@ class CupyDevice(DeviceBookkeeping):
         memory = self.cp.cuda.alloc_pinned_memory(nbytes)
         return np.frombuffer(memory, dtype=np.uint8, count=nbytes)
 
-    def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(tuple(shape), dtype=dtype, device=self.torch_device)
-
     def upload(self, host: np.ndarray) -> torch.Tensor:
         """Asynchronous when host is pinned (a request's staging buffer); the request's final
         wait covers it."""
         self._op("uploads")
         return torch.from_numpy(host).to(self.torch_device, non_blocking=True)
-
-    @staticmethod
-    def host_view(host: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(host)
-
-    def fill_zero(self, t: torch.Tensor) -> None:
-        self._op("launches")
-        t.zero_()  # a memset on the sampler's stream (active())
-
-    def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
-        self._op("launches")
-        torch.cumsum(src, dim=-1, out=out)
 
     def fetch(self, tensors) -> list[np.ndarray]:
         self._op("downloads", len(tensors))

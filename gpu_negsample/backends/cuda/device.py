@@ -79,8 +79,9 @@ class Device(Protocol):
         """Make results safe to use on the caller's current stream (no host wait)."""
 
 
-class DeviceBookkeeping:
-    """Counting and the active() check, shared by both devices."""
+class DeviceBase:
+    """What both devices share: counting, the active() check, and the operations torch does
+    the same way on either (on the current stream: the sampler's, inside active())."""
 
     def __init__(self) -> None:
         self.counts = OpCounts()
@@ -100,3 +101,18 @@ class DeviceBookkeeping:
             raise RuntimeError(f"a device {kind[:-1]} outside the device's active(): every device operation of "
                                "a request must run on the sampler's device and stream")
         setattr(self.counts, kind, getattr(self.counts, kind) + n)
+
+    def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(tuple(shape), dtype=dtype, device=self.torch_device)
+
+    @staticmethod
+    def host_view(host: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(host)
+
+    def fill_zero(self, t: torch.Tensor) -> None:
+        self._op("launches")
+        t.zero_()
+
+    def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        self._op("launches")
+        torch.cumsum(src, dim=-1, out=out)

@@ -22,7 +22,7 @@ import torch
 
 from ...compile_cache import cache_dir
 from . import kernel_sources as ks
-from .device import DeviceBookkeeping
+from .device import DeviceBase
 
 _CTYPES = {"i64": ctypes.c_int64, "u64": ctypes.c_uint64, "u32": ctypes.c_uint32}
 CXX_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-fno-strict-aliasing")
@@ -65,7 +65,7 @@ def build_library(extra_flags: tuple[str, ...] = ()) -> Path:
     return target
 
 
-class EmulatedDevice(DeviceBookkeeping):
+class EmulatedDevice(DeviceBase):
     """CPU tensors as "device memory", g++-built kernels as launches; uploads, downloads,
     launches and waits are counted as on a GPU."""
 
@@ -121,24 +121,9 @@ class EmulatedDevice(DeviceBookkeeping):
     def allocate_host(nbytes: int) -> np.ndarray:
         return np.empty(nbytes, dtype=np.uint8)
 
-    def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(tuple(shape), dtype=dtype)
-
     def upload(self, host: np.ndarray) -> torch.Tensor:
         self._op("uploads")
         return torch.from_numpy(np.array(host, copy=True, order="C"))
-
-    @staticmethod
-    def host_view(host: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(host)
-
-    def fill_zero(self, t: torch.Tensor) -> None:
-        self._op("launches")
-        t.zero_()
-
-    def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
-        self._op("launches")
-        torch.cumsum(src, dim=-1, out=out)
 
     def fetch(self, tensors) -> list[np.ndarray]:
         self._op("downloads", len(tensors))
