@@ -84,7 +84,7 @@ class Prepared:
     inputs: SampleInputs
     index: Index           # whose categories the segments number
     counts: np.ndarray     # host, one per row
-    own_offsets: np.ndarray
+    own_offsets: np.ndarray  # what each row excludes (none without avoid_conflict)
     own_ids: object        # host array or device tensor
     cat_offsets: np.ndarray
     cats: object
@@ -262,7 +262,7 @@ class Engine:
         inputs = SampleInputs(placed, staged["own_offsets"], staged["own_ids"], staged["req_offsets"],
                               staged["req_cats"], staged["out_offsets"], n, int(out_offsets[-1]), uniform, batch_ids,
                               not self.config.put_back, stream.next_call(), stream.key, self.config.fill_id)
-        return Prepared(inputs, index, counts, own_offsets, own_ids, cat_offsets, cats,
+        return Prepared(inputs, index, counts, excluded_offsets, excluded, cat_offsets, cats,
                         staged.get("positives", staged["own_ids"]), staged)
 
     def _raise_for(self, status: RequestStatus, p: Prepared) -> None:
