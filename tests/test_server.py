@@ -57,7 +57,8 @@ def collect(results, n, timeout=180):
 
 def client(job, **kw):
     kw.setdefault("seed", 1)
-    return LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, **kw)
+    kw.setdefault("device", "cpu")
+    return LocalRpcDataSampler("category", "item_id", "weight", "skey", name=job, **kw)
 
 
 def test_recis_example_runs_in_8_local_processes(job):

@@ -19,7 +19,8 @@ import zmq
 
 from ..columns import read_table_input
 from ..config import DEFAULT_MAX_NEGATIVES, SamplerConfig
-from ..errors import NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
+from ..errors import (DeviceFaultError, NegSampleError, NotLoadedError, RequestError, TableError,
+                      UnsatisfiableRowError)
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
@@ -31,7 +32,7 @@ log = logging.getLogger("gpu_negsample")
 DEFAULT_MAX_REQUEST_BYTES = 2**31
 MAX_BLOCKS = 8
 MIN_BLOCK_BYTES = 1 << 20
-_ERRORS = {e.__name__: e for e in (RequestError, TableError, UnsatisfiableRowError, NotLoadedError)}
+_ERRORS = {e.__name__: e for e in (RequestError, TableError, UnsatisfiableRowError, NotLoadedError, DeviceFaultError)}
 
 
 class ServerError(NegSampleError):
@@ -40,7 +41,7 @@ class ServerError(NegSampleError):
 
 class _Block:
     """A result block the server writes answers into; offered again only when no array the
-    caller holds views it any more."""
+    caller holds views it any more (``reusable``)."""
 
     kind = ""
 
@@ -50,12 +51,25 @@ class _Block:
 
     def release(self) -> None:
         self.live_arrays -= 1
+        if self.live_arrays == 0:
+            self._last_view_gone()
+
+    def _last_view_gone(self) -> None:
+        """Called when the caller holds no view of the block any more."""
+
+    def reusable(self) -> bool:
+        """Whether the server may write the next answer here now."""
+        return self.live_arrays == 0
 
     def views(self, metas: list) -> dict:
-        arrays = self._views(metas)
-        for a in arrays.values():
+        """The answer's arrays in this block. Each array's lifetime is that of its ``owner``
+        (the object whose memory it is), watched by a finalizer: an array derived from a
+        view (a slice, ``.view``) keeps the owner, so the block stays taken until it is gone."""
+        arrays = {}
+        for name, (owner, value) in self._views(metas).items():
             self.live_arrays += 1
-            weakref.finalize(a, self.release)
+            weakref.finalize(owner, self.release)
+            arrays[name] = value
         return arrays
 
 
@@ -69,7 +83,7 @@ class _ShmBlock(_Block):
         self.memory = memory
 
     def _views(self, metas):
-        return p.read_block(self.memory, metas)
+        return {name: (a, a) for name, a in p.read_block(self.memory, metas).items()}
 
     def close(self) -> None:
         try:
@@ -79,7 +93,14 @@ class _ShmBlock(_Block):
 
 
 class _CudaBlock(_Block):
-    """Memory on this rank's GPU that the server opened through a CUDA IPC handle."""
+    """Memory on this rank's GPU that the server opened through a CUDA IPC handle.
+
+    Each answer array is a CuPy array over its range of the block, handed to torch through
+    DLPack: the torch tensor's storage owns the CuPy array, so every tensor derived from it
+    keeps the range taken. When the last one is gone, an event is recorded on the rank's
+    current stream; the block is offered again only once the kernels the rank queued
+    before that point (which may still read the old answer) have run past it.
+    """
 
     kind = "cuda"
 
@@ -88,23 +109,35 @@ class _CudaBlock(_Block):
 
         super().__init__(ident, size)
         self._cupy, self.device = cupy, device
+        self._done: torch.cuda.Event | None = None  # recorded when the last view went
         with cupy.cuda.Device(device):
             self.ptr = cupy.cuda.runtime.malloc(size)  # its own allocation: the IPC handle covers exactly it
             self.handle = cupy.cuda.runtime.ipcGetMemHandle(self.ptr)
-            memory = cupy.cuda.UnownedMemory(self.ptr, size, self, device)
-            self.tensor = torch.from_dlpack(cupy.ndarray((size,), cupy.uint8, cupy.cuda.MemoryPointer(memory, 0)))
 
     def _views(self, metas):
-        out = {}
+        cp, out = self._cupy, {}
         for meta in metas:
-            dtype = torch.from_numpy(np.empty(0, dtype=np.dtype(meta["dtype"]))).dtype
-            nbytes = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
-            start = int(meta["offset"])
-            out[meta["name"]] = self.tensor[start:start + nbytes].view(dtype).reshape(meta["shape"])
+            dtype, shape = p._check_meta(meta)  # the dtype and shape checks of every received array
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if int(meta["offset"]) < 0 or int(meta["offset"]) + nbytes > self.size:
+                raise ServerError(f"the server placed {meta['name']!r} at bytes {meta['offset']}..+{nbytes}, outside "
+                                  f"this rank's {self.size}-byte CUDA result block")
+            memory = cp.cuda.UnownedMemory(self.ptr + int(meta["offset"]), max(nbytes, 1), self, self.device)
+            owner = cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(memory, 0))
+            out[meta["name"]] = (owner, torch.from_dlpack(owner))
         return out
+
+    def _last_view_gone(self) -> None:
+        self._done = torch.cuda.Event()
+        self._done.record(torch.cuda.current_stream(self.device))
+
+    def reusable(self) -> bool:
+        return self.live_arrays == 0 and (self._done is None or self._done.query())
 
     def close(self) -> None:
         if self.live_arrays == 0:  # else the caller's tensors keep using it until the process ends
+            if self._done is not None:
+                self._done.synchronize()  # the rank's queued kernels may still read it
             with self._cupy.cuda.Device(self.device):
                 self._cupy.cuda.runtime.free(self.ptr)
 
@@ -248,13 +281,13 @@ class ServerTransport:
     def _free_block(self):
         if self.results == "socket":
             return None
-        free = [b for b in self._blocks if b.live_arrays == 0]
+        free = [b for b in self._blocks if b.reusable()]
         return max(free, key=lambda b: b.size) if free else (self._new_block(MIN_BLOCK_BYTES)
                                                              if len(self._blocks) < MAX_BLOCKS else None)
 
     def _grow_blocks(self, needed: int) -> None:
         """Replace the smallest free block by one that fits `needed` (results that did not fit came by socket)."""
-        free = [b for b in self._blocks if b.live_arrays == 0]
+        free = [b for b in self._blocks if b.reusable()]
         if free and len(self._blocks) >= MAX_BLOCKS:
             smallest = min(free, key=lambda b: b.size)
             self._blocks.remove(smallest)

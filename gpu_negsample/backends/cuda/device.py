@@ -17,6 +17,8 @@ from typing import ContextManager, Protocol, Sequence
 import numpy as np
 import torch
 
+from .faults import device_faults
+
 
 @dataclasses.dataclass
 class OpCounts:
@@ -92,7 +94,8 @@ class DeviceBase:
         depth = getattr(self._active, "depth", 0)
         self._active.depth = depth + 1
         try:
-            yield
+            with device_faults(self.describe()):
+                yield
         finally:
             self._active.depth = depth
 
