@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("zmq", reason="the node server needs pyzmq")
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, NotLoadedError, RequestError, ServerError
 from gpu_negsample.server.endpoint import SHM_DIR, job_dir, pid_alive, shm_prefix
 from gpu_negsample.server.service import rank_seed
@@ -225,6 +226,20 @@ def test_results_in_cuda_ipc_buffers_on_the_ranks_gpu(job):
                     assert np.array_equal(other, value), name
                 else:
                     assert torch.equal(other.values().cpu(), value.values()), name
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_hot_reload_on_a_gpu_server(job):
+    """A server on the GPU reloads tables while serving; rank 0's answers stay an in-process GPU sampler's."""
+    a, b = catalogue(seed=5), catalogue(seed=6)
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cuda")
+    with client(job, device="cuda") as s:
+        for cat in (a, b, a):
+            ref.reload(cat.table)
+            s.reload(cat.table)
+            for call in range(3):
+                assert torch.equal(s.sample_ids(*positives(cat, call)).cpu(), ref.sample_ids(*positives(cat, call)).cpu())
 
 
 def test_cuda_results_need_a_gpu_on_both_sides(job):
