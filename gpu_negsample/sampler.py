@@ -154,6 +154,9 @@ class NegativeSampler(SamplerBase):
         memory_budget: bytes of feature columns the CUDA backend copies to the GPU; the
             rest are read from pinned host memory (None: half the free GPU memory).
         max_negatives: the most negatives one request may ask for (sum of its counts).
+        stream: on a GPU, the torch.cuda.Stream the sampler's kernels run on (default: a
+            non-blocking stream of its own). Either way the caller's current stream waits
+            for a request's results through an event, never the host.
 
     RecIS's other keyword arguments (``use_positive``, ``ignore_invalid_dedup_tag``,
     ``profiling`` and the ``rpc_*`` options) are accepted and ignored; any other keyword is
@@ -163,13 +166,14 @@ class NegativeSampler(SamplerBase):
     def __init__(self, sample_tag: str, dedup_tag: str, weight_tag: str, skey_name: str | None = None,
                  put_back: bool = True, *, seed: int | None = None, weight_exponent: float = 1.0,
                  unsatisfiable: str = "raise", fill_id: int = -1, device: str = "auto",
-                 memory_budget: int | None = None, max_negatives: int = DEFAULT_MAX_NEGATIVES, **recis_options):
+                 memory_budget: int | None = None, max_negatives: int = DEFAULT_MAX_NEGATIVES, stream=None,
+                 **recis_options):
         self.config = SamplerConfig.from_arguments(
             recis_options=recis_options, owner=type(self).__name__, sample_tag=sample_tag, dedup_tag=dedup_tag,
             weight_tag=weight_tag, skey_name=skey_name, put_back=put_back, seed=seed,
             weight_exponent=weight_exponent, unsatisfiable=unsatisfiable, fill_id=fill_id, device=device,
             memory_budget=memory_budget, max_negatives=max_negatives)
-        self._transport = InProcessTransport(Engine(self.config, select_backend(device, memory_budget)))
+        self._transport = InProcessTransport(Engine(self.config, select_backend(device, memory_budget, stream)))
 
     @property
     def engine(self) -> Engine:

@@ -27,14 +27,17 @@ def _auto_choice() -> str:
     return choice
 
 
-def select_backend(device: str = "auto", memory_budget: int | None = None):
+def select_backend(device: str = "auto", memory_budget: int | None = None, stream=None):
     """The backend for device 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'emulated' (the CUDA
     kernels run on the CPU through g++, for tests). 'auto' takes the current torch CUDA
-    device when a GPU and cupy are present, else the CPU, and logs its choice once."""
+    device when a GPU and cupy are present, else the CPU, and logs its choice once.
+    ``stream``: a torch.cuda.Stream the GPU backend runs on (default: one of its own)."""
     from .cpu import CpuBackend
 
     if device == "auto":
         device = _auto_choice()
+    if stream is not None and not (isinstance(device, str) and device.startswith("cuda")):
+        raise ValueError(f"stream= is for a sampler on a GPU; this one has device={device!r}")
     if device == "cpu":
         return CpuBackend()
     from .cuda import CudaBackend
@@ -52,5 +55,5 @@ def select_backend(device: str = "auto", memory_budget: int | None = None):
             raise ValueError(f"device={device!r}: {count} CUDA device(s) usable through cupy "
                              "(install gpu_negsample[cuda12] or [cuda13] and check the driver), or use device='cpu'")
         from .cuda.cupy_device import CupyDevice
-        return CudaBackend(CupyDevice(ordinal), memory_budget)
+        return CudaBackend(CupyDevice(ordinal, stream), memory_budget)
     raise ValueError(f"device={device!r} is not one of {DEVICES}")
