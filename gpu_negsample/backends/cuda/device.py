@@ -85,8 +85,8 @@ class Device(Protocol):
     def host_view(self, host: np.ndarray) -> torch.Tensor:
         """A tensor over host memory from allocate_host, read in place by the kernels."""
 
-    def fill_zero(self, t: torch.Tensor) -> None:
-        """t = 0 (a memset; counted as a launch)."""
+    def fill(self, t: torch.Tensor, value: int) -> None:
+        """t = value everywhere (a memset or fill kernel; counted as a launch)."""
 
     def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
         """out = the running sums of src along its last dimension."""
@@ -133,7 +133,7 @@ class DeviceBase:
         self.compile_all()
         with self.active():
             t = self.upload(np.zeros((2, 2), np.int64))
-            self.fill_zero(t)
+            self.fill(t, 0)
             self.cumsum(t, t)
             self.fetch([t[:, 1]])
 
@@ -141,9 +141,9 @@ class DeviceBase:
     def host_view(host: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(host)
 
-    def fill_zero(self, t: torch.Tensor) -> None:
+    def fill(self, t: torch.Tensor, value: int) -> None:
         self._op("launches")
-        t.zero_()
+        t.fill_(value)
 
     def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
         self._op("launches")
