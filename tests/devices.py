@@ -17,3 +17,26 @@ GPU_MISSING = re.compile(r"CUDA device\(s\) usable through cupy|this process has
 needs_gpu = pytest.mark.skipif(not HAS_GPU and not RUN_WITHOUT_GPU, reason="no CUDA device with cupy here")
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to build the kernel emulation")
 KERNEL_DEVICES = [pytest.param("emulated", marks=needs_gxx), pytest.param("cuda", marks=[needs_gpu, pytest.mark.gpu])]
+
+
+def in_threads(work, ranks: int) -> dict:
+    """{rank: work(rank)} with every rank in its own thread at once, as the ranks of a node
+    (or a training thread and its prefetcher) call; the first error is raised here."""
+    import threading
+
+    results, errors = {}, []
+
+    def run(rank):
+        try:
+            results[rank] = work(rank)
+        except BaseException as e:  # raised by the calling thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(ranks)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return results

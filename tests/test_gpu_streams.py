@@ -2,15 +2,13 @@
 (one per rank) on their own streams at once, results used on the caller's own stream. Each
 result is compared with the CPU path's, id for id. Skipped without a GPU (bench/device_check.sh
 runs them)."""
-import threading
-
 import numpy as np
 import pytest
 import torch
 
 from gpu_negsample import prefetch
 from conftest import make_sampler, one_per_row
-from devices import needs_gpu
+from devices import in_threads, needs_gpu
 from test_cuda_parity import feature_table
 
 pytestmark = [needs_gpu, pytest.mark.gpu]
@@ -43,20 +41,7 @@ def test_samplers_of_several_ranks_run_at_once_on_their_own_streams(table):
     ids, cats, t = table
     samplers = [make_sampler(t, device="cuda", seed=10 + r) for r in range(4)]
     assert len({s.engine.backend.device.stream.cuda_stream for s in samplers}) == 4
-    results, errors = {}, []
-
-    def rank(r):
-        try:
-            results[r] = [samplers[r].sample_ids(d, 7, c) for d, c in batches(ids, cats, 8, seed=r)]
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    results = in_threads(lambda r: [samplers[r].sample_ids(d, 7, c) for d, c in batches(ids, cats, 8, seed=r)], 4)
     for r in range(4):
         cpu = make_sampler(t, device="cpu", seed=10 + r)
         want = [cpu.sample_ids(d, 7, c) for d, c in batches(ids, cats, 8, seed=r)]

@@ -1,8 +1,6 @@
 """A node of several GPUs, on emulated devices: one table read and indexed once, placed on
 every device that serves a rank (index and hot columns per device, the rest read from the one
 host copy), each rank's requests on its own device, results those of the CPU path."""
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +11,7 @@ from gpu_negsample.config import SamplerConfig
 from gpu_negsample.engine import Engine, RandomStream
 from gpu_negsample.node import DeviceEngines
 from conftest import one_per_row
-from devices import needs_gxx
+from devices import in_threads, needs_gxx
 from test_cuda_parity import feature_table
 
 pytestmark = needs_gxx
@@ -38,17 +36,23 @@ def table():
     return ids, np.asarray(t["cat"].values()), t
 
 
+@pytest.fixture
+def loaded(table):
+    """Four emulated devices and the CPU path, the same table loaded on both."""
+    engines, cpu = node(), Engine(CONFIG)
+    engines.reload(table[2])
+    cpu.reload(table[2])
+    return engines, cpu
+
+
 def request(ids, cats, rank):
     rows = np.random.default_rng(rank).choice(len(ids), 32)
     return one_per_row(ids[rows]), 5, one_per_row(cats[rows])
 
 
-def test_each_rank_runs_on_its_own_device_with_the_cpu_paths_results(table):
-    ids, cats, t = table
-    engines = node()
-    engines.reload(t)
-    cpu = Engine(CONFIG)
-    cpu.reload(t)
+def test_each_rank_runs_on_its_own_device_with_the_cpu_paths_results(table, loaded):
+    ids, cats, _ = table
+    engines, cpu = loaded
     assert [engines.engine(n).backend.device.ordinal for n in range(4)] == [0, 1, 2, 3]
     for rank in range(4):
         before = snapshot(engines)
@@ -77,27 +81,15 @@ def test_one_host_copy_and_an_index_and_hot_columns_per_device(table):
     assert all(torch.equal(f["f32"], features[0]["f32"]) for f in features)
 
 
-def test_ranks_sample_at_once_on_their_devices(table):
-    ids, cats, t = table
-    engines = node()
-    engines.reload(t)
-    cpu = Engine(CONFIG)
-    cpu.reload(t)
-    got, errors = {}, []
+def test_ranks_sample_at_once_on_their_devices(table, loaded):
+    ids, cats, _ = table
+    engines, cpu = loaded
 
     def rank(r):
-        try:
-            stream = RandomStream(r)  # the rank's own draws, as the server keeps one per client
-            got[r] = [engines.engine(r).sample_ids(*request(ids, cats, r + 10 * k), stream=stream) for k in range(3)]
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
+        stream = RandomStream(r)  # the rank's own draws, as the server keeps one per client
+        return [engines.engine(r).sample_ids(*request(ids, cats, r + 10 * k), stream=stream) for k in range(3)]
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    got = in_threads(rank, 4)
     for r in range(4):
         stream = RandomStream(r)
         want = [cpu.sample_ids(*request(ids, cats, r + 10 * k), stream=stream) for k in range(3)]
