@@ -138,7 +138,7 @@ def test_gpu_tests_are_collected_here_and_fail_only_for_want_of_a_gpu(tmp_path):
         failure = case.find("error") if failure is None else failure  # (an Element without children is falsy)
         outcomes[f"{case.get('classname')}::{case.get('name')}"] = None if failure is None else \
             (failure.get("message") or "") + (failure.text or "")
-    assert len(outcomes) >= 13, run.stdout[-3000:]  # parity, streams, prefetch, IPC results, GPU server
+    assert len(outcomes) >= 14, run.stdout[-3000:]  # parity, streams, prefetch, IPC results, GPU server
     wrong = {name: (text or "passed")[-600:] for name, text in outcomes.items()
              if text is None or not GPU_MISSING.search(text)}
     assert not wrong, wrong

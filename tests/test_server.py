@@ -230,6 +230,26 @@ def test_results_in_cuda_ipc_buffers_on_the_ranks_gpu(job):
 
 @needs_gpu
 @pytest.mark.gpu
+def test_a_cuda_answer_kept_through_a_slice_is_never_overwritten(job):
+    """The answer's buffer stays taken while a tensor derived from it lives, and is offered
+    again only after the rank's stream passed the point where the last view went."""
+    cat = catalogue()
+    with client(job, device="cuda", results="cuda") as s:
+        s.reload(cat.table)
+        s.sample_ids(*positives(cat, 0))  # grows the buffers
+        first = s.sample_ids(*positives(cat, 1))
+        tail = first[1:]
+        kept = tail.clone()
+        del first
+        for call in range(2, 6):
+            again = s.sample_ids(*positives(cat, call))
+            assert again.is_cuda
+            del again
+        assert torch.equal(tail, kept)
+
+
+@needs_gpu
+@pytest.mark.gpu
 def test_hot_reload_on_a_gpu_server(job):
     """A server on the GPU reloads tables while serving; rank 0's answers stay an in-process GPU sampler's."""
     a, b = catalogue(seed=5), catalogue(seed=6)
