@@ -1,7 +1,8 @@
 """Turning every accepted input format into flat numpy columns.
 
 Accepted: a RecIS batch (list of dicts; the first dict is the table), a dict, a
-``pyarrow.Table``, or a Parquet file / directory. Column values may be torch tensors,
+``pyarrow.Table``, a pandas ``DataFrame`` (read through Arrow), or a Parquet file /
+directory. Column values may be torch tensors,
 ``RaggedTensor``, numpy arrays, lists of str/bytes, or RecIS's one-element list holding a
 string array. Arrow list columns become ragged, fixed-size lists dense 2-D, string and
 binary columns strings.
@@ -52,7 +53,9 @@ def read_table_input(data) -> dict[str, Column]:
         path = os.fspath(data)
         if not os.path.exists(path):
             raise TableError(f"reload: Parquet path {path!r} does not exist")
-        data = pq.read_table(path)
+        data = _read_parquet(path)
+    if _is_pandas_frame(data):
+        data = _from_pandas(data)
     if isinstance(data, list):
         if not data or not isinstance(data[0], dict):
             raise TableError("reload: a list input must be a RecIS batch whose first element is a dict of columns")
@@ -65,8 +68,32 @@ def read_table_input(data) -> dict[str, Column]:
         return {name: _from_value(str(name), value) for name, value in data.items() if name != "_sample_group_id"}
     raise TableError(
         f"reload: unsupported input type {type(data).__name__}; give a dict of columns, a RecIS batch "
-        "(list of dicts), a pyarrow.Table, or a Parquet path"
+        "(list of dicts), a pyarrow.Table, a pandas DataFrame, or a Parquet path"
     )
+
+
+def _read_parquet(path: str) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise TableError(
+            f"reload: cannot read {path!r} as Parquet ({exc}). reload reads Parquet files and directories "
+            "of them; read other formats yourself (e.g. pyarrow.csv.read_csv) and pass the table"
+        ) from exc
+
+
+def _is_pandas_frame(data) -> bool:
+    """A pandas DataFrame, recognised without importing pandas (an optional dependency)."""
+    return type(data).__name__ == "DataFrame" and type(data).__module__.split(".")[0] == "pandas"
+
+
+def _from_pandas(frame) -> pa.Table:
+    """Columns of lists become ragged columns, of str/bytes string columns (Arrow's reading)."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise TableError(f"reload: cannot read the DataFrame through Arrow: {exc}. Give each column one type "
+                         "(numbers, lists of numbers, or strings)") from exc
 
 
 def _from_value(name: str, value) -> Column:
