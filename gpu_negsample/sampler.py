@@ -176,6 +176,26 @@ class NegativeSampler(SamplerBase):
         """The engine behind this sampler (its backend, loaded table and statistics)."""
         return self._transport.engine
 
+    def __reduce__(self):
+        """Pickled (DataLoader workers under spawn or forkserver, multiprocessing) only
+        without a table: the table lives in this process's memory, and copying it into each
+        worker is what the node's sampling server exists to avoid."""
+        if self.engine.loaded:
+            raise TypeError(
+                "a NegativeSampler with a loaded table cannot be pickled: its table lives in this process's "
+                "memory. DataLoader workers started with spawn/forkserver pickle their dataset; use "
+                "LocalRpcDataSampler there (each worker becomes a client of the node's sampling server), or fork "
+                "workers (multiprocessing_context='fork'), which share the table, or reload() in each worker")
+        return _unloaded_sampler, (self.config,)
+
+
+def _unloaded_sampler(config: SamplerConfig) -> NegativeSampler:
+    """A NegativeSampler of ``config`` with no table (the other end of ``__reduce__``)."""
+    sampler = NegativeSampler.__new__(NegativeSampler)
+    sampler.config = config
+    sampler._transport = InProcessTransport(Engine(config, select_backend(config.device, config.memory_budget)))
+    return sampler
+
 
 def _positives_of(ids, sample_cnts, sample_tag_ragged_tensor) -> int:
     """The number of positives behind a combined id vector."""
