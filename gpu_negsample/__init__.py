@@ -9,6 +9,7 @@ from .sampler import NegativeSampler, SamplerBase
 from .transport import SampleResult
 from .server.client import LocalRpcDataSampler, ServerError
 from .workers import SampledBatches
+from . import formats
 
 __all__ = [
     "NegativeSampler",

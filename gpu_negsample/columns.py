@@ -61,7 +61,7 @@ def read_table_input(data) -> dict[str, Column]:
             raise TableError("reload: a list input must be a RecIS batch whose first element is a dict of columns")
         data = data[0]
     if isinstance(data, pa.Table):
-        return {name: _from_arrow(name, data.column(name)) for name in data.column_names}
+        return {name: from_arrow(name, data.column(name)) for name in data.column_names}
     if isinstance(data, dict):
         if data and all(isinstance(v, Column) for v in data.values()):
             return dict(data)  # already read (the sampling server receives columns this way)
@@ -117,7 +117,7 @@ def _from_value(name: str, value) -> Column:
             return strings_from_sequence(name, value)
         return _dense(name, value)
     if isinstance(value, (pa.Array, pa.ChunkedArray)):
-        return _from_arrow(name, value)
+        return from_arrow(name, value)
     raise TableError(
         f"column {name!r}: unsupported value type {type(value).__name__}; use a torch tensor, "
         "RaggedTensor, numpy array, or a list of str/bytes"
@@ -164,7 +164,8 @@ def _strings_from_arrow(name: str, arr: pa.Array) -> Column:
     return Column(name, STRING, data.copy(), (offsets - offsets[0]).astype(np.int64))
 
 
-def _from_arrow(name: str, col) -> Column:
+def from_arrow(name: str, col) -> Column:
+    """A Column of an Arrow array: strings, list -> ragged, fixed-size list -> dense 2-D, numbers -> dense."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = arr.type
     if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
