@@ -1,11 +1,14 @@
 """gpu_negsample: weighted, category-conditional negative sampling for recommendation training."""
 from . import compile_cache  # noqa: F401  (before any numba function is defined: where they are cached)
+from . import threading_layer  # noqa: F401  (before any parallel kernel runs: TBB, which survives fork)
 from .errors import DeviceFaultError, NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
 from .ragged import RaggedTensor
 from .prefetch import Prefetcher, prefetch
 from .config import SamplerConfig
 from .sampler import NegativeSampler, SamplerBase
 from .transport import SampleResult
+from .workers import SampledBatches
+from . import formats
 
 __all__ = [
     "NegativeSampler",
@@ -13,6 +16,7 @@ __all__ = [
     "ServerError",
     "Prefetcher",
     "prefetch",
+    "SampledBatches",
     "RaggedTensor",
     "SampleResult",
     "SamplerBase",

@@ -18,7 +18,8 @@ What the arguments mean, for every method:
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+import os
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,8 +34,15 @@ from .ragged import RaggedTensor
 from .request import int64_array, ragged_rows
 from .transport import InProcessTransport, SampleResult, SamplerTransport
 
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
+
 Ids = Union[RaggedTensor, torch.Tensor, np.ndarray, Sequence[int]]
 Counts = Union[int, torch.Tensor, np.ndarray, Sequence[int]]
+# A negative table: a RecIS batch (list of dicts), a dict of columns, a pyarrow.Table, a
+# pandas DataFrame, or a Parquet file / directory path.
+TableInput = Union[list, dict, "pyarrow.Table", "pandas.DataFrame", str, os.PathLike]
 FeatureTable = dict  # column name -> torch.Tensor (dense) | RaggedTensor (ragged) | np.ndarray of bytes (strings)
 
 __all__ = ["NegativeSampler", "SampleResult", "SamplerBase"]
@@ -53,13 +61,14 @@ class SamplerBase:
 
     @property
     def put_back(self) -> bool:
+        """True: negatives drawn with replacement; False: distinct negatives per positive."""
         return self.config.put_back
 
     def describe(self) -> str:
         """The loaded table, its index, the backend, and where each column lives."""
         return self._transport.describe()
 
-    def reload(self, neg_data, progress: bool | None = None) -> None:
+    def reload(self, neg_data: TableInput, progress: bool | None = None) -> None:
         """Load the negative table: a RecIS batch (list of dicts), a dict of columns, a
         pyarrow.Table, a pandas DataFrame, or a Parquet file / directory. On error the previous
         table stays loaded. ``progress`` shows a bar (default: for tables of 1M rows or more)."""
@@ -179,6 +188,26 @@ class NegativeSampler(SamplerBase):
     def engine(self) -> Engine:
         """The engine behind this sampler (its backend, loaded table and statistics)."""
         return self._transport.engine
+
+    def __reduce__(self):
+        """Pickled (DataLoader workers under spawn or forkserver, multiprocessing) only
+        without a table: the table lives in this process's memory, and copying it into each
+        worker is what the node's sampling server exists to avoid."""
+        if self.engine.loaded:
+            raise TypeError(
+                "a NegativeSampler with a loaded table cannot be pickled: its table lives in this process's "
+                "memory. DataLoader workers started with spawn/forkserver pickle their dataset; use "
+                "LocalRpcDataSampler there (each worker becomes a client of the node's sampling server), or fork "
+                "workers (multiprocessing_context='fork'), which share the table, or reload() in each worker")
+        return _unloaded_sampler, (self.config,)
+
+
+def _unloaded_sampler(config: SamplerConfig) -> NegativeSampler:
+    """A NegativeSampler of ``config`` with no table (the other end of ``__reduce__``)."""
+    sampler = NegativeSampler.__new__(NegativeSampler)
+    sampler.config = config
+    sampler._transport = InProcessTransport(Engine(config, select_backend(config.device, config.memory_budget)))
+    return sampler
 
 
 def _positives_of(ids, sample_cnts, sample_tag_ragged_tensor) -> int:
