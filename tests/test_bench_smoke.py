@@ -1,6 +1,6 @@
-"""bench/bench_cuda.py runs end to end on the CPU emulation at toy sizes (its GPU-only peers
-are skipped there), and bench/device_check.sh parses, so the check a GPU machine runs is
-known to work before it gets there."""
+"""The benchmarks run end to end at toy sizes: bench_cuda.py on the CPU emulation (its GPU-only
+peers are skipped there) and bench/device_check.sh parses, so the check a GPU machine runs is
+known to work before it gets there; bench_cpu.py reports only figures of its own run."""
 import importlib.util
 import json
 import shutil
@@ -11,14 +11,14 @@ import pytest
 
 from devices import needs_gxx
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_cuda.py"
-CHECK = BENCH.parent / "device_check.sh"
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+CHECK = BENCH_DIR / "device_check.sh"
 SECTIONS = ("sample_ids", "check_against_cpu", "limits", "gather", "lookups", "pack_feature", "targets")
 
 
-def load_bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH.parent))  # as when run as a script: bench/ is on the path
-    spec = importlib.util.spec_from_file_location("bench_cuda", BENCH)
+def load_bench(monkeypatch, name="bench_cuda"):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))  # as when run as a script: bench/ is on the path
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
@@ -70,3 +70,21 @@ def test_a_failing_section_keeps_the_figures_and_the_next_sections(tmp_path, mon
 def test_device_check_script_parses():
     run = subprocess.run(["bash", "-n", str(CHECK)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_bench_cpu_reports_only_what_it_measured(tmp_path, monkeypatch):
+    bench = load_bench(monkeypatch, "bench_cpu")
+    bench.main(["--items", "3000", "--categories", "10", "--batches", "64,128", "--repeats", "2",
+                "--memory-mb", "1", "--out", str(tmp_path)])
+    text = (tmp_path / "bench_cpu.json").read_text()
+    assert "recis" not in text.lower()  # figures of other samplers belong in ARCHITECTURE.md, with provenance
+    results = json.loads(text)
+    for key in ("sample_ids_64x10", "sample_ids_128x10"):
+        r = results[key]
+        for name in ("put_back", "no_put_back", "numpy_choice", "torch_multinomial"):
+            assert r[name] > 0
+        assert r["put_back_x_numpy_choice"] == r["put_back"] / r["numpy_choice"]
+    assert results["pack_feature"]["rows"] == 64 * 11 and results["pack_feature"]["MBps"] > 0
+    assert results["random_access"]["dependent_1t_loads_per_s"] > 0
+    assert len(results["machine"]["load_average"]) == 3
+    assert (tmp_path / "bench_cpu.png").stat().st_size > 0
