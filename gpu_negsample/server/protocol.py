@@ -11,8 +11,8 @@ import json
 import numpy as np
 import torch
 
-from ..columns import Column
-from ..errors import RequestError
+from ..columns import Column, check_column
+from ..errors import RequestError, TableError
 from ..ragged import RaggedTensor
 
 ALLOWED_KINDS = "biufS"  # bool, signed, unsigned, float, fixed-width bytes
@@ -161,10 +161,25 @@ def encode_columns(columns: dict, arrays: dict) -> list:
     return out
 
 
-def decode_columns(items: list, arrays: dict) -> dict:
+def decode_columns(items, arrays: dict) -> dict:
+    """Table columns a reload sent (``encode_columns``), checked as strictly as the in-process
+    reader checks its own (``check_column``): TableError naming the column otherwise."""
+    if not isinstance(items, list) or not items:
+        raise TableError("reload: the request carries no columns")
     columns = {}
     for item in items:
-        parts = {f: arrays[f"{item['key']}.{f}"] for f in item["fields"]}
-        columns[item["name"]] = Column(item["name"], item["kind"], parts["values"], parts.get("offsets"),
-                                       parts.get("weight"))
+        if not isinstance(item, dict) or not isinstance(item.get("fields"), list):
+            raise RequestError(f"reload: malformed column description {str(item)[:200]}")
+        name, fields = item.get("name"), item["fields"]
+        if any(f not in ("values", "offsets", "weight") for f in fields) or "values" not in fields:
+            raise TableError(f"column {name!r}: fields {fields} must be values plus optional offsets and weight")
+        missing = [f for f in fields if f"{item.get('key')}.{f}" not in arrays]
+        if missing:
+            raise RequestError(f"column {name!r}: the request announces {missing} but carries no such arrays")
+        parts = {f: arrays[f"{item['key']}.{f}"] for f in fields}
+        col = Column(name, item.get("kind"), parts["values"], parts.get("offsets"), parts.get("weight"))
+        check_column(col)
+        if name in columns:
+            raise TableError(f"column {name!r} is given twice")
+        columns[name] = col
     return columns
