@@ -1,15 +1,21 @@
 """The node server against what a broken or hostile client puts on the wire: every bad input
 is an error reply naming the cause, never a crash or a hang of the node's server."""
+import errno
 import itertools
 import os
+import subprocess
 
 import numpy as np
 import pytest
+import torch
 
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler
 from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
+from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
+from gpu_negsample.server.endpoint import SHM_DIR, create_block, pid_alive, shm_prefix, sweep_stale_blocks
 from server_harness import raw_client, server_on_thread
-from server_tables import catalogue
+from server_tables import catalogue, positives
 
 _jobs = itertools.count()
 
@@ -75,3 +81,117 @@ def test_a_reload_with_bad_category_offsets_is_a_table_error_and_the_server_serv
         arrays = {}
         head = c.ask("pack_feature", {"ids": p.encode("ids", cat.ids[:5], arrays), "default": -1}, arrays)
         assert head["ok"], head
+
+
+# ---- shared-memory result blocks -------------------------------------------------------------
+def load(c, cat) -> None:
+    args, arrays = reload_frames_args(columns_of(cat))
+    assert c.ask("reload", args, arrays)["ok"]
+
+
+def lookup(c, cat, **header) -> dict:
+    arrays = {}
+    return c.ask("valid_sample_ids", {"ids": p.encode("ids", cat.ids[:100], arrays), "default": -1}, arrays, **header)
+
+
+def test_a_block_its_client_truncated_is_answered_through_the_socket(job):
+    """Before: the server wrote into the truncated file and died of SIGBUS."""
+    cat = catalogue()
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        fd, path = create_block(job, os.getpid(), 0, 1 << 20)
+        try:
+            assert c.ask("map_block", {"path": str(path), "size": 1 << 20, "block": 0})["ok"]
+            assert "placed" in lookup(c, cat, block=0)  # the block works
+            os.ftruncate(fd, 0)
+            head = lookup(c, cat, block=0)
+            assert head["ok"] and "placed" not in head and np.array_equal(head["arrays"]["out"], cat.ids[:100])
+        finally:
+            os.close(fd)
+            path.unlink()
+
+
+def test_a_full_dev_shm_is_a_clear_error_not_a_sigbus(job, monkeypatch):
+    cat = catalogue()
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        fd, path = create_block(job, os.getpid(), 0, 1 << 20)
+        os.close(fd)
+        try:
+            def full(fd, offset, size):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(os, "posix_fallocate", full)
+            head = c.ask("map_block", {"path": str(path), "size": 1 << 20, "block": 0})
+            assert head["error"] == "RequestError" and "shm-size" in head["message"], head
+        finally:
+            path.unlink()
+        assert lookup(c, cat)["ok"]
+
+
+def test_a_client_falls_back_to_the_socket_when_dev_shm_is_full(job, monkeypatch):
+    cat = catalogue()
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1) as s:
+        s.reload(cat.table)
+        for call in range(2):
+            assert torch.equal(s.sample_ids(*positives(cat, call)), ref.sample_ids(*positives(cat, call)))
+    assert not list(SHM_DIR.glob(f"{shm_prefix(job)}*"))
+
+
+def test_map_block_accepts_only_the_jobs_own_blocks(job, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep" * 1024)
+    fd, path = create_block(job, os.getpid(), 0, 4096)
+    os.close(fd)
+    link = SHM_DIR / f"{shm_prefix(job)}{os.getpid()}-1-{'0' * 16}"
+    link.symlink_to(victim)
+    other_pid = SHM_DIR / f"{shm_prefix(job)}{os.getppid()}-2-{'0' * 16}"
+    other_pid.write_bytes(b"\0" * 4096)
+    cases = [(victim, 4096, "is not a result block"), (link, 4096, "a link"), (path, 8192, "not the announced 8192"),
+             (other_pid, 4096, "not created by this client"), (SHM_DIR / f"{shm_prefix(job)}x", 4096, "not a result")]
+    try:
+        with server_on_thread(job) as server, raw_client(server) as c:
+            for block, (where, size, message) in enumerate(cases):
+                head = c.ask("map_block", {"path": str(where), "size": size, "block": block})
+                assert head["error"] == "RequestError" and message in head["message"], (where, head)
+        assert victim.read_bytes() == b"keep" * 1024
+    finally:
+        for leftover in (path, link, other_pid):
+            leftover.unlink()
+
+
+def test_block_names_are_unpredictable_and_a_taken_name_is_retried(job, monkeypatch):
+    tokens = iter(["a" * 16, "b" * 16])
+    monkeypatch.setattr(endpoint.secrets, "token_hex", lambda n: next(tokens))
+    taken = SHM_DIR / f"{shm_prefix(job)}{os.getpid()}-0-{'a' * 16}"
+    taken.write_bytes(b"")
+    try:
+        fd, path = create_block(job, os.getpid(), 0, 4096)
+        os.close(fd)
+        path.unlink()
+        assert path.name.endswith("b" * 16)
+    finally:
+        taken.unlink()
+
+
+def test_sweeping_a_job_leaves_the_blocks_of_a_job_whose_name_extends_it(job):
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    assert not pid_alive(proc.pid)
+    own = SHM_DIR / f"{shm_prefix(job)}{proc.pid}-0-{'c' * 16}"
+    other = SHM_DIR / f"{shm_prefix(job + '-31999')}{proc.pid}-0-{'c' * 16}"
+    for path in (own, other):
+        path.write_bytes(b"")
+    try:
+        assert sweep_stale_blocks(job) == 1
+        assert not own.exists() and other.exists()
+    finally:
+        for path in (own, other):
+            path.unlink(missing_ok=True)

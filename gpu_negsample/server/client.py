@@ -23,7 +23,7 @@ from ..errors import NegSampleError, NotLoadedError, RequestError, TableError, U
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
-from .endpoint import (block_path, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
+from .endpoint import (create_block, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
                        socket_path, sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample")
@@ -263,19 +263,28 @@ class ServerTransport:
         if len(self._blocks) < MAX_BLOCKS:
             self._new_block(max(2 * needed, MIN_BLOCK_BYTES))
 
-    def _new_block(self, size: int) -> _Block:
+    def _new_block(self, size: int) -> _Block | None:
         ident = next(self._block_ids)
         if self.results == "cuda":
             block = _CudaBlock(ident, size, torch.cuda.current_device())
             self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident}, {})
             self._blocks.append(block)
             return block
-        path = block_path(self.job, os.getpid(), ident)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, size)
+            fd, path = create_block(self.job, os.getpid(), ident, size)
+        except OSError as e:
+            log.warning("no result block of %d bytes in /dev/shm (%s): answers come through the socket from now "
+                        "on (enlarge /dev/shm, e.g. docker run --shm-size=1g)", size, e)
+            self.results = "socket"
+            return None
+        try:
             block = _ShmBlock(ident, size, mmap.mmap(fd, size))
             self._request("map_block", {"path": str(path), "size": size, "block": ident}, {})
+        except RequestError as e:  # the server could not map it (no room in /dev/shm): use the socket
+            log.warning("%s", e)
+            self.results = "socket"
+            block.close()
+            return None
         finally:
             os.close(fd)
             path.unlink(missing_ok=True)  # both sides have it mapped: no name is left behind

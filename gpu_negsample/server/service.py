@@ -13,7 +13,6 @@ import argparse
 import ctypes
 import json
 import logging
-import mmap
 import os
 import queue
 import signal
@@ -31,7 +30,8 @@ from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import NegSampleError, RequestError
 from . import protocol as p
-from .endpoint import claim_job, pid_alive, pid_path, socket_path, sweep_stale_blocks
+from .endpoint import (SHM_DIR, claim_job, mapped_size, open_block, pid_alive, pid_path, socket_path,
+                       sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample.server")
 
@@ -73,12 +73,15 @@ class RemoteCudaBlock:
 
 
 class SharedBlock:
-    """A client's shared-memory result block, mapped here."""
+    """A client's shared-memory result block, mapped here (``open_block`` checks it is one)."""
 
-    def __init__(self, path: str, size: int):
-        with open(path, "r+b") as f:
-            self.memory = mmap.mmap(f.fileno(), size)
+    def __init__(self, job: str, client_pid: int, path: str, size: int):
+        self.memory = open_block(job, client_pid, path, size)
         self.size = size
+
+    def intact(self) -> bool:
+        """Whether the file still has its size (the client may have truncated it)."""
+        return mapped_size(self.memory) >= self.size
 
     def write(self, arrays: dict, metas: list) -> None:
         p.write_block(memoryview(self.memory), arrays, metas)
@@ -209,6 +212,11 @@ class SamplingServer:
         header["seq"] = request.get("seq")
         client = self.clients.get(identity)
         block = client.blocks.get(request.get("block")) if client else None
+        if isinstance(block, SharedBlock) and not block.intact():
+            log.warning("client pid %d truncated its result block %s: answering through the socket",
+                        client.pid, request.get("block"))
+            client.blocks.pop(request.get("block")).close()
+            block = None
         if block is not None and arrays:
             cuda = isinstance(block, RemoteCudaBlock)
             placed = {n: a for n, a in arrays.items() if p.on_gpu(a)} if cuda else arrays
@@ -246,7 +254,16 @@ class SamplingServer:
         return {}, {}
 
     def op_map_block(self, identity, args, arrays):
-        self.clients[identity].blocks[int(args["block"])] = SharedBlock(args["path"], int(args["size"]))
+        client = self.clients[identity]
+        try:
+            block = SharedBlock(self.job, client.pid, str(args["path"]), int(args["size"]))
+        except ValueError as e:
+            raise RequestError(f"map_block: {e}") from None
+        except OSError as e:
+            raise RequestError(f"map_block: cannot reserve {int(args['size']):,} bytes in {SHM_DIR}: {e.strerror} "
+                               "(enlarge /dev/shm, e.g. docker run --shm-size=1g); answers go through the socket"
+                               ) from None
+        client.blocks[int(args["block"])] = block
         return {}, {}
 
     def op_map_cuda_block(self, identity, args, arrays):
