@@ -41,7 +41,7 @@ class RawClient:
     def ask(self, op: str, args: dict, arrays: dict | None = None, **header) -> dict:
         """Send one request the way the real client does and return the reply's header."""
         self.seq += 1
-        self.send_frames(p.pack(dict(header, op=op, args=args, seq=self.seq), arrays or {}))
+        self.send_frames(p.pack_request(self.seq, dict(header, op=op, args=args), arrays or {}))
         head, arrays = self.receive()
         head["arrays"] = arrays
         return head

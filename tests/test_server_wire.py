@@ -3,13 +3,15 @@ is an error reply naming the cause, never a crash or a hang of the node's server
 import errno
 import itertools
 import os
+import struct
 import subprocess
+import threading
 
 import numpy as np
 import pytest
 import torch
 
-from gpu_negsample import LocalRpcDataSampler, NegativeSampler
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
 from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
 from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
@@ -195,3 +197,55 @@ def test_sweeping_a_job_leaves_the_blocks_of_a_job_whose_name_extends_it(job):
     finally:
         for path in (own, other):
             path.unlink(missing_ok=True)
+
+
+# ---- every request is answered ------------------------------------------------------------------
+def outcome_within(seconds: float, call):
+    """What call returned or raised, run on a thread; AssertionError if it is still waiting
+    after `seconds` (the caller would have hung)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = call()
+        except BaseException as e:  # the outcome under test
+            box["value"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert "value" in box, f"no answer within {seconds} s"
+    return box["value"]
+
+
+def test_a_request_the_server_cannot_parse_still_reaches_its_caller(job):
+    """Before: the error reply had no sequence number, the client dropped it and waited forever."""
+    cat = catalogue()
+    with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1) as s:
+        s.reload(cat.table)
+        error = outcome_within(30, lambda: s.valid_sample_ids(np.array(["1"]), -1))
+        assert isinstance(error, RequestError) and "'ids': dtype <U1 is not allowed" in str(error), error
+
+
+def test_an_unreadable_header_is_answered_with_its_sequence_number(job):
+    with server_on_thread(job) as server, raw_client(server) as c:
+        c.send_frames([struct.pack("<QI", 99, 5) + b"{nope"])
+        head, _ = c.receive()
+        assert head["seq"] == 99 and head["error"] == "RequestError" and "not JSON" in head["message"]
+        c.send_frames([struct.pack("<QI", 100, 2) + b"{}", b"a second frame"])
+        head, _ = c.receive()
+        assert head["seq"] == 100 and "one frame" in head["message"]
+
+
+def test_a_request_over_the_servers_limit_is_refused_before_it_is_sent(job, monkeypatch):
+    """Before: the client checked only its own limit; the server's zmq dropped the message
+    silently and the caller waited forever."""
+    monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
+    monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
+    with server_on_thread(job, max_request_bytes=4096):
+        s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
+        try:
+            error = outcome_within(30, lambda: s.reload(catalogue().table))
+            assert isinstance(error, RequestError) and "exceeds max_request_bytes=4,096" in str(error), error
+        finally:
+            s.close()

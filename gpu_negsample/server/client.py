@@ -130,6 +130,7 @@ class ServerTransport:
         self.results = results
         self.wait_for_table_timeout = wait_for_table_timeout
         self.max_request_bytes = int(max_request_bytes)
+        self._server_max_request_bytes = self.max_request_bytes  # until the server's hello says its own
         self._lock = threading.Lock()  # one request at a time (a prefetch thread may share the sampler)
         self._seq = itertools.count()
         self._block_ids = itertools.count()
@@ -155,6 +156,7 @@ class ServerTransport:
             self._finalizer()
             raise
         self.server_pid, self._seed = hello["server_pid"], hello["seed"]
+        self._server_max_request_bytes = int(hello.get("max_request_bytes", self.max_request_bytes))
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _start_server(self) -> subprocess.Popen:
@@ -210,14 +212,15 @@ class ServerTransport:
     # ---- transport -------------------------------------------------------------------------
     def _request(self, op: str, args: dict, arrays: dict, timeout: float | None = None, block=None) -> dict:
         seq = next(self._seq)
-        header = {"op": op, "args": args, "seq": seq}
+        header = {"op": op, "args": args}
         if block is not None:
             header["block"] = block.ident
-        frames = p.pack(header, arrays)
+        frames = p.pack_request(seq, header, arrays)
         size = sum(memoryview(f).nbytes for f in frames)
-        if size > self.max_request_bytes:
-            raise RequestError(f"{op}: request of {size:,} bytes exceeds max_request_bytes={self.max_request_bytes:,}; "
-                               "reload big tables from a Parquet path")
+        limit = min(self.max_request_bytes, self._server_max_request_bytes)
+        if size > limit:  # the server would drop it unanswered (zmq's ZMQ_MAXMSGSIZE)
+            raise RequestError(f"{op}: request of {size:,} bytes exceeds max_request_bytes={limit:,} (the smaller of "
+                               "this rank's and the server's); reload big tables from a Parquet path")
         self._sock.send_multipart(frames, copy=False)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

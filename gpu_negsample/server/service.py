@@ -178,9 +178,10 @@ class SamplingServer:
     # ---- one request -----------------------------------------------------------------------
     def _answer(self, frames: list) -> None:
         identity, body = frames[0].bytes, frames[1:]
-        header = {}
+        header = {"seq": p.request_seq(body)}  # read first: an unreadable request is still answered
         try:
-            header, arrays = p.unpack(body, self.max_request_bytes)
+            header, arrays = p.unpack_request(body, self.max_request_bytes)
+            header["seq"] = p.request_seq(body)
             op = header.get("op")
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
@@ -246,7 +247,7 @@ class SamplingServer:
         self.clients[identity] = Client(int(args["pid"]), int(args["rank"]),
                                         RandomStream(rank_seed(seed, int(args["rank"]))))
         self.had_clients = True
-        return {"server_pid": os.getpid(), "loaded": self.engine.loaded,
+        return {"server_pid": os.getpid(), "loaded": self.engine.loaded, "max_request_bytes": self.max_request_bytes,
                 "seed": rank_seed(seed, int(args["rank"]))}, {}
 
     def op_bye(self, identity, args, arrays):
