@@ -107,7 +107,10 @@ def _read_columns(data) -> dict[str, Column]:
         path = os.fspath(data)
         if not os.path.exists(path):
             raise TableError(f"reload: Parquet path {path!r} does not exist")
-        data = pq.read_table(path)
+        try:
+            data = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise TableError(f"reload: {path!r} cannot be read as Parquet: {exc}") from None
     if isinstance(data, list):
         if not data or not isinstance(data[0], dict):
             raise TableError("reload: a list input must be a RecIS batch whose first element is a dict of columns")

@@ -27,10 +27,10 @@ def job():
     return f"w{os.getpid()}-{next(_jobs)}"
 
 
-def columns_of(cat) -> dict:
+def columns_of(table: dict) -> dict:
     from gpu_negsample.columns import read_table_input
 
-    return read_table_input(cat.table)
+    return read_table_input(table)
 
 
 def reload_frames_args(columns: dict) -> tuple[dict, dict]:
@@ -70,7 +70,7 @@ def test_columns_with_bad_arrays_are_refused_when_decoded(column, message):
 def test_a_reload_with_bad_category_offsets_is_a_table_error_and_the_server_serves_on(job):
     """Before: the server accepted the table and died of SIGSEGV at the next pack_feature."""
     cat = catalogue()
-    columns = columns_of(cat)
+    columns = columns_of(cat.table)
     good_args, good_arrays = reload_frames_args(columns)
     bad = columns["category"]
     n = bad.offsets.shape[0] - 1
@@ -87,7 +87,7 @@ def test_a_reload_with_bad_category_offsets_is_a_table_error_and_the_server_serv
 
 # ---- shared-memory result blocks -------------------------------------------------------------
 def load(c, cat) -> None:
-    args, arrays = reload_frames_args(columns_of(cat))
+    args, arrays = reload_frames_args(columns_of(cat.table))
     assert c.ask("reload", args, arrays)["ok"]
 
 
@@ -249,3 +249,63 @@ def test_a_request_over_the_servers_limit_is_refused_before_it_is_sent(job, monk
             assert isinstance(error, RequestError) and "exceeds max_request_bytes=4,096" in str(error), error
         finally:
             s.close()
+
+
+# ---- the request's errors are the request's -----------------------------------------------------
+def reload_with(c, column: str, value) -> dict:
+    table = dict(catalogue().table)
+    table[column] = value
+    args, arrays = reload_frames_args(columns_of(table))
+    return c.ask("reload", args, arrays)
+
+
+def test_errors_of_the_request_come_back_as_request_or_table_errors_with_their_cause(job, tmp_path):
+    """Before: InternalError with the server's traceback for each of these."""
+    cat = catalogue()
+    not_parquet = tmp_path / "table.parquet"
+    not_parquet.write_text("not parquet")
+    empty = {"item_id": torch.zeros(0, dtype=torch.int64), "category": torch.zeros(0, dtype=torch.int64),
+             "weight": torch.zeros(0), "skey": np.array([], dtype="S1")}
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        n = cat.ids.shape[0]
+        huge = reload_with(c, "weight", torch.full((n,), 1e308, dtype=torch.float64))
+        arrays = {}
+        empty_args = {"columns": p.encode_columns(columns_of(empty), arrays)}
+        cases = [
+            (huge, "TableError", "weights sum to inf"),
+            (c.ask("reload", {"path": str(not_parquet)}), "TableError", "cannot be read as Parquet"),
+            (c.ask("reload", empty_args, arrays), "TableError", "has no rows"),
+            (c.ask("valid_sample_ids", {"ids": p.encode("ids", cat.ids[:3], a := {}), "default": 2**70}, a),
+             "RequestError", "does not fit in int64"),
+            (c.ask("valid_sample_ids", {"default": -1}), "RequestError", "argument 'ids' is missing"),
+            (c.ask("valid_sample_ids", {"ids": {"array": "nothing"}, "default": -1}), "RequestError",
+             "arrays ['nothing'] it does not carry"),
+            (c.ask("sample_ids", {"dedup": {"ragged": "d", "weight": False}, "counts": 2, "tags": None,
+                                  "avoid_conflict": True, "avoid_all": False},
+                   {"d.values": cat.ids[:3], "d.offsets": np.array([0, 9], np.int64)}),
+             "RequestError", "d: not a valid RaggedTensor"),
+            (c.ask("unmap_block", {"block": "x"}), "RequestError", "'block' must be an integer"),
+            (c.ask("describe", []), "RequestError", "'args' must be a JSON object"),
+        ]
+        for head, kind, message in cases:
+            assert head.get("error") == kind and message in head["message"], (kind, message, head)
+            assert "Traceback" not in head["message"]
+        assert lookup(c, cat)["ok"], "the server stopped serving"
+
+
+class BrokenEngine:
+    loaded = True
+    seed = 1
+
+    def describe(self):
+        raise ZeroDivisionError("a bug")
+
+
+def test_a_failure_of_the_server_is_logged_and_the_caller_gets_no_traceback(job, caplog):
+    with server_on_thread(job, engine=BrokenEngine()) as server, raw_client(server) as c:
+        head = c.ask("describe", {})
+    assert head["error"] == "InternalError" and "ZeroDivisionError: a bug" in head["message"]
+    assert "Traceback" not in head["message"]
+    logged = [r for r in caplog.records if r.name == "gpu_negsample.server" and r.exc_info]
+    assert logged and "describe" in logged[0].getMessage()

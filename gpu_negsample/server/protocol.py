@@ -242,16 +242,28 @@ def tensor(a) -> torch.Tensor:
 
 def decode(desc, arrays: dict):
     """The value `encode` described (numpy arrays become torch tensors unless they were numpy;
-    tensors, e.g. views of a CUDA result block, stay as they are)."""
+    tensors, e.g. views of a CUDA result block, stay as they are); RequestError when the
+    description names arrays the message does not carry or makes an invalid RaggedTensor."""
     if isinstance(desc, dict) and "ragged" in desc:
         name = desc["ragged"]
-        weight = arrays[f"{name}.weight"] if desc["weight"] else None
-        return RaggedTensor(tensor(arrays[f"{name}.values"]), tensor(arrays[f"{name}.offsets"]),
-                            None if weight is None else tensor(weight))
+        parts = [f"{name}.values", f"{name}.offsets"] + ([f"{name}.weight"] if desc.get("weight") else [])
+        _require(parts, arrays)
+        weight = arrays[parts[2]] if len(parts) == 3 else None
+        try:
+            return RaggedTensor(tensor(arrays[parts[0]]), tensor(arrays[parts[1]]), None if weight is None else tensor(weight))
+        except (ValueError, TypeError, RuntimeError, NotImplementedError) as e:
+            raise RequestError(f"{name}: not a valid RaggedTensor: {e}") from None
     if isinstance(desc, dict) and "array" in desc:
+        _require([desc["array"]], arrays)
         a = arrays[desc["array"]]
-        return a if isinstance(a, np.ndarray) and (desc["numpy"] or a.dtype.kind == "S") else tensor(a)
+        return a if isinstance(a, np.ndarray) and (desc.get("numpy") or a.dtype.kind == "S") else tensor(a)
     return desc
+
+
+def _require(names: list, arrays: dict) -> None:
+    missing = [n for n in names if not isinstance(n, str) or n not in arrays]
+    if missing:
+        raise RequestError(f"the request refers to arrays {missing} it does not carry")
 
 
 def encode_table(prefix: str, table: dict, arrays: dict) -> list:

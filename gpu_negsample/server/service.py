@@ -18,7 +18,6 @@ import queue
 import signal
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +87,25 @@ class SharedBlock:
 
     def close(self) -> None:
         self.memory.close()
+
+
+class Args(dict):
+    """A request's arguments: a missing or mistyped one is the request's error, not the server's."""
+
+    def __init__(self, op: str, args):
+        if not isinstance(args, dict):
+            raise RequestError(f"{op}: 'args' must be a JSON object; got {type(args).__name__}")
+        super().__init__(args)
+        self.op = op
+
+    def __missing__(self, key):
+        raise RequestError(f"{self.op}: argument {key!r} is missing")
+
+    def int(self, key: str) -> int:
+        value = self[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RequestError(f"{self.op}: argument {key!r} must be an integer; got {value!r}")
+        return value
 
 
 @dataclass
@@ -189,7 +207,7 @@ class SamplingServer:
             if op != "hello" and identity not in self.clients:
                 raise RequestError("this client has not said hello (or was dropped); reconnect")
             self._current_seq = header.get("seq")
-            result = handler(identity, header.get("args", {}), arrays)
+            result = handler(identity, Args(op, header.get("args", {})), arrays)
             if result is None:  # answered later (reload)
                 return
             reply_header, reply_arrays = result
@@ -197,8 +215,8 @@ class SamplingServer:
         except NegSampleError as e:
             reply = self._error(header, type(e).__name__, str(e))
         except Exception as e:  # a bug must not take the node's sampling down: report it to the caller
-            log.exception("request failed")
-            reply = self._error(header, "InternalError", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            log.exception("request %r failed", header.get("op"))
+            reply = self._error(header, "InternalError", _internal(e))
         self.sock.send_multipart([identity, *reply], copy=False)
 
     @staticmethod
@@ -212,11 +230,12 @@ class SamplingServer:
         have fitted ("needed") so the client can map a bigger block."""
         header["seq"] = request.get("seq")
         client = self.clients.get(identity)
-        block = client.blocks.get(request.get("block")) if client else None
+        block_id = request.get("block")
+        block = client.blocks.get(block_id) if client and isinstance(block_id, int) else None
         if isinstance(block, SharedBlock) and not block.intact():
             log.warning("client pid %d truncated its result block %s: answering through the socket",
-                        client.pid, request.get("block"))
-            client.blocks.pop(request.get("block")).close()
+                        client.pid, block_id)
+            client.blocks.pop(block_id).close()
             block = None
         if block is not None and arrays:
             cuda = isinstance(block, RemoteCudaBlock)
@@ -244,11 +263,11 @@ class SamplingServer:
                                f"{ {k: ours[k] for k in mismatched} }, this rank asks for "
                                f"{ {k: asked[k] for k in mismatched} }; give every rank the same arguments")
         seed = self.engine.seed if theirs.seed is None else theirs.seed
-        self.clients[identity] = Client(int(args["pid"]), int(args["rank"]),
-                                        RandomStream(rank_seed(seed, int(args["rank"]))))
+        self.clients[identity] = Client(args.int("pid"), args.int("rank"),
+                                        RandomStream(rank_seed(seed, args.int("rank"))))
         self.had_clients = True
         return {"server_pid": os.getpid(), "loaded": self.engine.loaded, "max_request_bytes": self.max_request_bytes,
-                "seed": rank_seed(seed, int(args["rank"]))}, {}
+                "seed": rank_seed(seed, args.int("rank"))}, {}
 
     def op_bye(self, identity, args, arrays):
         self._drop(identity)
@@ -257,14 +276,14 @@ class SamplingServer:
     def op_map_block(self, identity, args, arrays):
         client = self.clients[identity]
         try:
-            block = SharedBlock(self.job, client.pid, str(args["path"]), int(args["size"]))
+            block = SharedBlock(self.job, client.pid, str(args["path"]), args.int("size"))
         except ValueError as e:
             raise RequestError(f"map_block: {e}") from None
         except OSError as e:
-            raise RequestError(f"map_block: cannot reserve {int(args['size']):,} bytes in {SHM_DIR}: {e.strerror} "
+            raise RequestError(f"map_block: cannot reserve {args.int('size'):,} bytes in {SHM_DIR}: {e.strerror} "
                                "(enlarge /dev/shm, e.g. docker run --shm-size=1g); answers go through the socket"
                                ) from None
-        client.blocks[int(args["block"])] = block
+        client.blocks[args.int("block")] = block
         return {}, {}
 
     def op_map_cuda_block(self, identity, args, arrays):
@@ -272,12 +291,12 @@ class SamplingServer:
         if getattr(device, "cp", None) is None:
             raise RequestError("results='cuda' needs the node's server on a GPU: start it with device='cuda' "
                                "(or 'auto' on a GPU node, with cupy installed), or use results='shm'")
-        block = RemoteCudaBlock(device.cp, device.ordinal, bytes.fromhex(args["handle"]), int(args["size"]))
-        self.clients[identity].blocks[int(args["block"])] = block
+        block = RemoteCudaBlock(device.cp, device.ordinal, bytes.fromhex(args["handle"]), args.int("size"))
+        self.clients[identity].blocks[args.int("block")] = block
         return {}, {}
 
     def op_unmap_block(self, identity, args, arrays):
-        block = self.clients[identity].blocks.pop(int(args["block"]), None)
+        block = self.clients[identity].blocks.pop(args.int("block"), None)
         if block is not None:
             block.close()
         return {}, {}
@@ -296,7 +315,7 @@ class SamplingServer:
                 reply = self._error(request, type(e).__name__, str(e))
             except Exception as e:
                 log.exception("reload failed")
-                reply = self._error(request, "InternalError", f"{type(e).__name__}: {e}")
+                reply = self._error(request, "InternalError", _internal(e))
             self.replies.put([identity, *reply])
             self.reloading = None
 
@@ -333,7 +352,7 @@ class SamplingServer:
 
     def op_log_q(self, identity, args, arrays):
         out = self.engine.log_q(p.decode(args["ids"], arrays), p.decode(args["counts"], arrays),
-                                p.decode(args["tags"], arrays), int(args["n"]))
+                                p.decode(args["tags"], arrays), args.int("n"))
         return {}, {"out": out}
 
     def op_sample(self, identity, args, arrays):
@@ -346,6 +365,12 @@ class SamplingServer:
         return {"table": p.encode_table("f", features, out)}, out
 
 
+def _internal(e: Exception) -> str:
+    """What a caller is told of a failure of the server itself (the traceback is in its log)."""
+    return (f"{type(e).__name__}: {e} (a failure of the sampling server, not of this request; the server's log "
+            "has the traceback)")
+
+
 def _die_with_parent() -> None:
     """Ask Linux to send SIGTERM when the starting process dies (also polled, for other OSes)."""
     try:
@@ -353,6 +378,22 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+LOG_FILE_ENV, LOG_LEVEL_ENV = "GPU_NEGSAMPLE_SERVER_LOG", "GPU_NEGSAMPLE_SERVER_LOG_LEVEL"
+
+
+def _configure_logging() -> None:
+    """The server's log: its own failures (with tracebacks) and lifecycle events. It goes to a
+    file when GPU_NEGSAMPLE_SERVER_LOG names one, else to the stderr it inherited from local
+    rank 0; only WARNING and above unless GPU_NEGSAMPLE_SERVER_LOG_LEVEL says otherwise, so a
+    healthy server stays quiet in rank 0's output."""
+    level = os.environ.get(LOG_LEVEL_ENV, "WARNING").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        level = "WARNING"
+    target = os.environ.get(LOG_FILE_ENV)
+    logging.basicConfig(level=level, filename=target or None,
+                        format=f"%(asctime)s [gpu_negsample server {os.getpid()}] %(levelname)s %(message)s")
 
 
 def main(argv=None) -> None:
@@ -363,7 +404,7 @@ def main(argv=None) -> None:
     ap.add_argument("--config", required=True, help="the sampler's settings, JSON")
     ap.add_argument("--max-request-bytes", type=int, required=True)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"[gpu_negsample server {os.getpid()}] %(message)s")
+    _configure_logging()
     _die_with_parent()
     server = SamplingServer(args.dir, args.job, SamplerConfig.from_wire(json.loads(args.config)), args.parent,
                             args.max_request_bytes)
