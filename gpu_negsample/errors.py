@@ -19,3 +19,7 @@ class UnsatisfiableRowError(RequestError):
 
 class NotLoadedError(NegSampleError):
     """A request arrived before any table was loaded with ``reload``."""
+
+
+class DeviceFaultError(NegSampleError):
+    """The GPU context is unusable (an illegal address, an ECC error): the process must exit."""

@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
 from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
+from gpu_negsample.errors import DeviceFaultError
 from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import SHM_DIR, create_block, pid_alive, shm_prefix, sweep_stale_blocks
@@ -309,3 +311,33 @@ def test_a_failure_of_the_server_is_logged_and_the_caller_gets_no_traceback(job,
     assert "Traceback" not in head["message"]
     logged = [r for r in caplog.records if r.name == "gpu_negsample.server" and r.exc_info]
     assert logged and "describe" in logged[0].getMessage()
+
+
+# ---- a dead GPU ------------------------------------------------------------------------------------
+class FaultingEngine:
+    """An engine whose GPU context died: every call raises DeviceFaultError, as the CUDA
+    backend does after an illegal address."""
+    loaded = True
+    seed = 1
+
+    def describe(self):
+        raise DeviceFaultError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_device_fault_is_a_fatal_error_for_every_client_and_the_server_exits(job, monkeypatch):
+    """Before: InternalError for this request and every later one, and the server stayed up."""
+    monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
+    monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
+    with server_on_thread(job, engine=FaultingEngine()) as server, raw_client(server) as other:
+        s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
+        try:
+            error = outcome_within(30, s.describe)
+            assert isinstance(error, DeviceFaultError) and "lost its GPU" in str(error), error
+            head = other.ask("describe", {})  # another client, after the fault
+            assert head["error"] == "DeviceFaultError" and "illegal memory access" in head["message"]
+            deadline = time.monotonic() + 10
+            while not server.stopping and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.stopping and server.fault, "the server kept running on a dead GPU"
+        finally:
+            s.close()

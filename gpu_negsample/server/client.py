@@ -19,7 +19,8 @@ import zmq
 
 from ..columns import read_table_input
 from ..config import DEFAULT_MAX_NEGATIVES, SamplerConfig
-from ..errors import NegSampleError, NotLoadedError, RequestError, TableError, UnsatisfiableRowError
+from ..errors import (DeviceFaultError, NegSampleError, NotLoadedError, RequestError, TableError,
+                      UnsatisfiableRowError)
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
@@ -31,7 +32,7 @@ log = logging.getLogger("gpu_negsample")
 DEFAULT_MAX_REQUEST_BYTES = 2**31
 MAX_BLOCKS = 8
 MIN_BLOCK_BYTES = 1 << 20
-_ERRORS = {e.__name__: e for e in (RequestError, TableError, UnsatisfiableRowError, NotLoadedError)}
+_ERRORS = {e.__name__: e for e in (RequestError, TableError, UnsatisfiableRowError, NotLoadedError, DeviceFaultError)}
 
 
 class ServerError(NegSampleError):

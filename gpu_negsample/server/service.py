@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import zmq
 from ..backends.select import select_backend
 from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
-from ..errors import NegSampleError, RequestError
+from ..errors import DeviceFaultError, NegSampleError, RequestError
 from . import protocol as p
 from .endpoint import (SHM_DIR, claim_job, mapped_size, open_block, pid_alive, pid_path, socket_path,
                        sweep_stale_blocks)
@@ -37,6 +38,8 @@ log = logging.getLogger("gpu_negsample.server")
 GOLDEN = 0x9E3779B97F4A7C15
 LIVENESS_PERIOD_S = 0.5
 LAST_CLIENT_GRACE_S = 2.0
+EXIT_DEVICE_FAULT = 3
+FAULT_DRAIN_S = 1.0  # after a device fault: how long requests already sent still get the fatal answer
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -133,6 +136,8 @@ class SamplingServer:
         self.replies: queue.Queue = queue.Queue()  # (identity, frames) from the reload thread
         self.reloading: threading.Thread | None = None
         self.stopping = False
+        self.fault: str | None = None  # set once the GPU context is unusable: every answer is this error
+        self._stop_at: float | None = None
         self._current_seq = None
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -153,6 +158,9 @@ class SamplingServer:
                 while not self.replies.empty():
                     self.sock.send_multipart(self.replies.get_nowait(), copy=False)
                 now = time.monotonic()
+                if self._stop_at is not None and now >= self._stop_at:
+                    log.critical("exiting after a device fault: %s", self.fault)
+                    self.stopping = True
                 if now >= next_check:
                     next_check = now + LIVENESS_PERIOD_S
                     self._check_liveness(now)
@@ -198,6 +206,8 @@ class SamplingServer:
         identity, body = frames[0].bytes, frames[1:]
         header = {"seq": p.request_seq(body)}  # read first: an unreadable request is still answered
         try:
+            if self.fault is not None:
+                raise DeviceFaultError(self.fault)
             header, arrays = p.unpack_request(body, self.max_request_bytes)
             header["seq"] = p.request_seq(body)
             op = header.get("op")
@@ -212,12 +222,25 @@ class SamplingServer:
                 return
             reply_header, reply_arrays = result
             reply = self._reply(identity, header, dict(reply_header, ok=True), reply_arrays)
+        except DeviceFaultError as e:
+            reply = self._error(header, "DeviceFaultError", self._device_fault(e))
         except NegSampleError as e:
             reply = self._error(header, type(e).__name__, str(e))
         except Exception as e:  # a bug must not take the node's sampling down: report it to the caller
             log.exception("request %r failed", header.get("op"))
             reply = self._error(header, "InternalError", _internal(e))
         self.sock.send_multipart([identity, *reply], copy=False)
+
+    def _device_fault(self, error: DeviceFaultError) -> str:
+        """Record a dead GPU context: from now on every request is answered with it, and the
+        server exits after FAULT_DRAIN_S (its clients then see it gone, not InternalError
+        forever). Returns what callers are told."""
+        if self.fault is None:
+            self.fault = (f"the node's sampling server (pid {os.getpid()}) lost its GPU: {error}; it is exiting. "
+                          "Restart the job (check the GPU with nvidia-smi first)")
+            log.critical("%s", self.fault)
+            self._stop_at = time.monotonic() + FAULT_DRAIN_S
+        return self.fault
 
     @staticmethod
     def _error(header: dict, kind: str, message: str) -> list:
@@ -311,6 +334,8 @@ class SamplingServer:
             try:
                 self.engine.swap(self.engine.build_state(source, progress=False))
                 reply = p.pack({"ok": True, "seq": request["seq"]}, {})
+            except DeviceFaultError as e:
+                reply = self._error(request, "DeviceFaultError", self._device_fault(e))
             except NegSampleError as e:
                 reply = self._error(request, type(e).__name__, str(e))
             except Exception as e:
@@ -417,3 +442,5 @@ def main(argv=None) -> None:
         server.close()
         return
     server.serve()
+    if server.fault is not None:
+        sys.exit(EXIT_DEVICE_FAULT)
