@@ -5,6 +5,7 @@ import itertools
 import os
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -341,3 +342,13 @@ def test_a_device_fault_is_a_fatal_error_for_every_client_and_the_server_exits(j
             assert server.stopping and server.fault, "the server kept running on a dead GPU"
         finally:
             s.close()
+
+
+def test_the_server_explains_itself_with_help():
+    out = subprocess.run([sys.executable, "-m", "gpu_negsample.server", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for needed in ("negative sampling server", "local rank 0", "LocalRpcDataSampler", "--parent PARENT",
+                   "exits when it dies", "GPU_NEGSAMPLE_SERVER_LOG=PATH", "GPU_NEGSAMPLE_SERVER_LOG_LEVEL",
+                   "exit status"):
+        assert needed in out.stdout, needed

@@ -422,12 +422,34 @@ def _configure_logging() -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m gpu_negsample.server")
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--job", required=True)
-    ap.add_argument("--parent", type=int, required=True)
-    ap.add_argument("--config", required=True, help="the sampler's settings, JSON")
-    ap.add_argument("--max-request-bytes", type=int, required=True)
+    ap = argparse.ArgumentParser(
+        prog="python -m gpu_negsample.server", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+The node-local negative sampling server of gpu_negsample: one process per job and machine
+that holds the negative table and answers the sampling requests of every training process
+(LocalRpcDataSampler) of the node over a private local socket.
+
+You do not start it yourself: local rank 0's LocalRpcDataSampler starts it with these
+arguments, every rank connects to it, and it exits when that process dies or when every
+client has said goodbye (or died). It answers requests one at a time, in arrival order;
+a reload builds the new table aside while requests keep using the old one.""",
+        epilog=f"""\
+environment:
+  {LOG_FILE_ENV}=PATH
+      write the server's log to PATH (default: the stderr it inherited from local rank 0)
+  {LOG_LEVEL_ENV}=LEVEL
+      DEBUG, INFO, WARNING (default) or ERROR
+
+exit status: 0 when its clients are gone, 1 on a start-up error (another server already
+serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unusable).""")
+    ap.add_argument("--dir", required=True, help="the job's private (0700) directory; the socket is created in it")
+    ap.add_argument("--job", required=True, help="the job's name (names its shared-memory result blocks)")
+    ap.add_argument("--parent", type=int, required=True,
+                    help="pid of the process that starts the server; the server exits when it dies")
+    ap.add_argument("--config", required=True,
+                    help="the sampler's settings as JSON (SamplerConfig.to_wire: tags, put_back, seed, device, ...)")
+    ap.add_argument("--max-request-bytes", type=int, required=True,
+                    help="the largest request accepted, in bytes (clients are told and refuse bigger ones)")
     args = ap.parse_args(argv)
     _configure_logging()
     _die_with_parent()
