@@ -48,7 +48,62 @@ class Column:
 
 
 def read_table_input(data) -> dict[str, Column]:
-    """Columns of any accepted input, keyed by name, in input order."""
+    """Columns of any accepted input, keyed by name, in input order, each checked by
+    ``check_column`` (columns received over the wire are checked the same way)."""
+    columns = _read_columns(data)
+    for col in columns.values():
+        check_column(col)
+    return columns
+
+
+def check_column(col: Column) -> None:
+    """TableError unless the column's arrays have the layout its kind promises: the kernels
+    index values by offsets without bounds checks, so a bad offset would read or write out
+    of bounds. Columns built here are valid by construction; columns that arrive as raw
+    arrays (the sampling server's reload) are not."""
+    where = f"column {col.name!r}"
+    if not isinstance(col.name, str):
+        raise TableError(f"column name {col.name!r} must be a string")
+    if col.kind not in (DENSE, RAGGED, STRING):
+        raise TableError(f"{where}: unknown kind {col.kind!r}; expected {DENSE!r}, {RAGGED!r} or {STRING!r}")
+    values = col.values
+    if not isinstance(values, np.ndarray) or values.dtype.kind not in "biuf" or values.ndim == 0:
+        raise TableError(f"{where}: values must be a numeric numpy array with one entry per row; got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} of shape {getattr(values, 'shape', '?')}")
+    if col.kind == DENSE:
+        if col.offsets is not None or col.weight is not None:
+            raise TableError(f"{where}: a dense column has no offsets or weight")
+        return
+    if values.ndim != 1:
+        raise TableError(f"{where}: {col.kind} values must be 1-D; got shape {values.shape}")
+    if col.kind == STRING and values.dtype != np.uint8:
+        raise TableError(f"{where}: string bytes must be uint8; got {values.dtype}")
+    _check_offsets(where, col.offsets, values.shape[0])
+    if col.weight is not None:
+        w = col.weight
+        if col.kind == STRING or not isinstance(w, np.ndarray) or w.ndim != 1 or w.dtype.kind not in "biuf":
+            raise TableError(f"{where}: weight must be a 1-D numeric array of a ragged column")
+        if w.shape[0] != values.shape[0]:
+            raise TableError(f"{where}: ragged weight length {w.shape[0]} != values {values.shape[0]}")
+
+
+def _check_offsets(where: str, offsets, n_values: int) -> None:
+    if not isinstance(offsets, np.ndarray) or offsets.dtype != np.int64 or offsets.ndim != 1 or offsets.size == 0:
+        raise TableError(f"{where}: offsets must be a non-empty 1-D int64 array (rows + 1 entries); got "
+                         f"{getattr(offsets, 'dtype', type(offsets).__name__)} of shape {getattr(offsets, 'shape', '?')}")
+    if offsets[0] != 0:
+        raise TableError(f"{where}: offsets must start at 0; row 0 starts at {int(offsets[0])}")
+    falls = np.flatnonzero(offsets[1:] < offsets[:-1])
+    if falls.size:
+        row = int(falls[0])
+        raise TableError(f"{where}: offsets decrease at row {row}: {int(offsets[row])} -> {int(offsets[row + 1])}")
+    if offsets[-1] != n_values:
+        row = int(np.argmax(offsets > n_values)) - 1 if offsets[-1] > n_values else offsets.size - 2
+        raise TableError(f"{where}: offsets must end at the number of values ({n_values}); row {row} ends at "
+                         f"{int(offsets[row + 1])}")
+
+
+def _read_columns(data) -> dict[str, Column]:
     if isinstance(data, (str, os.PathLike)):
         path = os.fspath(data)
         if not os.path.exists(path):

@@ -57,6 +57,8 @@ def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, wei
     if missing:
         raise TableError(f"reload: missing required column(s) {missing}; the table has {sorted(columns)}")
     n = columns[dedup_tag].row_count
+    if n == 0:
+        raise TableError(f"reload: the table has no rows (column {dedup_tag!r} is empty); give at least one item")
     for col in columns.values():
         if col.row_count != n:
             raise TableError(
@@ -154,6 +156,11 @@ def _check_weights(name: str, weights: np.ndarray, cat_offsets: np.ndarray) -> N
             f"column {name!r} row {row}: weight {float(weights[pos])} is invalid; weights must be finite and >= 0 "
             f"({bad.size} invalid value(s) in all)"
         )
+    with np.errstate(over="ignore"):
+        total = weights.sum()
+    if not np.isfinite(total):
+        raise TableError(f"column {name!r}: the weights sum to {total} (the largest is {float(weights.max())}); "
+                         "scale them down so their sum is a finite float64")
 
 
 def _check_duplicate_categories(name: str, cat_offsets: np.ndarray, categories: np.ndarray) -> None:

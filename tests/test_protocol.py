@@ -1,6 +1,8 @@
-"""The server's wire format refuses what it must not trust: object dtypes, sizes that do not
-add up, oversized requests; and values round-trip exactly."""
+"""The server's wire format refuses what it must not trust: object dtypes, foreign byte
+orders, sizes that do not add up, oversized requests, headers that are not JSON; its
+sequence number is readable before anything else; and values round-trip exactly."""
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -10,8 +12,12 @@ from gpu_negsample import RaggedTensor, RequestError
 from gpu_negsample.server import protocol as p
 
 
-def frames_of(header, arrays):
-    return [bytes(memoryview(f)) for f in p.pack(header, arrays)]
+def request(header: dict, *payload: bytes, seq: int = 7) -> list:
+    """A hand-made request frame: seq, header length, header, then raw payload bytes."""
+    head = json.dumps(header).encode()
+    body = struct.pack("<QI", seq, len(head)) + head
+    body += b"\0" * (-len(body) % 64)
+    return [body + b"".join(payload)]
 
 
 def test_values_round_trip():
@@ -19,30 +25,53 @@ def test_values_round_trip():
     arrays = {}
     args = {"r": p.encode("r", rt, arrays), "t": p.encode("t", torch.arange(4.0), arrays),
             "s": p.encode("s", np.array([b"ab", b"c"]), arrays), "n": p.encode("n", np.int64(7), arrays)}
-    header, got = p.unpack(frames_of({"args": args}, arrays), 1 << 20)
+    frames = p.pack_request(5, {"args": args}, arrays)
+    assert len(frames) == 1 and p.request_seq(frames) == 5
+    header, got = p.unpack_request(frames, 1 << 20)
     back = {k: p.decode(v, got) for k, v in header["args"].items()}
     assert back["r"].to_list() == rt.to_list() and torch.equal(back["r"].weight(), rt.weight())
     assert torch.equal(back["t"], torch.arange(4.0)) and back["s"].tolist() == [b"ab", b"c"] and back["n"] == 7
+    header, got = p.unpack(p.pack({"ok": True}, {"x": np.arange(3)}), 1 << 20)  # a reply
+    assert header["ok"] and got["x"].tolist() == [0, 1, 2]
 
 
 def test_object_arrays_are_refused():
-    header = json.dumps({"arrays": [{"name": "x", "dtype": "|O", "shape": [1]}]}).encode()
     with pytest.raises(RequestError, match="not allowed"):
-        p.unpack([header, b"\0" * 8], 1 << 20)
+        p.unpack_request(request({"arrays": [{"name": "x", "dtype": "|O", "shape": [1]}]}, b"\0" * 64), 1 << 20)
+
+
+def test_big_endian_arrays_are_refused_on_the_wire_and_converted_by_the_sender():
+    with pytest.raises(RequestError, match="byte order"):
+        p.unpack_request(request({"arrays": [{"name": "x", "dtype": ">i8", "shape": [1]}]}, b"\0" * 64), 1 << 20)
+    header, got = p.unpack_request(p.pack_request(1, {}, {"x": np.arange(3, dtype=">i8")}), 1 << 20)
+    assert got["x"].dtype == np.int64 and got["x"].tolist() == [0, 1, 2]
 
 
 def test_sizes_must_add_up():
-    header = json.dumps({"arrays": [{"name": "x", "dtype": "<i8", "shape": [3]}]}).encode()
-    with pytest.raises(RequestError, match="do not make"):
-        p.unpack([header, b"\0" * 16], 1 << 20)
-    with pytest.raises(RequestError, match="announces 1 arrays but carries 0"):
-        p.unpack([header], 1 << 20)
+    header = {"arrays": [{"name": "x", "dtype": "<i8", "shape": [16]}]}
+    with pytest.raises(RequestError, match="needs 128 bytes; the message has 64 left"):
+        p.unpack_request(request(header, b"\0" * 64), 1 << 20)
+    with pytest.raises(RequestError, match="64 bytes beyond"):
+        p.unpack_request(request({"arrays": []}, b"\0" * 64), 1 << 20)
+    with pytest.raises(RequestError, match="one frame"):
+        p.unpack_request(request({}) * 2, 1 << 20)
+    with pytest.raises(RequestError, match="shape .* must be a list"):
+        p.unpack_request(request({"arrays": [{"name": "x", "dtype": "<i8", "shape": [-1]}]}), 1 << 20)
+    with pytest.raises(RequestError, match="too big"):
+        p.unpack_request(request({"arrays": [{"name": "x", "dtype": "<i8", "shape": [2**40, 2**40]}]}), 1 << 20)
+
+
+def test_a_header_that_is_not_json_is_a_request_error_with_its_sequence_number():
+    frame = struct.pack("<QI", 42, 5) + b"{nope"
+    assert p.request_seq([frame]) == 42 and p.request_seq([b"abc"]) is None
+    with pytest.raises(RequestError, match="not JSON"):
+        p.unpack_request([frame], 1 << 20)
 
 
 def test_oversized_requests_are_refused():
-    frames = frames_of({}, {"x": np.zeros(1000)})
+    frames = p.pack_request(1, {}, {"x": np.zeros(1000)})
     with pytest.raises(RequestError, match="exceeds the server's limit"):
-        p.unpack(frames, 4000)
+        p.unpack_request(frames, 4000)
 
 
 def test_only_plain_values_are_sent():

@@ -24,7 +24,7 @@ from ..errors import (DeviceFaultError, NegSampleError, NotLoadedError, RequestE
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
-from .endpoint import (block_path, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
+from .endpoint import (create_block, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
                        socket_path, sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample")
@@ -163,6 +163,7 @@ class ServerTransport:
         self.results = results
         self.wait_for_table_timeout = wait_for_table_timeout
         self.max_request_bytes = int(max_request_bytes)
+        self._server_max_request_bytes = self.max_request_bytes  # until the server's hello says its own
         self._lock = threading.Lock()  # one request at a time (a prefetch thread may share the sampler)
         self._seq = itertools.count()
         self._block_ids = itertools.count()
@@ -188,6 +189,7 @@ class ServerTransport:
             self._finalizer()
             raise
         self.server_pid, self._seed = hello["server_pid"], hello["seed"]
+        self._server_max_request_bytes = int(hello.get("max_request_bytes", self.max_request_bytes))
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _start_server(self) -> subprocess.Popen:
@@ -243,14 +245,15 @@ class ServerTransport:
     # ---- transport -------------------------------------------------------------------------
     def _request(self, op: str, args: dict, arrays: dict, timeout: float | None = None, block=None) -> dict:
         seq = next(self._seq)
-        header = {"op": op, "args": args, "seq": seq}
+        header = {"op": op, "args": args}
         if block is not None:
             header["block"] = block.ident
-        frames = p.pack(header, arrays)
+        frames = p.pack_request(seq, header, arrays)
         size = sum(memoryview(f).nbytes for f in frames)
-        if size > self.max_request_bytes:
-            raise RequestError(f"{op}: request of {size:,} bytes exceeds max_request_bytes={self.max_request_bytes:,}; "
-                               "reload big tables from a Parquet path")
+        limit = min(self.max_request_bytes, self._server_max_request_bytes)
+        if size > limit:  # the server would drop it unanswered (zmq's ZMQ_MAXMSGSIZE)
+            raise RequestError(f"{op}: request of {size:,} bytes exceeds max_request_bytes={limit:,} (the smaller of "
+                               "this rank's and the server's); reload big tables from a Parquet path")
         self._sock.send_multipart(frames, copy=False)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -296,19 +299,28 @@ class ServerTransport:
         if len(self._blocks) < MAX_BLOCKS:
             self._new_block(max(2 * needed, MIN_BLOCK_BYTES))
 
-    def _new_block(self, size: int) -> _Block:
+    def _new_block(self, size: int) -> _Block | None:
         ident = next(self._block_ids)
         if self.results == "cuda":
             block = _CudaBlock(ident, size, torch.cuda.current_device())
             self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident}, {})
             self._blocks.append(block)
             return block
-        path = block_path(self.job, os.getpid(), ident)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, size)
+            fd, path = create_block(self.job, os.getpid(), ident, size)
+        except OSError as e:
+            log.warning("no result block of %d bytes in /dev/shm (%s): answers come through the socket from now "
+                        "on (enlarge /dev/shm, e.g. docker run --shm-size=1g)", size, e)
+            self.results = "socket"
+            return None
+        try:
             block = _ShmBlock(ident, size, mmap.mmap(fd, size))
             self._request("map_block", {"path": str(path), "size": size, "block": ident}, {})
+        except RequestError as e:  # the server could not map it (no room in /dev/shm): use the socket
+            log.warning("%s", e)
+            self.results = "socket"
+            block.close()
+            return None
         finally:
             os.close(fd)
             path.unlink(missing_ok=True)  # both sides have it mapped: no name is left behind

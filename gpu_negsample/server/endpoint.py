@@ -2,8 +2,10 @@
 the shared-memory names of its result blocks."""
 from __future__ import annotations
 
+import mmap
 import os
 import re
+import secrets
 import stat
 import tempfile
 from pathlib import Path
@@ -109,11 +111,77 @@ def claim_job(directory: Path) -> None:
 
 
 def shm_prefix(job: str) -> str:
+    """The start of every result block name of this user's job."""
     return f"gpu_negsample-{os.getuid()}-{job}-"
 
 
-def block_path(job: str, pid: int, serial: int) -> Path:
-    return SHM_DIR / f"{shm_prefix(job)}{pid}-{serial}"
+_BLOCK_SUFFIX = re.compile(r"(\d+)-(\d+)-([0-9a-f]{16})")  # pid-serial-token: no field holds a "-"
+
+
+def parse_block_name(job: str, name: str) -> tuple[int, int] | None:
+    """(creator pid, serial) of one of the job's block names, else None. The part after the
+    prefix must be exactly pid-serial-token, so job "train" never claims a block of job
+    "train-31999" (whose names continue "31999-pid-serial-token")."""
+    prefix = shm_prefix(job)
+    match = _BLOCK_SUFFIX.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def create_block(job: str, pid: int, serial: int, size: int) -> tuple[int, Path]:
+    """Create one of the job's result blocks, 0600, with its memory reserved: (fd, path).
+    The name ends in a random token (another user cannot pre-create it; a clash retries).
+    OSError(ENOSPC) when /dev/shm has no room for it (Docker's default is 64 MB): a block
+    that is only sized, not reserved, kills whoever first touches a page that is not there."""
+    for _ in range(8):
+        path = SHM_DIR / f"{shm_prefix(job)}{pid}-{serial}-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return fd, path
+    raise FileExistsError(f"could not create a result block in {SHM_DIR}: 8 random names were taken")
+
+
+def open_block(job: str, client_pid: int, path: str, size: int) -> mmap.mmap:
+    """Map a result block a client created (``create_block``), accepting only the job's own
+    blocks of that client: a regular file under /dev/shm with the job's name, not a link,
+    owned by this user and of the announced size, with its memory reserved. ValueError says
+    which check failed; OSError(ENOSPC) when /dev/shm has no room for it."""
+    where = Path(path)
+    if where.parent != SHM_DIR or parse_block_name(job, where.name) is None:
+        raise ValueError(f"{path!r} is not a result block of job {job!r} (expected {SHM_DIR}/{shm_prefix(job)}...)")
+    if parse_block_name(job, where.name)[0] != client_pid:
+        raise ValueError(f"{path!r} was not created by this client (pid {client_pid})")
+    try:
+        fd = os.open(where, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        raise ValueError(f"cannot open result block {path!r}: {e.strerror} (a link, or gone)") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            raise ValueError(f"result block {path!r} must be a regular file of uid {os.geteuid()}; it is "
+                             f"{stat.filemode(info.st_mode)} of uid {info.st_uid}")
+        if size <= 0 or info.st_size != size:
+            raise ValueError(f"result block {path!r} has {info.st_size} bytes, not the announced {size}")
+        os.posix_fallocate(fd, 0, size)  # the client's reservation, made sure of: no page is missing later
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def mapped_size(memory: mmap.mmap) -> int:
+    """The block's size now (fstat of the mapped file): a client may have truncated it, and
+    writing past the end of the file would kill this process with SIGBUS."""
+    try:
+        return memory.size()
+    except OSError:
+        return 0
 
 
 def pid_alive(pid: int) -> bool:
@@ -136,8 +204,8 @@ def sweep_stale_blocks(job: str) -> int:
     moment between creating a block and handing it over). Returns how many were removed."""
     removed = 0
     for path in SHM_DIR.glob(f"{shm_prefix(job)}*"):
-        pid = path.name[len(shm_prefix(job)):].split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        parsed = parse_block_name(job, path.name)
+        if parsed is not None and not pid_alive(parsed[0]):
             path.unlink(missing_ok=True)
             removed += 1
     return removed

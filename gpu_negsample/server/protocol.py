@@ -1,41 +1,61 @@
-"""Wire format between LocalRpcDataSampler and the node server: a JSON header frame plus one
-raw frame (or one shared-memory range) per array. Nothing received is unpickled: arrays
-are rebuilt from (dtype, shape) after checking the dtype is plain numbers or bytes and the
-sizes agree; the header is JSON. Values: tensors and numpy arrays become arrays,
-RaggedTensors become their values / offsets / weight arrays, feature tables and table
-columns are lists of those, everything else must be JSON (ints, floats, bools, strings)."""
+"""Wire format between LocalRpcDataSampler and the node server. A request is one frame (its
+sequence number, a JSON header, then its arrays: see ``pack_request``); a reply is a JSON
+header frame plus one raw frame (or one shared-memory range) per array. Nothing received is
+unpickled: arrays are rebuilt from (dtype, shape) after checking the dtype is plain numbers
+or bytes in this machine's byte order and the sizes agree. Values: tensors and numpy arrays
+become arrays, RaggedTensors become their values / offsets / weight arrays, feature tables
+and table columns are lists of those, everything else must be JSON (ints, floats, bools,
+strings)."""
 from __future__ import annotations
 
 import json
+import math
+import struct
 
 import numpy as np
 import torch
 
-from ..columns import Column
-from ..errors import RequestError
+from ..columns import Column, check_column
+from ..errors import RequestError, TableError
 from ..ragged import RaggedTensor
 
 ALLOWED_KINDS = "biufS"  # bool, signed, unsigned, float, fixed-width bytes
 ALIGN = 64
 
 
-def _check_meta(meta: dict) -> tuple[np.dtype, tuple]:
-    dtype = np.dtype(meta["dtype"])
-    if dtype.kind not in ALLOWED_KINDS or dtype.hasobject:
-        raise RequestError(f"array {meta.get('name')!r}: dtype {dtype} is not allowed on the wire")
-    shape = tuple(int(d) for d in meta["shape"])
-    if any(d < 0 for d in shape):
-        raise RequestError(f"array {meta.get('name')!r}: negative shape {shape}")
-    return dtype, shape
+def _check_meta(meta) -> tuple[np.dtype, tuple]:
+    """The dtype and shape of an array's description, checked: plain numbers or bytes in this
+    machine's byte order, a shape of non-negative ints."""
+    if not isinstance(meta, dict):
+        raise RequestError(f"array description must be an object; got {str(meta)[:100]}")
+    name = meta.get("name")
+    try:
+        dtype = np.dtype(meta.get("dtype"))
+    except (TypeError, ValueError):
+        raise RequestError(f"array {name!r}: {meta.get('dtype')!r} is not a dtype") from None
+    if dtype.kind not in ALLOWED_KINDS or dtype.hasobject or dtype.itemsize == 0 or dtype.fields is not None \
+            or dtype.subdtype is not None:
+        raise RequestError(f"array {name!r}: dtype {dtype} is not allowed on the wire (numbers, bools or bytes)")
+    if not dtype.isnative:
+        raise RequestError(f"array {name!r}: dtype {dtype.str} is not in this machine's byte order; "
+                           "convert it with a.astype(a.dtype.newbyteorder('='))")
+    shape = meta.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**62 for d in shape) or len(shape) > 8:
+        raise RequestError(f"array {name!r}: shape {str(shape)[:100]} must be a list of at most 8 non-negative ints")
+    if math.prod(shape) * dtype.itemsize >= 2**62:
+        raise RequestError(f"array {name!r}: shape {shape} is too big")
+    return dtype, tuple(shape)
 
 
 def host(a) -> np.ndarray:
-    """A contiguous numpy array of a numpy array, a torch tensor (any device) or a CuPy array."""
+    """A contiguous numpy array in this machine's byte order of a numpy array, a torch tensor
+    (any device) or a CuPy array."""
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().numpy()
     elif not isinstance(a, np.ndarray) and hasattr(a, "get"):  # a CuPy array
         a = a.get()
-    return np.ascontiguousarray(a)
+    a = np.ascontiguousarray(a)
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 def on_gpu(a) -> bool:
@@ -47,30 +67,124 @@ def dtype_of(a) -> np.dtype:
 
 
 def pack(header: dict, arrays: dict) -> list:
-    """Frames of a message: the header (with the arrays' dtypes and shapes), then each array."""
+    """Frames of a reply: the header (with the arrays' dtypes and shapes), then each array."""
     arrays = {name: host(a) for name, a in arrays.items()}
-    meta = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()]
-    return [json.dumps(dict(header, arrays=meta)).encode(), *arrays.values()]
+    return [json.dumps(dict(header, arrays=_metas(arrays))).encode(), *arrays.values()]
 
 
 def unpack(frames: list, max_bytes: int) -> tuple[dict, dict]:
-    """(header, arrays) of received frames (bytes or zmq frames, each array copied once into
+    """(header, arrays) of a reply's frames (bytes or zmq frames, each array copied once into
     writable memory); RequestError when they do not add up or exceed max_bytes."""
-    total = sum(len(f) for f in frames)
+    total = sum(memoryview(f).nbytes for f in frames)
     if total > max_bytes:
-        raise RequestError(f"request of {total:,} bytes exceeds the server's limit of {max_bytes:,} bytes "
-                           "(max_request_bytes); reload big tables from a Parquet path instead")
-    header = json.loads(bytes(frames[0]))
+        raise RequestError(f"message of {total:,} bytes exceeds the limit of {max_bytes:,} bytes")
+    header = _header(bytes(memoryview(frames[0])))
     metas = header.pop("arrays", [])
-    if len(metas) != len(frames) - 1:
+    if not isinstance(metas, list) or len(metas) != len(frames) - 1:
         raise RequestError(f"message announces {len(metas)} arrays but carries {len(frames) - 1}")
     arrays = {}
     for meta, frame in zip(metas, frames[1:]):
-        dtype, shape = _check_meta(meta)
-        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(frame):
-            raise RequestError(f"array {meta['name']!r}: {len(frame)} bytes do not make {dtype} {shape}")
-        arrays[meta["name"]] = np.frombuffer(bytearray(frame), dtype=dtype).reshape(shape)
+        buffer = bytearray(frame)
+        array, nbytes = _array(meta, buffer, 0, len(buffer))
+        if nbytes != len(buffer):
+            raise RequestError(f"array {meta.get('name')!r}: {len(buffer)} bytes do not make {array.dtype} {array.shape}")
+        arrays[str(meta.get("name"))] = array
     return header, arrays
+
+
+# A request is ONE frame: its sequence number first (8 bytes), then the header's length
+# (4 bytes), the JSON header, and the arrays, each at a 64-byte aligned offset. The server
+# reads the sequence number before anything else, so even a request it cannot parse gets an
+# answer its caller is waiting for; and zmq's per-frame limit (ZMQ_MAXMSGSIZE) then bounds
+# the whole request before it is buffered.
+_PREFIX = struct.Struct("<QI")
+
+
+def _metas(arrays: dict) -> list:
+    return [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()]
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _nbytes(dtype: np.dtype, shape) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def pack_request(seq: int, header: dict, arrays: dict) -> list:
+    """The frames of one request (a single frame; see above)."""
+    arrays = {name: host(a) for name, a in arrays.items()}
+    head = json.dumps(dict(header, arrays=_metas(arrays))).encode()
+    offset = _aligned(_PREFIX.size + len(head))
+    starts = []
+    for a in arrays.values():
+        starts.append(offset)
+        offset += _aligned(a.nbytes)
+    frame = bytearray(offset)
+    _PREFIX.pack_into(frame, 0, seq, len(head))
+    frame[_PREFIX.size:_PREFIX.size + len(head)] = head
+    for start, a in zip(starts, arrays.values()):
+        np.frombuffer(frame, np.uint8, a.nbytes, start)[:] = a.reshape(-1).view(np.uint8)
+    return [frame]
+
+
+def request_seq(frames: list) -> int | None:
+    """The sequence number of a request, read before anything else of it; None when the
+    message is too short to hold one."""
+    return _PREFIX.unpack_from(frames[0], 0)[0] if len(frames) >= 1 and len(frames[0]) >= _PREFIX.size else None
+
+
+def unpack_request(frames: list, max_bytes: int) -> tuple[dict, dict]:
+    """(header, arrays) of a request's frames (the arrays copied once into writable memory);
+    RequestError naming what is wrong when they are not one well-formed request."""
+    if len(frames) != 1 or len(frames[0]) < _PREFIX.size:
+        raise RequestError(f"a request is one frame of at least {_PREFIX.size} bytes; got {len(frames)} frame(s)")
+    frame = bytearray(frames[0])
+    if len(frame) > max_bytes:
+        raise RequestError(f"request of {len(frame):,} bytes exceeds the server's limit of {max_bytes:,} bytes "
+                           "(max_request_bytes); reload big tables from a Parquet path instead")
+    _, head_len = _PREFIX.unpack_from(frame, 0)
+    if _PREFIX.size + head_len > len(frame):
+        raise RequestError(f"request header of {head_len} bytes runs past the {len(frame)}-byte request")
+    header = _header(bytes(frame[_PREFIX.size:_PREFIX.size + head_len]))
+    metas = header.pop("arrays", [])
+    if not isinstance(metas, list):
+        raise RequestError("request header: 'arrays' must be a list")
+    return header, _arrays(metas, frame, _aligned(_PREFIX.size + head_len), len(frame))
+
+
+def _header(text: bytes) -> dict:
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RequestError(f"message header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise RequestError(f"message header must be a JSON object; got {type(header).__name__}")
+    return header
+
+
+def _arrays(metas: list, buffer: bytearray, offset: int, end: int) -> dict:
+    """The arrays metas describe, laid out from offset (each at a 64-byte aligned offset,
+    padded to one), which must fill the buffer exactly up to end."""
+    arrays = {}
+    for meta in metas:
+        arrays[str(meta.get("name"))], nbytes = _array(meta, buffer, offset, end)
+        offset += _aligned(nbytes)
+    if offset != end:
+        raise RequestError(f"request has {end - offset} bytes beyond its {len(metas)} arrays")
+    return arrays
+
+
+def _array(meta, buffer, offset: int, end: int) -> tuple[np.ndarray, int]:
+    """The array meta describes at buffer[offset:], and its size; RequestError when the
+    buffer ends before it does."""
+    dtype, shape = _check_meta(meta)
+    nbytes = _nbytes(dtype, shape)
+    if offset + nbytes > end:
+        raise RequestError(f"array {meta.get('name')!r}: {dtype} {shape} needs {nbytes} bytes; "
+                           f"the message has {max(end - offset, 0)} left")
+    return np.frombuffer(buffer, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape), nbytes
 
 
 def layout(arrays: dict) -> tuple[list, int]:
@@ -128,16 +242,28 @@ def tensor(a) -> torch.Tensor:
 
 def decode(desc, arrays: dict):
     """The value `encode` described (numpy arrays become torch tensors unless they were numpy;
-    tensors, e.g. views of a CUDA result block, stay as they are)."""
+    tensors, e.g. views of a CUDA result block, stay as they are); RequestError when the
+    description names arrays the message does not carry or makes an invalid RaggedTensor."""
     if isinstance(desc, dict) and "ragged" in desc:
         name = desc["ragged"]
-        weight = arrays[f"{name}.weight"] if desc["weight"] else None
-        return RaggedTensor(tensor(arrays[f"{name}.values"]), tensor(arrays[f"{name}.offsets"]),
-                            None if weight is None else tensor(weight))
+        parts = [f"{name}.values", f"{name}.offsets"] + ([f"{name}.weight"] if desc.get("weight") else [])
+        _require(parts, arrays)
+        weight = arrays[parts[2]] if len(parts) == 3 else None
+        try:
+            return RaggedTensor(tensor(arrays[parts[0]]), tensor(arrays[parts[1]]), None if weight is None else tensor(weight))
+        except (ValueError, TypeError, RuntimeError, NotImplementedError) as e:
+            raise RequestError(f"{name}: not a valid RaggedTensor: {e}") from None
     if isinstance(desc, dict) and "array" in desc:
+        _require([desc["array"]], arrays)
         a = arrays[desc["array"]]
-        return a if isinstance(a, np.ndarray) and (desc["numpy"] or a.dtype.kind == "S") else tensor(a)
+        return a if isinstance(a, np.ndarray) and (desc.get("numpy") or a.dtype.kind == "S") else tensor(a)
     return desc
+
+
+def _require(names: list, arrays: dict) -> None:
+    missing = [n for n in names if not isinstance(n, str) or n not in arrays]
+    if missing:
+        raise RequestError(f"the request refers to arrays {missing} it does not carry")
 
 
 def encode_table(prefix: str, table: dict, arrays: dict) -> list:
@@ -161,10 +287,25 @@ def encode_columns(columns: dict, arrays: dict) -> list:
     return out
 
 
-def decode_columns(items: list, arrays: dict) -> dict:
+def decode_columns(items, arrays: dict) -> dict:
+    """Table columns a reload sent (``encode_columns``), checked as strictly as the in-process
+    reader checks its own (``check_column``): TableError naming the column otherwise."""
+    if not isinstance(items, list) or not items:
+        raise TableError("reload: the request carries no columns")
     columns = {}
     for item in items:
-        parts = {f: arrays[f"{item['key']}.{f}"] for f in item["fields"]}
-        columns[item["name"]] = Column(item["name"], item["kind"], parts["values"], parts.get("offsets"),
-                                       parts.get("weight"))
+        if not isinstance(item, dict) or not isinstance(item.get("fields"), list):
+            raise RequestError(f"reload: malformed column description {str(item)[:200]}")
+        name, fields = item.get("name"), item["fields"]
+        if any(f not in ("values", "offsets", "weight") for f in fields) or "values" not in fields:
+            raise TableError(f"column {name!r}: fields {fields} must be values plus optional offsets and weight")
+        missing = [f for f in fields if f"{item.get('key')}.{f}" not in arrays]
+        if missing:
+            raise RequestError(f"column {name!r}: the request announces {missing} but carries no such arrays")
+        parts = {f: arrays[f"{item['key']}.{f}"] for f in fields}
+        col = Column(name, item.get("kind"), parts["values"], parts.get("offsets"), parts.get("weight"))
+        check_column(col)
+        if name in columns:
+            raise TableError(f"column {name!r} is given twice")
+        columns[name] = col
     return columns

@@ -13,13 +13,12 @@ import argparse
 import ctypes
 import json
 import logging
-import mmap
 import os
 import queue
 import signal
+import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,15 +28,18 @@ import zmq
 from ..backends.select import select_backend
 from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
-from ..errors import NegSampleError, RequestError
+from ..errors import DeviceFaultError, NegSampleError, RequestError
 from . import protocol as p
-from .endpoint import claim_job, pid_alive, pid_path, socket_path, sweep_stale_blocks
+from .endpoint import (SHM_DIR, claim_job, mapped_size, open_block, pid_alive, pid_path, socket_path,
+                       sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample.server")
 
 GOLDEN = 0x9E3779B97F4A7C15
 LIVENESS_PERIOD_S = 0.5
 LAST_CLIENT_GRACE_S = 2.0
+EXIT_DEVICE_FAULT = 3
+FAULT_DRAIN_S = 1.0  # after a device fault: how long requests already sent still get the fatal answer
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -73,18 +75,40 @@ class RemoteCudaBlock:
 
 
 class SharedBlock:
-    """A client's shared-memory result block, mapped here."""
+    """A client's shared-memory result block, mapped here (``open_block`` checks it is one)."""
 
-    def __init__(self, path: str, size: int):
-        with open(path, "r+b") as f:
-            self.memory = mmap.mmap(f.fileno(), size)
+    def __init__(self, job: str, client_pid: int, path: str, size: int):
+        self.memory = open_block(job, client_pid, path, size)
         self.size = size
+
+    def intact(self) -> bool:
+        """Whether the file still has its size (the client may have truncated it)."""
+        return mapped_size(self.memory) >= self.size
 
     def write(self, arrays: dict, metas: list) -> None:
         p.write_block(memoryview(self.memory), arrays, metas)
 
     def close(self) -> None:
         self.memory.close()
+
+
+class Args(dict):
+    """A request's arguments: a missing or mistyped one is the request's error, not the server's."""
+
+    def __init__(self, op: str, args):
+        if not isinstance(args, dict):
+            raise RequestError(f"{op}: 'args' must be a JSON object; got {type(args).__name__}")
+        super().__init__(args)
+        self.op = op
+
+    def __missing__(self, key):
+        raise RequestError(f"{self.op}: argument {key!r} is missing")
+
+    def int(self, key: str) -> int:
+        value = self[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RequestError(f"{self.op}: argument {key!r} must be an integer; got {value!r}")
+        return value
 
 
 @dataclass
@@ -112,6 +136,8 @@ class SamplingServer:
         self.replies: queue.Queue = queue.Queue()  # (identity, frames) from the reload thread
         self.reloading: threading.Thread | None = None
         self.stopping = False
+        self.fault: str | None = None  # set once the GPU context is unusable: every answer is this error
+        self._stop_at: float | None = None
         self._current_seq = None
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -132,6 +158,9 @@ class SamplingServer:
                 while not self.replies.empty():
                     self.sock.send_multipart(self.replies.get_nowait(), copy=False)
                 now = time.monotonic()
+                if self._stop_at is not None and now >= self._stop_at:
+                    log.critical("exiting after a device fault: %s", self.fault)
+                    self.stopping = True
                 if now >= next_check:
                     next_check = now + LIVENESS_PERIOD_S
                     self._check_liveness(now)
@@ -175,9 +204,12 @@ class SamplingServer:
     # ---- one request -----------------------------------------------------------------------
     def _answer(self, frames: list) -> None:
         identity, body = frames[0].bytes, frames[1:]
-        header = {}
+        header = {"seq": p.request_seq(body)}  # read first: an unreadable request is still answered
         try:
-            header, arrays = p.unpack(body, self.max_request_bytes)
+            if self.fault is not None:
+                raise DeviceFaultError(self.fault)
+            header, arrays = p.unpack_request(body, self.max_request_bytes)
+            header["seq"] = p.request_seq(body)
             op = header.get("op")
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
@@ -185,17 +217,30 @@ class SamplingServer:
             if op != "hello" and identity not in self.clients:
                 raise RequestError("this client has not said hello (or was dropped); reconnect")
             self._current_seq = header.get("seq")
-            result = handler(identity, header.get("args", {}), arrays)
+            result = handler(identity, Args(op, header.get("args", {})), arrays)
             if result is None:  # answered later (reload)
                 return
             reply_header, reply_arrays = result
             reply = self._reply(identity, header, dict(reply_header, ok=True), reply_arrays)
+        except DeviceFaultError as e:
+            reply = self._error(header, "DeviceFaultError", self._device_fault(e))
         except NegSampleError as e:
             reply = self._error(header, type(e).__name__, str(e))
         except Exception as e:  # a bug must not take the node's sampling down: report it to the caller
-            log.exception("request failed")
-            reply = self._error(header, "InternalError", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            log.exception("request %r failed", header.get("op"))
+            reply = self._error(header, "InternalError", _internal(e))
         self.sock.send_multipart([identity, *reply], copy=False)
+
+    def _device_fault(self, error: DeviceFaultError) -> str:
+        """Record a dead GPU context: from now on every request is answered with it, and the
+        server exits after FAULT_DRAIN_S (its clients then see it gone, not InternalError
+        forever). Returns what callers are told."""
+        if self.fault is None:
+            self.fault = (f"the node's sampling server (pid {os.getpid()}) lost its GPU: {error}; it is exiting. "
+                          "Restart the job (check the GPU with nvidia-smi first)")
+            log.critical("%s", self.fault)
+            self._stop_at = time.monotonic() + FAULT_DRAIN_S
+        return self.fault
 
     @staticmethod
     def _error(header: dict, kind: str, message: str) -> list:
@@ -208,7 +253,13 @@ class SamplingServer:
         have fitted ("needed") so the client can map a bigger block."""
         header["seq"] = request.get("seq")
         client = self.clients.get(identity)
-        block = client.blocks.get(request.get("block")) if client else None
+        block_id = request.get("block")
+        block = client.blocks.get(block_id) if client and isinstance(block_id, int) else None
+        if isinstance(block, SharedBlock) and not block.intact():
+            log.warning("client pid %d truncated its result block %s: answering through the socket",
+                        client.pid, block_id)
+            client.blocks.pop(block_id).close()
+            block = None
         if block is not None and arrays:
             cuda = isinstance(block, RemoteCudaBlock)
             placed = {n: a for n, a in arrays.items() if p.on_gpu(a)} if cuda else arrays
@@ -235,18 +286,27 @@ class SamplingServer:
                                f"{ {k: ours[k] for k in mismatched} }, this rank asks for "
                                f"{ {k: asked[k] for k in mismatched} }; give every rank the same arguments")
         seed = self.engine.seed if theirs.seed is None else theirs.seed
-        self.clients[identity] = Client(int(args["pid"]), int(args["rank"]),
-                                        RandomStream(rank_seed(seed, int(args["rank"]))))
+        self.clients[identity] = Client(args.int("pid"), args.int("rank"),
+                                        RandomStream(rank_seed(seed, args.int("rank"))))
         self.had_clients = True
-        return {"server_pid": os.getpid(), "loaded": self.engine.loaded,
-                "seed": rank_seed(seed, int(args["rank"]))}, {}
+        return {"server_pid": os.getpid(), "loaded": self.engine.loaded, "max_request_bytes": self.max_request_bytes,
+                "seed": rank_seed(seed, args.int("rank"))}, {}
 
     def op_bye(self, identity, args, arrays):
         self._drop(identity)
         return {}, {}
 
     def op_map_block(self, identity, args, arrays):
-        self.clients[identity].blocks[int(args["block"])] = SharedBlock(args["path"], int(args["size"]))
+        client = self.clients[identity]
+        try:
+            block = SharedBlock(self.job, client.pid, str(args["path"]), args.int("size"))
+        except ValueError as e:
+            raise RequestError(f"map_block: {e}") from None
+        except OSError as e:
+            raise RequestError(f"map_block: cannot reserve {args.int('size'):,} bytes in {SHM_DIR}: {e.strerror} "
+                               "(enlarge /dev/shm, e.g. docker run --shm-size=1g); answers go through the socket"
+                               ) from None
+        client.blocks[args.int("block")] = block
         return {}, {}
 
     def op_map_cuda_block(self, identity, args, arrays):
@@ -254,12 +314,12 @@ class SamplingServer:
         if getattr(device, "cp", None) is None:
             raise RequestError("results='cuda' needs the node's server on a GPU: start it with device='cuda' "
                                "(or 'auto' on a GPU node, with cupy installed), or use results='shm'")
-        block = RemoteCudaBlock(device.cp, device.ordinal, bytes.fromhex(args["handle"]), int(args["size"]))
-        self.clients[identity].blocks[int(args["block"])] = block
+        block = RemoteCudaBlock(device.cp, device.ordinal, bytes.fromhex(args["handle"]), args.int("size"))
+        self.clients[identity].blocks[args.int("block")] = block
         return {}, {}
 
     def op_unmap_block(self, identity, args, arrays):
-        block = self.clients[identity].blocks.pop(int(args["block"]), None)
+        block = self.clients[identity].blocks.pop(args.int("block"), None)
         if block is not None:
             block.close()
         return {}, {}
@@ -274,11 +334,13 @@ class SamplingServer:
             try:
                 self.engine.swap(self.engine.build_state(source, progress=False))
                 reply = p.pack({"ok": True, "seq": request["seq"]}, {})
+            except DeviceFaultError as e:
+                reply = self._error(request, "DeviceFaultError", self._device_fault(e))
             except NegSampleError as e:
                 reply = self._error(request, type(e).__name__, str(e))
             except Exception as e:
                 log.exception("reload failed")
-                reply = self._error(request, "InternalError", f"{type(e).__name__}: {e}")
+                reply = self._error(request, "InternalError", _internal(e))
             self.replies.put([identity, *reply])
             self.reloading = None
 
@@ -315,7 +377,7 @@ class SamplingServer:
 
     def op_log_q(self, identity, args, arrays):
         out = self.engine.log_q(p.decode(args["ids"], arrays), p.decode(args["counts"], arrays),
-                                p.decode(args["tags"], arrays), int(args["n"]))
+                                p.decode(args["tags"], arrays), args.int("n"))
         return {}, {"out": out}
 
     def op_sample(self, identity, args, arrays):
@@ -328,6 +390,12 @@ class SamplingServer:
         return {"table": p.encode_table("f", features, out)}, out
 
 
+def _internal(e: Exception) -> str:
+    """What a caller is told of a failure of the server itself (the traceback is in its log)."""
+    return (f"{type(e).__name__}: {e} (a failure of the sampling server, not of this request; the server's log "
+            "has the traceback)")
+
+
 def _die_with_parent() -> None:
     """Ask Linux to send SIGTERM when the starting process dies (also polled, for other OSes)."""
     try:
@@ -337,15 +405,53 @@ def _die_with_parent() -> None:
         pass
 
 
+LOG_FILE_ENV, LOG_LEVEL_ENV = "GPU_NEGSAMPLE_SERVER_LOG", "GPU_NEGSAMPLE_SERVER_LOG_LEVEL"
+
+
+def _configure_logging() -> None:
+    """The server's log: its own failures (with tracebacks) and lifecycle events. It goes to a
+    file when GPU_NEGSAMPLE_SERVER_LOG names one, else to the stderr it inherited from local
+    rank 0; only WARNING and above unless GPU_NEGSAMPLE_SERVER_LOG_LEVEL says otherwise, so a
+    healthy server stays quiet in rank 0's output."""
+    level = os.environ.get(LOG_LEVEL_ENV, "WARNING").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        level = "WARNING"
+    target = os.environ.get(LOG_FILE_ENV)
+    logging.basicConfig(level=level, filename=target or None,
+                        format=f"%(asctime)s [gpu_negsample server {os.getpid()}] %(levelname)s %(message)s")
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m gpu_negsample.server")
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--job", required=True)
-    ap.add_argument("--parent", type=int, required=True)
-    ap.add_argument("--config", required=True, help="the sampler's settings, JSON")
-    ap.add_argument("--max-request-bytes", type=int, required=True)
+    ap = argparse.ArgumentParser(
+        prog="python -m gpu_negsample.server", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+The node-local negative sampling server of gpu_negsample: one process per job and machine
+that holds the negative table and answers the sampling requests of every training process
+(LocalRpcDataSampler) of the node over a private local socket.
+
+You do not start it yourself: local rank 0's LocalRpcDataSampler starts it with these
+arguments, every rank connects to it, and it exits when that process dies or when every
+client has said goodbye (or died). It answers requests one at a time, in arrival order;
+a reload builds the new table aside while requests keep using the old one.""",
+        epilog=f"""\
+environment:
+  {LOG_FILE_ENV}=PATH
+      write the server's log to PATH (default: the stderr it inherited from local rank 0)
+  {LOG_LEVEL_ENV}=LEVEL
+      DEBUG, INFO, WARNING (default) or ERROR
+
+exit status: 0 when its clients are gone, 1 on a start-up error (another server already
+serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unusable).""")
+    ap.add_argument("--dir", required=True, help="the job's private (0700) directory; the socket is created in it")
+    ap.add_argument("--job", required=True, help="the job's name (names its shared-memory result blocks)")
+    ap.add_argument("--parent", type=int, required=True,
+                    help="pid of the process that starts the server; the server exits when it dies")
+    ap.add_argument("--config", required=True,
+                    help="the sampler's settings as JSON (SamplerConfig.to_wire: tags, put_back, seed, device, ...)")
+    ap.add_argument("--max-request-bytes", type=int, required=True,
+                    help="the largest request accepted, in bytes (clients are told and refuse bigger ones)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"[gpu_negsample server {os.getpid()}] %(message)s")
+    _configure_logging()
     _die_with_parent()
     server = SamplingServer(args.dir, args.job, SamplerConfig.from_wire(json.loads(args.config)), args.parent,
                             args.max_request_bytes)
@@ -358,3 +464,5 @@ def main(argv=None) -> None:
         server.close()
         return
     server.serve()
+    if server.fault is not None:
+        sys.exit(EXIT_DEVICE_FAULT)

@@ -1,0 +1,78 @@
+"""A sampling server running on a thread of the test process, and a raw client that sends
+hand-made frames: what a hostile or broken client could put on the wire."""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import zmq
+
+from gpu_negsample.config import SamplerConfig
+from gpu_negsample.server import protocol as p
+from gpu_negsample.server.endpoint import job_dir, socket_path
+from gpu_negsample.server.service import SamplingServer
+
+CONFIG = SamplerConfig("category", "item_id", "weight", "skey", seed=1, device="cpu")
+
+
+class RawClient:
+    """A DEALER that says hello and then sends whatever frames a test gives it."""
+
+    def __init__(self, path, pid: int | None = None):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"ipc://{path}")
+        self.seq = 0
+        self.hello = self.ask("hello", {"pid": pid or os.getpid(), "rank": 0, "config": CONFIG.to_wire()})
+
+    def send_frames(self, frames: list) -> None:
+        self.sock.send_multipart(frames, copy=False)
+
+    def receive(self, timeout: float = 10.0) -> tuple[dict, dict]:
+        """The next reply (header, socket arrays); TimeoutError when none comes."""
+        if not self.sock.poll(int(timeout * 1000)):
+            raise TimeoutError("the server did not answer")
+        reply = self.sock.recv_multipart()
+        return p.unpack(reply, 1 << 40)
+
+    def ask(self, op: str, args: dict, arrays: dict | None = None, **header) -> dict:
+        """Send one request the way the real client does and return the reply's header."""
+        self.seq += 1
+        self.send_frames(p.pack_request(self.seq, dict(header, op=op, args=args), arrays or {}))
+        head, arrays = self.receive()
+        head["arrays"] = arrays
+        return head
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@contextmanager
+def server_on_thread(job: str, max_request_bytes: int = 1 << 20, engine=None):
+    """A SamplingServer serving `job` on a thread (its parent is this process's parent, which
+    outlives the test); yields the server. `engine` replaces its Engine (a fake one)."""
+    directory = job_dir(job)
+    server = SamplingServer(str(directory), job, CONFIG, os.getppid(), max_request_bytes)
+    if engine is not None:
+        server.engine = engine
+    thread = threading.Thread(target=server.serve, name=f"server-{job}", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopping = True
+        thread.join(10)
+        assert not thread.is_alive(), "the server thread did not stop"
+
+
+@contextmanager
+def raw_client(server, pid: int | None = None):
+    c = RawClient(socket_path(Path(server.directory)), pid)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,354 @@
+"""The node server against what a broken or hostile client puts on the wire: every bad input
+is an error reply naming the cause, never a crash or a hang of the node's server."""
+import errno
+import itertools
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
+from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
+from gpu_negsample.errors import DeviceFaultError
+from gpu_negsample.server import endpoint
+from gpu_negsample.server import protocol as p
+from gpu_negsample.server.endpoint import SHM_DIR, create_block, pid_alive, shm_prefix, sweep_stale_blocks
+from server_harness import raw_client, server_on_thread
+from server_tables import catalogue, positives
+
+_jobs = itertools.count()
+
+
+@pytest.fixture
+def job():
+    return f"w{os.getpid()}-{next(_jobs)}"
+
+
+def columns_of(table: dict) -> dict:
+    from gpu_negsample.columns import read_table_input
+
+    return read_table_input(table)
+
+
+def reload_frames_args(columns: dict) -> tuple[dict, dict]:
+    arrays = {}
+    return {"columns": p.encode_columns(columns, arrays)}, arrays
+
+
+BAD_OFFSETS = [  # (what, offsets of a 4-value column of 3 rows, what the error says)
+    ("run past the values", [0, 1, 2, 400], "must end at the number of values \\(4\\); row 2 ends at 400"),
+    ("decrease", [0, 3, 1, 4], "decrease at row 1: 3 -> 1"),
+    ("do not start at 0", [2, 3, 4, 4], "must start at 0; row 0 starts at 2"),
+]
+
+
+@pytest.mark.parametrize("kind", [RAGGED, STRING])
+@pytest.mark.parametrize("what, offsets, message", BAD_OFFSETS)
+def test_columns_with_bad_offsets_are_refused_when_decoded(kind, what, offsets, message):
+    values = np.arange(4, dtype=np.uint8 if kind == STRING else np.int64)
+    items, arrays = reload_frames_args({"c": Column("c", kind, values, np.array(offsets, np.int64))})
+    with pytest.raises(p.TableError, match=f"column 'c': offsets {message}"):
+        p.decode_columns(items["columns"], arrays)
+
+
+@pytest.mark.parametrize("column, message", [
+    (Column("c", RAGGED, np.arange(4), np.array([0, 4], np.int32)), "offsets must be a non-empty 1-D int64"),
+    (Column("c", STRING, np.arange(4, dtype=np.int64), np.array([0, 4], np.int64)), "string bytes must be uint8"),
+    (Column("c", DENSE, np.array([b"ab"]), None), "values must be a numeric numpy array"),
+    (Column("c", "tensor", np.arange(4), None), "unknown kind 'tensor'"),
+    (Column("c", RAGGED, np.arange(4), np.array([0, 4], np.int64), np.ones(3)), "weight length 3 != values 4"),
+])
+def test_columns_with_bad_arrays_are_refused_when_decoded(column, message):
+    items, arrays = reload_frames_args({"c": column})
+    with pytest.raises(p.TableError, match=message):
+        p.decode_columns(items["columns"], arrays)
+
+
+def test_a_reload_with_bad_category_offsets_is_a_table_error_and_the_server_serves_on(job):
+    """Before: the server accepted the table and died of SIGSEGV at the next pack_feature."""
+    cat = catalogue()
+    columns = columns_of(cat.table)
+    good_args, good_arrays = reload_frames_args(columns)
+    bad = columns["category"]
+    n = bad.offsets.shape[0] - 1
+    columns["category"] = Column("category", RAGGED, bad.values, np.arange(n + 1, dtype=np.int64) * 1000)
+    bad_args, bad_arrays = reload_frames_args(columns)
+    with server_on_thread(job) as server, raw_client(server) as c:
+        assert c.ask("reload", good_args, good_arrays)["ok"]
+        head = c.ask("reload", bad_args, bad_arrays)
+        assert head["error"] == "TableError" and "column 'category': offsets must end at" in head["message"]
+        arrays = {}
+        head = c.ask("pack_feature", {"ids": p.encode("ids", cat.ids[:5], arrays), "default": -1}, arrays)
+        assert head["ok"], head
+
+
+# ---- shared-memory result blocks -------------------------------------------------------------
+def load(c, cat) -> None:
+    args, arrays = reload_frames_args(columns_of(cat.table))
+    assert c.ask("reload", args, arrays)["ok"]
+
+
+def lookup(c, cat, **header) -> dict:
+    arrays = {}
+    return c.ask("valid_sample_ids", {"ids": p.encode("ids", cat.ids[:100], arrays), "default": -1}, arrays, **header)
+
+
+def test_a_block_its_client_truncated_is_answered_through_the_socket(job):
+    """Before: the server wrote into the truncated file and died of SIGBUS."""
+    cat = catalogue()
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        fd, path = create_block(job, os.getpid(), 0, 1 << 20)
+        try:
+            assert c.ask("map_block", {"path": str(path), "size": 1 << 20, "block": 0})["ok"]
+            assert "placed" in lookup(c, cat, block=0)  # the block works
+            os.ftruncate(fd, 0)
+            head = lookup(c, cat, block=0)
+            assert head["ok"] and "placed" not in head and np.array_equal(head["arrays"]["out"], cat.ids[:100])
+        finally:
+            os.close(fd)
+            path.unlink()
+
+
+def test_a_full_dev_shm_is_a_clear_error_not_a_sigbus(job, monkeypatch):
+    cat = catalogue()
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        fd, path = create_block(job, os.getpid(), 0, 1 << 20)
+        os.close(fd)
+        try:
+            def full(fd, offset, size):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(os, "posix_fallocate", full)
+            head = c.ask("map_block", {"path": str(path), "size": 1 << 20, "block": 0})
+            assert head["error"] == "RequestError" and "shm-size" in head["message"], head
+        finally:
+            path.unlink()
+        assert lookup(c, cat)["ok"]
+
+
+def test_a_client_falls_back_to_the_socket_when_dev_shm_is_full(job, monkeypatch):
+    cat = catalogue()
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1) as s:
+        s.reload(cat.table)
+        for call in range(2):
+            assert torch.equal(s.sample_ids(*positives(cat, call)), ref.sample_ids(*positives(cat, call)))
+    assert not list(SHM_DIR.glob(f"{shm_prefix(job)}*"))
+
+
+def test_map_block_accepts_only_the_jobs_own_blocks(job, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep" * 1024)
+    fd, path = create_block(job, os.getpid(), 0, 4096)
+    os.close(fd)
+    link = SHM_DIR / f"{shm_prefix(job)}{os.getpid()}-1-{'0' * 16}"
+    link.symlink_to(victim)
+    other_pid = SHM_DIR / f"{shm_prefix(job)}{os.getppid()}-2-{'0' * 16}"
+    other_pid.write_bytes(b"\0" * 4096)
+    cases = [(victim, 4096, "is not a result block"), (link, 4096, "a link"), (path, 8192, "not the announced 8192"),
+             (other_pid, 4096, "not created by this client"), (SHM_DIR / f"{shm_prefix(job)}x", 4096, "not a result")]
+    try:
+        with server_on_thread(job) as server, raw_client(server) as c:
+            for block, (where, size, message) in enumerate(cases):
+                head = c.ask("map_block", {"path": str(where), "size": size, "block": block})
+                assert head["error"] == "RequestError" and message in head["message"], (where, head)
+        assert victim.read_bytes() == b"keep" * 1024
+    finally:
+        for leftover in (path, link, other_pid):
+            leftover.unlink()
+
+
+def test_block_names_are_unpredictable_and_a_taken_name_is_retried(job, monkeypatch):
+    tokens = iter(["a" * 16, "b" * 16])
+    monkeypatch.setattr(endpoint.secrets, "token_hex", lambda n: next(tokens))
+    taken = SHM_DIR / f"{shm_prefix(job)}{os.getpid()}-0-{'a' * 16}"
+    taken.write_bytes(b"")
+    try:
+        fd, path = create_block(job, os.getpid(), 0, 4096)
+        os.close(fd)
+        path.unlink()
+        assert path.name.endswith("b" * 16)
+    finally:
+        taken.unlink()
+
+
+def test_sweeping_a_job_leaves_the_blocks_of_a_job_whose_name_extends_it(job):
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    assert not pid_alive(proc.pid)
+    own = SHM_DIR / f"{shm_prefix(job)}{proc.pid}-0-{'c' * 16}"
+    other = SHM_DIR / f"{shm_prefix(job + '-31999')}{proc.pid}-0-{'c' * 16}"
+    for path in (own, other):
+        path.write_bytes(b"")
+    try:
+        assert sweep_stale_blocks(job) == 1
+        assert not own.exists() and other.exists()
+    finally:
+        for path in (own, other):
+            path.unlink(missing_ok=True)
+
+
+# ---- every request is answered ------------------------------------------------------------------
+def outcome_within(seconds: float, call):
+    """What call returned or raised, run on a thread; AssertionError if it is still waiting
+    after `seconds` (the caller would have hung)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = call()
+        except BaseException as e:  # the outcome under test
+            box["value"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert "value" in box, f"no answer within {seconds} s"
+    return box["value"]
+
+
+def test_a_request_the_server_cannot_parse_still_reaches_its_caller(job):
+    """Before: the error reply had no sequence number, the client dropped it and waited forever."""
+    cat = catalogue()
+    with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1) as s:
+        s.reload(cat.table)
+        error = outcome_within(30, lambda: s.valid_sample_ids(np.array(["1"]), -1))
+        assert isinstance(error, RequestError) and "'ids': dtype <U1 is not allowed" in str(error), error
+
+
+def test_an_unreadable_header_is_answered_with_its_sequence_number(job):
+    with server_on_thread(job) as server, raw_client(server) as c:
+        c.send_frames([struct.pack("<QI", 99, 5) + b"{nope"])
+        head, _ = c.receive()
+        assert head["seq"] == 99 and head["error"] == "RequestError" and "not JSON" in head["message"]
+        c.send_frames([struct.pack("<QI", 100, 2) + b"{}", b"a second frame"])
+        head, _ = c.receive()
+        assert head["seq"] == 100 and "one frame" in head["message"]
+
+
+def test_a_request_over_the_servers_limit_is_refused_before_it_is_sent(job, monkeypatch):
+    """Before: the client checked only its own limit; the server's zmq dropped the message
+    silently and the caller waited forever."""
+    monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
+    monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
+    with server_on_thread(job, max_request_bytes=4096):
+        s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
+        try:
+            error = outcome_within(30, lambda: s.reload(catalogue().table))
+            assert isinstance(error, RequestError) and "exceeds max_request_bytes=4,096" in str(error), error
+        finally:
+            s.close()
+
+
+# ---- the request's errors are the request's -----------------------------------------------------
+def reload_with(c, column: str, value) -> dict:
+    table = dict(catalogue().table)
+    table[column] = value
+    args, arrays = reload_frames_args(columns_of(table))
+    return c.ask("reload", args, arrays)
+
+
+def test_errors_of_the_request_come_back_as_request_or_table_errors_with_their_cause(job, tmp_path):
+    """Before: InternalError with the server's traceback for each of these."""
+    cat = catalogue()
+    not_parquet = tmp_path / "table.parquet"
+    not_parquet.write_text("not parquet")
+    empty = {"item_id": torch.zeros(0, dtype=torch.int64), "category": torch.zeros(0, dtype=torch.int64),
+             "weight": torch.zeros(0), "skey": np.array([], dtype="S1")}
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        n = cat.ids.shape[0]
+        huge = reload_with(c, "weight", torch.full((n,), 1e308, dtype=torch.float64))
+        arrays = {}
+        empty_args = {"columns": p.encode_columns(columns_of(empty), arrays)}
+        cases = [
+            (huge, "TableError", "weights sum to inf"),
+            (c.ask("reload", {"path": str(not_parquet)}), "TableError", "cannot be read as Parquet"),
+            (c.ask("reload", empty_args, arrays), "TableError", "has no rows"),
+            (c.ask("valid_sample_ids", {"ids": p.encode("ids", cat.ids[:3], a := {}), "default": 2**70}, a),
+             "RequestError", "does not fit in int64"),
+            (c.ask("valid_sample_ids", {"default": -1}), "RequestError", "argument 'ids' is missing"),
+            (c.ask("valid_sample_ids", {"ids": {"array": "nothing"}, "default": -1}), "RequestError",
+             "arrays ['nothing'] it does not carry"),
+            (c.ask("sample_ids", {"dedup": {"ragged": "d", "weight": False}, "counts": 2, "tags": None,
+                                  "avoid_conflict": True, "avoid_all": False},
+                   {"d.values": cat.ids[:3], "d.offsets": np.array([0, 9], np.int64)}),
+             "RequestError", "d: not a valid RaggedTensor"),
+            (c.ask("unmap_block", {"block": "x"}), "RequestError", "'block' must be an integer"),
+            (c.ask("describe", []), "RequestError", "'args' must be a JSON object"),
+        ]
+        for head, kind, message in cases:
+            assert head.get("error") == kind and message in head["message"], (kind, message, head)
+            assert "Traceback" not in head["message"]
+        assert lookup(c, cat)["ok"], "the server stopped serving"
+
+
+class BrokenEngine:
+    loaded = True
+    seed = 1
+
+    def describe(self):
+        raise ZeroDivisionError("a bug")
+
+
+def test_a_failure_of_the_server_is_logged_and_the_caller_gets_no_traceback(job, caplog):
+    with server_on_thread(job, engine=BrokenEngine()) as server, raw_client(server) as c:
+        head = c.ask("describe", {})
+    assert head["error"] == "InternalError" and "ZeroDivisionError: a bug" in head["message"]
+    assert "Traceback" not in head["message"]
+    logged = [r for r in caplog.records if r.name == "gpu_negsample.server" and r.exc_info]
+    assert logged and "describe" in logged[0].getMessage()
+
+
+# ---- a dead GPU ------------------------------------------------------------------------------------
+class FaultingEngine:
+    """An engine whose GPU context died: every call raises DeviceFaultError, as the CUDA
+    backend does after an illegal address."""
+    loaded = True
+    seed = 1
+
+    def describe(self):
+        raise DeviceFaultError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_device_fault_is_a_fatal_error_for_every_client_and_the_server_exits(job, monkeypatch):
+    """Before: InternalError for this request and every later one, and the server stayed up."""
+    monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
+    monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
+    with server_on_thread(job, engine=FaultingEngine()) as server, raw_client(server) as other:
+        s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
+        try:
+            error = outcome_within(30, s.describe)
+            assert isinstance(error, DeviceFaultError) and "lost its GPU" in str(error), error
+            head = other.ask("describe", {})  # another client, after the fault
+            assert head["error"] == "DeviceFaultError" and "illegal memory access" in head["message"]
+            deadline = time.monotonic() + 10
+            while not server.stopping and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.stopping and server.fault, "the server kept running on a dead GPU"
+        finally:
+            s.close()
+
+
+def test_the_server_explains_itself_with_help():
+    out = subprocess.run([sys.executable, "-m", "gpu_negsample.server", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for needed in ("negative sampling server", "local rank 0", "LocalRpcDataSampler", "--parent PARENT",
+                   "exits when it dies", "GPU_NEGSAMPLE_SERVER_LOG=PATH", "GPU_NEGSAMPLE_SERVER_LOG_LEVEL",
+                   "exit status"):
+        assert needed in out.stdout, needed
