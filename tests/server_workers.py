@@ -13,6 +13,17 @@ def as_rank(rank: int, job: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=job)
 
 
+def job_of_ranks(job: str) -> str:
+    """The job name the ranks of as_rank(rank, job) find their server by."""
+    from unittest import mock
+
+    from gpu_negsample.server.endpoint import job_name
+
+    with mock.patch.dict(os.environ, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": job}):
+        os.environ.pop("TORCHELASTIC_RUN_ID", None)
+        return job_name()
+
+
 def recis_example(rank: int, job: str, results) -> None:
     """RecIS's usage example in one local process: invariants of every combined batch."""
     try:

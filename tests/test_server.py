@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, NotLoadedError, RequestError, ServerError
-from gpu_negsample.server.endpoint import SHM_DIR, job_dir, pid_alive, shm_prefix
+from gpu_negsample.server.endpoint import SHM_DIR, job_dir, job_name, pid_alive, shm_prefix
 from gpu_negsample.server.service import rank_seed
 from server_tables import catalogue, positives
 import server_workers as w
@@ -31,8 +31,9 @@ def job():
 
 def leftovers(job):
     """Shared-memory blocks and the socket directory of a job that still exist."""
-    found = [str(p) for p in SHM_DIR.glob(f"{shm_prefix(job)}*")]
-    for name in (job, f"127.0.0.1-{job}"):  # by explicit name, and as the workers' MASTER_PORT
+    found = []
+    for name in (job_name(job), w.job_of_ranks(job)):  # by explicit name, and as the workers' MASTER_PORT
+        found += [str(p) for p in SHM_DIR.glob(f"{shm_prefix(name)}*")]
         path = job_dir(name, create=False)
         if path.exists():
             found += [str(path)] + [str(path / f) for f in os.listdir(path)]

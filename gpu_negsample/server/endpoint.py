@@ -2,6 +2,7 @@
 the shared-memory names of its result blocks."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -9,6 +10,11 @@ import tempfile
 from pathlib import Path
 
 SHM_DIR = Path("/dev/shm")
+# A job name is at most 40 + 1 + 16 characters, so the socket path stays well inside the
+# 107 bytes an AF_UNIX address holds; 64 bits of digest make an accidental meeting of two
+# jobs' names (birthday bound over the jobs of one machine) negligible.
+JOB_PREFIX_CHARS = 40
+JOB_DIGEST_CHARS = 16
 
 
 def local_rank() -> int:
@@ -28,17 +34,25 @@ def global_rank() -> int:
 def job_name(name: str | None = None) -> str:
     """An explicit name, else torchrun's run id, else its master address and port, else this process.
 
-    Two jobs on one machine differ in all of these, so their servers never meet."""
-    if not name:
+    Two jobs on one machine differ in one of these, and different inputs always give different
+    names: a readable prefix (characters a path may hold, cut to 40) and a digest of the whole
+    input, so ``a/b``, ``a b`` and ``a_b``, or two 100-character Kubernetes service names that
+    differ only at the end, never share a server."""
+    if name:
+        source = f"name={name}"
+    else:
         run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
         port = os.environ.get("MASTER_PORT", "")
         if run_id and run_id != "none":
-            name = f"run-{run_id}"
+            name, source = f"run-{run_id}", f"run_id={run_id}"
         elif port:
-            name = f"{os.environ.get('MASTER_ADDR', 'local')}-{port}"
+            addr = os.environ.get("MASTER_ADDR", "local")
+            name, source = f"{addr}-{port}", f"master={addr}:{port}"
         else:
-            name = f"pid{os.getpid()}"
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
+            name = source = f"pid{os.getpid()}"
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:JOB_PREFIX_CHARS]
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:JOB_DIGEST_CHARS]
+    return f"{readable}-{digest}"
 
 
 def _private_dir(path: Path) -> Path:
