@@ -1,11 +1,15 @@
 """How the ranks of a job find their node's server, and only theirs: job names, ownership
 of the socket directory, waiting for rank 0's reload, ranks started without a launcher."""
 import os
+import shutil
+import socket
+import tempfile
 from unittest import mock
 
 import pytest
 
-from gpu_negsample.server.endpoint import job_dir, job_name
+from gpu_negsample import LocalRpcDataSampler
+from gpu_negsample.server.endpoint import UnsafePathError, job_dir, job_name
 
 NO_LAUNCHER = {"TORCHELASTIC_RUN_ID": "", "MASTER_PORT": "", "MASTER_ADDR": ""}
 
@@ -32,3 +36,50 @@ def test_job_names_stay_readable_and_fit_a_socket_path():
     long = job_name("y" * 500)
     path = job_dir(long, create=False) / "server.sock"
     assert len(os.fsencode(path)) < 107, path
+
+
+@pytest.fixture
+def short_tmp():
+    """A private base directory with a short path (pytest's tmp_path overflows an AF_UNIX address)."""
+    path = tempfile.mkdtemp(prefix="gns")
+    yield path
+    shutil.rmtree(path)
+
+
+def _other_rank(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+
+
+def _fake_server_dir(job, socket_mode=0o600, dir_mode=0o700, owner=None):
+    """What another local user could leave under a shared temp dir: the job's directory with a
+    listening socket in it."""
+    directory = job_dir(job_name(job), create=True)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(directory / "server.sock"))
+    sock.listen()
+    os.chmod(directory / "server.sock", socket_mode)
+    os.chmod(directory, dir_mode)
+    if owner is not None:
+        os.chown(directory, owner, owner)
+    return directory, sock
+
+
+@pytest.mark.parametrize("case", ["directory mode", "socket mode", "owner", "symlink"])
+def test_a_rank_refuses_a_job_directory_or_socket_that_is_not_its_own(monkeypatch, short_tmp, case):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_tmp)
+    _other_rank(monkeypatch)
+    job = f"fake-{case}"
+    if case == "symlink":  # a link to a directory that holds another server's socket
+        real, sock = _fake_server_dir("elsewhere")
+        (job_dir(job_name(job), create=False)).symlink_to(real)
+    elif case == "owner":
+        if os.getuid() != 0:
+            pytest.skip("giving a directory to another user needs root")
+        real, sock = _fake_server_dir(job, owner=4242)
+    else:
+        real, sock = _fake_server_dir(job, dir_mode=0o755 if case == "directory mode" else 0o700,
+                                      socket_mode=0o666 if case == "socket mode" else 0o600)
+    with sock, pytest.raises(UnsafePathError, match=r"uid|mode|symlink") as error:
+        LocalRpcDataSampler("category", "item_id", "weight", device="cpu", name=job, connect_timeout=5)
+    assert "another local user" in str(error.value) and "XDG_RUNTIME_DIR" in str(error.value)

@@ -23,7 +23,7 @@ from ..errors import NegSampleError, NotLoadedError, RequestError, TableError, U
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
-from .endpoint import (block_path, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
+from .endpoint import (block_path, check_job_path, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
                        socket_path, sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample")
@@ -142,12 +142,13 @@ class ServerTransport:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(f"ipc://{socket_path(self.directory)}")
         self.server_pid = None
         self._finalizer = weakref.finalize(self, ServerTransport._shutdown, self._sock, self._ctx,
                                            self._process, self._blocks, self.directory)
         try:
-            hello = self._hello(connect_timeout)
+            deadline = time.monotonic() + connect_timeout
+            self._connect(deadline)
+            hello = self._hello(deadline)
         except BaseException:
             if self._process is not None and self._process.poll() is None:
                 self._process.terminate()  # never reached: nobody else will ask it to leave
@@ -163,20 +164,32 @@ class ServerTransport:
                "--max-request-bytes", str(self.max_request_bytes)]
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
 
-    def _hello(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
+    def _connect(self, deadline: float) -> None:
+        """Connect once the job's socket exists and is this user's own (checked before connecting,
+        so a rank never sends a positive to a server another user runs)."""
+        while not socket_path(self.directory).exists():
+            self._check_start(deadline)
+            time.sleep(0.05)
+        check_job_path(self.directory)
+        self._sock.connect(f"ipc://{socket_path(self.directory)}")
+
+    def _check_start(self, deadline: float) -> None:
+        """Raise when the server this rank waits for cannot come any more."""
+        if self._process is not None and self._process.poll() is not None:
+            raise ServerError(f"the sampling server exited with code {self._process.returncode} while "
+                              f"starting; its log is above (another server for job {self.job!r}?)")
+        if time.monotonic() > deadline:
+            raise ServerError(f"no sampling server answered at {socket_path(self.directory)} before "
+                              f"connect_timeout; local rank 0 of job {self.job!r} starts it (is it running, "
+                              "with the same name=?)")
+
+    def _hello(self, deadline: float) -> dict:
         args = {"pid": os.getpid(), "rank": self.rank, "config": self.config}
         while True:
             try:
                 return self._request("hello", args, {}, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
             except TimeoutError:
-                if self._process is not None and self._process.poll() is not None:
-                    raise ServerError(f"the sampling server exited with code {self._process.returncode} while "
-                                      f"starting; its log is above (another server for job {self.job!r}?)") from None
-                if time.monotonic() > deadline:
-                    raise ServerError(f"no sampling server answered at {socket_path(self.directory)} within "
-                                      f"{timeout:.0f} s; local rank 0 of job {self.job!r} starts it (is it "
-                                      "running, with the same name=?)") from None
+                self._check_start(deadline)
 
     def close(self) -> None:
         """Say goodbye to the server; local rank 0 also waits for it to exit. Idempotent."""

@@ -55,13 +55,38 @@ def job_name(name: str | None = None) -> str:
     return f"{readable}-{digest}"
 
 
+class UnsafePathError(PermissionError):
+    """A job's directory or socket that another user could control: never connected to."""
+
+
+def check_private(path: Path, kind: str) -> None:
+    """Refuse `path` unless it is a `kind` ("directory" or "socket") of this user with no access
+    for anyone else, looked at with lstat so a symlink is refused, not followed: a directory
+    another local user made under a shared temp dir could hold their fake server."""
+    info = path.lstat()
+    is_kind = stat.S_ISDIR(info.st_mode) if kind == "directory" else stat.S_ISSOCK(info.st_mode)
+    mode = stat.S_IMODE(info.st_mode)
+    problems = []
+    if not is_kind:
+        problems.append("a symlink" if stat.S_ISLNK(info.st_mode) else f"not a {kind}")
+    if info.st_uid != os.getuid():
+        problems.append(f"owned by uid {info.st_uid}")
+    if mode & 0o077:
+        problems.append(f"mode {mode:04o}")
+    if problems:
+        wanted = "0700" if kind == "directory" else "0600"
+        raise UnsafePathError(
+            f"{path} is {', '.join(problems)}; the sampling server's {kind} must be a {kind} of uid {os.getuid()} "
+            f"with mode {wanted} (another local user could run a fake server there). Remove it if it is yours, "
+            "or set XDG_RUNTIME_DIR to a private directory, or give the job another name=")
+
+
 def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-        raise PermissionError(f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; "
-                              f"it has uid {info.st_uid}, mode {oct(stat.S_IMODE(info.st_mode))}. Remove it or pass "
-                              "another name")
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    check_private(path, "directory")
     return path
 
 
@@ -73,6 +98,14 @@ def job_dir(job: str, create: bool = True) -> Path:
         base = tempfile.gettempdir()
     path = Path(base) / f"gpu_negsample-{os.getuid()}" / job
     return _private_dir(_private_dir(path.parent) / job) if create else path
+
+
+def check_job_path(directory: Path) -> None:
+    """Every rank's check before it connects: the per-user directory, the job's directory and
+    its socket (which must exist) belong to this user and no one else."""
+    check_private(directory.parent, "directory")
+    check_private(directory, "directory")
+    check_private(socket_path(directory), "socket")
 
 
 def remove_empty_dirs(directory: Path) -> None:

@@ -347,6 +347,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"[gpu_negsample server {os.getpid()}] %(message)s")
     _die_with_parent()
+    os.umask(0o077)  # the socket is 0600 from the moment it exists: a client refuses any other mode
     server = SamplingServer(args.dir, args.job, SamplerConfig.from_wire(json.loads(args.config)), args.parent,
                             args.max_request_bytes)
 
