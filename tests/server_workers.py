@@ -85,3 +85,23 @@ def sample_forever(rank: int, job: str, results) -> None:
             s.sample_ids(*positives(cat, 0))
     except BaseException as e:
         results.put((rank, f"{type(e).__name__}: {e}"))
+
+
+def rank_1_before_reload(job: str, results) -> None:
+    """Local rank 1 before rank 0's reload: a request that gives up after its short wait, then
+    one that waits until rank 0 has loaded the table."""
+    try:
+        os.environ.update(LOCAL_RANK="1", RANK="1")
+        from gpu_negsample import LocalRpcDataSampler, NotLoadedError
+        from server_tables import catalogue, positives
+
+        with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job,
+                                 wait_for_table_timeout=1) as s:
+            try:
+                s.sample_ids(*positives(catalogue(), 0))
+            except NotLoadedError as e:
+                results.put(f"NotLoadedError: {e}")
+            s._transport.wait_for_table_timeout = 120
+            results.put(f"sampled {s.sample_ids(*positives(catalogue(), 0)).numel()}")
+    except BaseException as e:
+        results.put(f"{type(e).__name__}: {e}")

@@ -1,5 +1,6 @@
 """How the ranks of a job find their node's server, and only theirs: job names, ownership
 of the socket directory, waiting for rank 0's reload, ranks started without a launcher."""
+import multiprocessing as mp
 import os
 import shutil
 import socket
@@ -8,7 +9,11 @@ from unittest import mock
 
 import pytest
 
-from gpu_negsample import LocalRpcDataSampler
+from gpu_negsample import LocalRpcDataSampler, NotLoadedError
+from server_tables import catalogue, positives
+import server_workers as w
+
+SPAWN = mp.get_context("spawn")
 from gpu_negsample.server.endpoint import UnsafePathError, job_dir, job_name
 
 NO_LAUNCHER = {"TORCHELASTIC_RUN_ID": "", "MASTER_PORT": "", "MASTER_ADDR": ""}
@@ -83,3 +88,21 @@ def test_a_rank_refuses_a_job_directory_or_socket_that_is_not_its_own(monkeypatc
     with sock, pytest.raises(UnsafePathError, match=r"uid|mode|symlink") as error:
         LocalRpcDataSampler("category", "item_id", "weight", device="cpu", name=job, connect_timeout=5)
     assert "another local user" in str(error.value) and "XDG_RUNTIME_DIR" in str(error.value)
+
+
+def test_rank_0_before_its_own_reload_fails_at_once_other_ranks_wait_for_it():
+    job = f"unloaded-{os.getpid()}"
+    cat = catalogue()
+    # wait_for_table_timeout is long: the old code waited it out before failing
+    with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job,
+                             wait_for_table_timeout=60) as rank0:
+        with pytest.raises(NotLoadedError, match="this process is local rank 0 .* call reload"):
+            rank0.sample_ids(*positives(cat, 0))
+        results = SPAWN.Queue()
+        rank1 = SPAWN.Process(target=w.rank_1_before_reload, args=(job, results), daemon=True)
+        rank1.start()
+        message = results.get(timeout=120)
+        assert message.startswith("NotLoadedError: sample_ids: waited 1 s for local rank 0 of job"), message
+        rank0.reload(cat.table)  # the rank waiting again gets its answer from this table
+        assert results.get(timeout=60) == "sampled 768"
+        rank1.join(30)

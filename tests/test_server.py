@@ -192,12 +192,6 @@ def test_hot_reload_while_another_rank_samples(job):
         pass
 
 
-def test_waiting_for_the_table_times_out_with_a_clear_error(job):
-    with client(job, wait_for_table_timeout=0.3) as s:
-        with pytest.raises(NotLoadedError, match="local rank 0 .* must call reload"):
-            s.sample_ids(*positives(catalogue(), 0))
-
-
 def test_requests_are_bounded(job):
     with client(job, max_request_bytes=4096) as s:
         with pytest.raises(RequestError, match="max_request_bytes"):

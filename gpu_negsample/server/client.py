@@ -296,17 +296,22 @@ class ServerTransport:
         return block
 
     def _call(self, op: str, args: dict, arrays: dict) -> dict:
-        """One request that returns results; waits (up to wait_for_table_timeout) for the table."""
+        """One request that returns results. Local rank 0 loads the table, so its request before
+        its own reload fails at once; another rank waits (up to wait_for_table_timeout) for it."""
         deadline = time.monotonic() + self.wait_for_table_timeout
         with self._lock:
             while True:
                 try:
                     return self._request(op, args, arrays, block=self._free_block())
                 except NotLoadedError:
+                    if self.local_rank == 0:
+                        raise NotLoadedError(
+                            f"{op}: no table is loaded; this process is local rank 0 of job {self.job!r}, which "
+                            "loads the node's table: call reload(neg_data) on this sampler first") from None
                     if time.monotonic() > deadline:
                         raise NotLoadedError(
-                            f"no table was loaded within {self.wait_for_table_timeout:.0f} s: local rank 0 of job "
-                            f"{self.job!r} must call reload(neg_data) (raise wait_for_table_timeout to wait longer)"
+                            f"{op}: waited {self.wait_for_table_timeout:.0f} s for local rank 0 of job {self.job!r} "
+                            "to call reload(neg_data); it has not (raise wait_for_table_timeout to wait longer)"
                         ) from None
                     time.sleep(0.05)
 
