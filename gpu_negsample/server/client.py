@@ -2,6 +2,7 @@
 through the one server that local rank 0 starts."""
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import logging
@@ -31,6 +32,7 @@ log = logging.getLogger("gpu_negsample")
 DEFAULT_MAX_REQUEST_BYTES = 2**31
 MAX_BLOCKS = 8
 MIN_BLOCK_BYTES = 1 << 20
+OTHER_RANKS_WAIT_S = 30.0  # local rank 0's close() lets the other ranks finish this long
 _ERRORS = {e.__name__: e for e in (RequestError, TableError, UnsatisfiableRowError, NotLoadedError)}
 
 
@@ -109,6 +111,39 @@ class _CudaBlock(_Block):
                 self._cupy.cuda.runtime.free(self.ptr)
 
 
+class _Release:
+    """What a transport holds, released when it is closed or collected: its socket, its blocks,
+    and (local rank 0) the server it started, given `wait_s` to exit once every rank has left."""
+
+    def __init__(self, sock, ctx, process, blocks, directory):
+        self.sock, self.ctx, self.process, self.blocks, self.directory = sock, ctx, process, blocks, directory
+        self.wait_s = OTHER_RANKS_WAIT_S
+
+    def __call__(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+        for block in self.blocks:
+            block.close()
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=self.wait_s)  # the server leaves once every rank has said goodbye
+            except subprocess.TimeoutExpired:
+                self.process.terminate()
+                self.process.wait(timeout=10)
+            remove_empty_dirs(self.directory)
+
+
+_live: "weakref.WeakSet[ServerTransport]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """A process that ends without close() (an exception in training) leaves at once: its server
+    could not outlive it anyway, so local rank 0 does not wait for other ranks here."""
+    for transport in list(_live):
+        transport.close(wait_for_other_ranks=0.0)
+
+
 class ServerTransport:
     """The sampler's requests, carried to the node's sampling server over a local socket.
 
@@ -143,8 +178,10 @@ class ServerTransport:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self.server_pid = None
-        self._finalizer = weakref.finalize(self, ServerTransport._shutdown, self._sock, self._ctx,
-                                           self._process, self._blocks, self.directory)
+        self._release = _Release(self._sock, self._ctx, self._process, self._blocks, self.directory)
+        self._finalizer = weakref.finalize(self, self._release)
+        self._finalizer.atexit = False  # _close_at_exit closes live transports first, without waiting on others
+        _live.add(self)
         try:
             deadline = time.monotonic() + connect_timeout
             self._connect(deadline)
@@ -191,34 +228,22 @@ class ServerTransport:
             except TimeoutError:
                 self._check_start(deadline)
 
-    def close(self) -> None:
-        """Say goodbye to the server; local rank 0 also waits for it to exit. Idempotent."""
+    def close(self, wait_for_other_ranks: float = OTHER_RANKS_WAIT_S) -> None:
+        """Say goodbye to the server; local rank 0 also waits (up to `wait_for_other_ranks`
+        seconds) for the other ranks to leave and the server to exit. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._lock.acquire(timeout=10):  # a prefetch thread may be mid-request on the socket
+        if self._lock.acquire(timeout=min(10.0, wait_for_other_ranks + 1)):  # a prefetch thread may be mid-request
             try:
                 if self.server_pid and pid_alive(self.server_pid):
-                    self._request("bye", {}, {}, timeout=5.0)
+                    self._request("bye", {"last": self._process is not None}, {}, timeout=min(5.0, wait_for_other_ranks + 1))
             except (NegSampleError, TimeoutError):
                 pass
             finally:
                 self._lock.release()
+        self._release.wait_s = wait_for_other_ranks
         self._finalizer()
-
-    @staticmethod
-    def _shutdown(sock, ctx, process, blocks, directory) -> None:
-        sock.close(0)
-        ctx.term()
-        for block in blocks:
-            block.close()
-        if process is not None:
-            try:
-                process.wait(timeout=30)  # the server leaves once every rank has said goodbye
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                process.wait(timeout=10)
-            remove_empty_dirs(directory)
 
     # ---- transport -------------------------------------------------------------------------
     def _request(self, op: str, args: dict, arrays: dict, timeout: float | None = None, block=None) -> dict:

@@ -243,6 +243,8 @@ class SamplingServer:
 
     def op_bye(self, identity, args, arrays):
         self._drop(identity)
+        if args.get("last") and not self.clients:  # the starter's last sampler left: no grace to wait out
+            self.stopping = True
         return {}, {}
 
     def op_map_block(self, identity, args, arrays):
