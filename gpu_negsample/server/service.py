@@ -4,13 +4,13 @@ Started by local rank 0's LocalRpcDataSampler (``python -m gpu_negsample.server`
 ROUTER socket in the job's 0700 directory. One thread answers requests in arrival order
 (the kernels inside are parallel); a reload builds the new table on a second thread and
 swaps it in, so requests keep running on the old table meanwhile. It exits when the
-process that started it dies (PR_SET_PDEATHSIG, and a poll), or when every client said
-goodbye or died; it removes its socket on the way out.
+process that started it dies (polled every 0.5 s: not PR_SET_PDEATHSIG, which fires when the
+starting *thread* ends, so a sampler made in a worker thread would lose its server), or when
+every client said goodbye or died; it removes its socket on the way out.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import mmap
@@ -330,15 +330,6 @@ class SamplingServer:
         return {"table": p.encode_table("f", features, out)}, out
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to send SIGTERM when the starting process dies (also polled, for other OSes)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m gpu_negsample.server")
     ap.add_argument("--dir", required=True)
@@ -348,7 +339,6 @@ def main(argv=None) -> None:
     ap.add_argument("--max-request-bytes", type=int, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"[gpu_negsample server {os.getpid()}] %(message)s")
-    _die_with_parent()
     os.umask(0o077)  # the socket is 0600 from the moment it exists: a client refuses any other mode
     server = SamplingServer(args.dir, args.job, SamplerConfig.from_wire(json.loads(args.config)), args.parent,
                             args.max_request_bytes)
@@ -357,7 +347,7 @@ def main(argv=None) -> None:
         server.stopping = True
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if not pid_alive(args.parent):  # the parent died before PDEATHSIG was armed
+    if not pid_alive(args.parent):  # the parent died while the server started
         server.close()
         return
     server.serve()
