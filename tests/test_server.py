@@ -162,7 +162,7 @@ def _is_server_of(pid, job):
             cmd = f.read().split(b"\0")
     except OSError:
         return False
-    return b"gpu_negsample.server" in cmd and job.encode() in cmd
+    return b"gpu_negsample.server" in cmd and job_name(job).encode() in cmd
 
 
 def test_hot_reload_while_another_rank_samples(job):
