@@ -105,3 +105,24 @@ def rank_1_before_reload(job: str, results) -> None:
             results.put(f"sampled {s.sample_ids(*positives(catalogue(), 0)).numel()}")
     except BaseException as e:
         results.put(f"{type(e).__name__}: {e}")
+
+
+def started_by_hand(rank: int, results) -> None:
+    """A rank of a job started by its own multiprocessing: LOCAL_RANK set by hand, no launcher
+    variables, no name=. Reports the server it found."""
+    try:
+        for var in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "LOCAL_PROCESS_RANK", "RANK"):
+            os.environ.pop(var, None)
+        os.environ["LOCAL_RANK"] = str(rank)
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        cat = catalogue()
+        with LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=1, device="cpu",
+                                 connect_timeout=60) as s:
+            if rank == 0:
+                s.reload(cat.table)
+            results.put((rank, s.server_pid, s.job, s.sample_ids(*positives(cat, 0)).numel()))
+            time.sleep(3)  # rank 0's server must stay until the other rank has sampled
+    except BaseException as e:
+        results.put((rank, f"{type(e).__name__}: {e}", None, None))

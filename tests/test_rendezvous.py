@@ -4,7 +4,10 @@ import multiprocessing as mp
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -106,3 +109,29 @@ def test_rank_0_before_its_own_reload_fails_at_once_other_ranks_wait_for_it():
         rank0.reload(cat.table)  # the rank waiting again gets its answer from this table
         assert results.get(timeout=60) == "sampled 768"
         rank1.join(30)
+
+
+def test_ranks_started_by_hand_without_launcher_variables_find_one_server():
+    results = SPAWN.Queue()
+    procs = [SPAWN.Process(target=w.started_by_hand, args=(rank, results), daemon=True) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
+    got = sorted(results.get(timeout=180) for _ in procs)
+    for proc in procs:
+        proc.join(30)
+    (_, pid0, job0, n0), (_, pid1, job1, n1) = got
+    assert isinstance(pid0, int), pid0
+    assert (pid1, job1, n0, n1) == (pid0, job0, 768, 768), got
+    assert job0.startswith(f"pgid{os.getpgrp()}-")
+
+
+def test_a_hand_started_rank_that_no_rank_0_can_join_fails_at_once_saying_what_to_set():
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env.update(LOCAL_RANK="1", PYTHONPATH=str(Path(__file__).parent))
+    code = ("from gpu_negsample import LocalRpcDataSampler\n"
+            "LocalRpcDataSampler('category', 'item_id', 'weight', device='cpu')\n")
+    # alone in a new session (so a process group of its own): the old code waited connect_timeout (120 s)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, start_new_session=True, capture_output=True,
+                          text=True, timeout=90)
+    assert "ServerError" in proc.stderr and "no other process is in that group" in proc.stderr, proc.stderr
+    assert "name=" in proc.stderr and "MASTER_ADDR and MASTER_PORT" in proc.stderr

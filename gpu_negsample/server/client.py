@@ -24,8 +24,9 @@ from ..errors import NegSampleError, NotLoadedError, RequestError, TableError, U
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
-from .endpoint import (block_path, check_job_path, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
-                       socket_path, sweep_stale_blocks)
+from .endpoint import (RANK_VARIABLES, block_path, check_job_path, global_rank, job_dir, job_name, local_rank,
+                       pid_alive, process_group_peers, ranks_by_process_group, remove_empty_dirs, socket_path,
+                       sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample")
 
@@ -161,6 +162,10 @@ class ServerTransport:
         self.config = config.to_wire()
         self.local_rank, self.rank = local_rank(), global_rank()
         self.job = job_name(name)
+        self._by_process_group = ranks_by_process_group(name)
+        self._next_peer_check = time.monotonic() + 1.0
+        if self.local_rank != 0:
+            self._check_rank_0_can_exist()
         self.directory = job_dir(self.job, create=self.local_rank == 0)
         self.results = results
         self.wait_for_table_timeout = wait_for_table_timeout
@@ -210,8 +215,22 @@ class ServerTransport:
         check_job_path(self.directory)
         self._sock.connect(f"ipc://{socket_path(self.directory)}")
 
+    def _check_rank_0_can_exist(self) -> None:
+        """A rank found by process group whose group holds no other process waits for a local
+        rank 0 that cannot exist: say at once what to set instead."""
+        if self._by_process_group and not process_group_peers():
+            set_vars = ", ".join(f"{v}={os.environ[v]}" for v in RANK_VARIABLES if os.environ.get(v, "").strip())
+            raise ServerError(
+                f"{set_vars} is set without name= or a launcher's MASTER_ADDR/MASTER_PORT, so this rank looks "
+                f"for local rank 0's server by process group ({os.getpgrp()}), and no other process is in "
+                "that group: no rank 0 of this job can start one. Give every rank of the job the same "
+                "LocalRpcDataSampler(..., name='your-job'), or set MASTER_ADDR and MASTER_PORT as a launcher does")
+
     def _check_start(self, deadline: float) -> None:
         """Raise when the server this rank waits for cannot come any more."""
+        if self.local_rank != 0 and time.monotonic() > self._next_peer_check:
+            self._next_peer_check = time.monotonic() + 1.0  # a scan of /proc: once a second is enough
+            self._check_rank_0_can_exist()
         if self._process is not None and self._process.poll() is not None:
             raise ServerError(f"the sampling server exited with code {self._process.returncode} while "
                               f"starting; its log is above (another server for job {self.job!r}?)")

@@ -31,10 +31,41 @@ def global_rank() -> int:
     return int(value) if value else local_rank()
 
 
-def job_name(name: str | None = None) -> str:
-    """An explicit name, else torchrun's run id, else its master address and port, else this process.
+RANK_VARIABLES = ("LOCAL_PROCESS_RANK", "LOCAL_RANK", "RANK")
 
-    Two jobs on one machine differ in one of these, and different inputs always give different
+
+def ranks_by_process_group(name: str | None = None) -> bool:
+    """Whether this process finds its job by process group: a rank variable set by hand, with no
+    name= and no launcher variables (TORCHELASTIC_RUN_ID, MASTER_PORT) to name the job."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return not name and not (run_id and run_id != "none") and not os.environ.get("MASTER_PORT", "") \
+        and any(os.environ.get(var, "").strip() for var in RANK_VARIABLES)
+
+
+def process_group_peers() -> list[int]:
+    """The other live processes of this process's group (the ranks a hand-started job may have)."""
+    group, peers = os.getpgrp(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == group and fields[0] not in (b"Z", b"X"):
+            peers.append(int(entry))
+    return peers
+
+
+def job_name(name: str | None = None) -> str:
+    """An explicit name, else torchrun's run id, else its master address and port, else (ranks
+    whose LOCAL_RANK / RANK was set by hand) the process group, else this process.
+
+    Ranks started by the same command share its process group (a shell gives each command
+    line its own; multiprocessing and subprocess children inherit it), so ranks a script
+    starts itself find one server without a name. Two jobs on one machine differ in one of
+    these, and different inputs always give different
     names: a readable prefix (characters a path may hold, cut to 40) and a digest of the whole
     input, so ``a/b``, ``a b`` and ``a_b``, or two 100-character Kubernetes service names that
     differ only at the end, never share a server."""
@@ -48,6 +79,8 @@ def job_name(name: str | None = None) -> str:
         elif port:
             addr = os.environ.get("MASTER_ADDR", "local")
             name, source = f"{addr}-{port}", f"master={addr}:{port}"
+        elif ranks_by_process_group():
+            name = source = f"pgid{os.getpgrp()}"
         else:
             name = source = f"pid{os.getpid()}"
     readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:JOB_PREFIX_CHARS]
