@@ -126,3 +126,49 @@ def started_by_hand(rank: int, results) -> None:
             time.sleep(3)  # rank 0's server must stay until the other rank has sampled
     except BaseException as e:
         results.put((rank, f"{type(e).__name__}: {e}", None, None))
+
+
+def several_samplers(rank: int, job: str, results) -> None:
+    """Rank 1 of a job whose rank 0 hosts two samplers: it makes them in the other order (a
+    sampler meets the one of the same settings and place) and reports which table each draws."""
+    try:
+        as_rank(rank, job)
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        distinct = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job,
+                                       put_back=False, seed=3)
+        plain = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=3)
+        for s, table in ((plain, catalogue(seed=5)), (distinct, catalogue(seed=6))):
+            ids = s.sample_ids(*positives(table, 0)).numpy()
+            results.put(bool(np.isin(ids, table.ids).all()))
+        results.put(plain.server_pid == distinct.server_pid)
+        plain.close()
+        distinct.close()
+    except BaseException:
+        results.put(traceback.format_exc())
+
+
+def other_settings(rank: int, job: str, results) -> None:
+    """Rank 1 given other arguments than rank 0 (put_back=False): the error it gets."""
+    try:
+        as_rank(rank, job)
+        from gpu_negsample import LocalRpcDataSampler
+
+        LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, put_back=False)
+        results.put("joined")
+    except BaseException as e:
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def second_rank_0(rank: int, job: str, results) -> None:
+    """A second process that believes it is local rank 0 of a job that already has a server."""
+    try:
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        with LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=1, device="cpu", name=job) as s:
+            code = s._transport._started.process.wait(30)
+            results.put((rank, (s.server_pid, code, s.sample_ids(*positives(catalogue(), 0)).numel())))
+    except BaseException:
+        results.put((rank, (traceback.format_exc(), None, None)))

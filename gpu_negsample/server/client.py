@@ -3,6 +3,7 @@ through the one server that local rank 0 starts."""
 from __future__ import annotations
 
 import atexit
+import collections
 import itertools
 import json
 import logging
@@ -24,6 +25,7 @@ from ..errors import NegSampleError, NotLoadedError, RequestError, TableError, U
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
+from .registry import settings_key
 from .endpoint import (RANK_VARIABLES, block_path, check_job_path, global_rank, job_dir, job_name, local_rank,
                        pid_alive, process_group_peers, ranks_by_process_group, remove_empty_dirs, socket_path,
                        sweep_stale_blocks)
@@ -112,12 +114,53 @@ class _CudaBlock(_Block):
                 self._cupy.cuda.runtime.free(self.ptr)
 
 
+class _StartedServer:
+    """The server local rank 0 started for a job; this process's samplers of that job share it
+    (each is a sampler hosted there), and the last one to close waits for it to exit."""
+
+    def __init__(self, job: str, directory, max_request_bytes: int):
+        self.job, self.directory, self.owner, self.users = job, directory, os.getpid(), 0
+        sweep_stale_blocks(job)
+        cmd = [sys.executable, "-m", "gpu_negsample.server", "--dir", str(directory), "--job", job,
+               "--parent", str(os.getpid()), "--max-request-bytes", str(max_request_bytes)]
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+    @classmethod
+    def for_job(cls, job: str, directory, max_request_bytes: int) -> "_StartedServer":
+        """This process's running server of the job, else a new one (the first sampler's
+        max_request_bytes bounds the server's requests)."""
+        server = _started.get(job)
+        if server is None or server.owner != os.getpid() or server.process.poll() is not None:
+            server = _started[job] = cls(job, directory, max_request_bytes)
+        server.users += 1
+        return server
+
+    def leave(self, wait_s: float) -> None:
+        """One sampler is done; after the last, wait `wait_s` for the other ranks to leave and the
+        server to exit, then stop it."""
+        self.users -= 1
+        if self.users:
+            return
+        if _started.get(self.job) is self:
+            del _started[self.job]
+        try:
+            self.process.wait(timeout=wait_s)  # the server leaves once every rank has said goodbye
+        except subprocess.TimeoutExpired:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        remove_empty_dirs(self.directory)
+
+
+_started: dict[str, _StartedServer] = {}  # job -> the server this process started for it
+_made: collections.Counter = collections.Counter()  # samplers this process made, by job and by (job, settings)
+
+
 class _Release:
     """What a transport holds, released when it is closed or collected: its socket, its blocks,
-    and (local rank 0) the server it started, given `wait_s` to exit once every rank has left."""
+    and its share of the server this process started (given `wait_s` for other ranks)."""
 
-    def __init__(self, sock, ctx, process, blocks, directory):
-        self.sock, self.ctx, self.process, self.blocks, self.directory = sock, ctx, process, blocks, directory
+    def __init__(self, sock, ctx, blocks, started: _StartedServer | None):
+        self.sock, self.ctx, self.blocks, self.started = sock, ctx, blocks, started
         self.wait_s = OTHER_RANKS_WAIT_S
 
     def __call__(self) -> None:
@@ -125,13 +168,8 @@ class _Release:
         self.ctx.term()
         for block in self.blocks:
             block.close()
-        if self.process is not None:
-            try:
-                self.process.wait(timeout=self.wait_s)  # the server leaves once every rank has said goodbye
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                self.process.wait(timeout=10)
-            remove_empty_dirs(self.directory)
+        if self.started is not None:
+            self.started.leave(self.wait_s)
 
 
 _live: "weakref.WeakSet[ServerTransport]" = weakref.WeakSet()
@@ -174,16 +212,18 @@ class ServerTransport:
         self._seq = itertools.count()
         self._block_ids = itertools.count()
         self._blocks: list[_Block] = []
-        self._process = None
         self._closed = False
-        if self.local_rank == 0:
-            sweep_stale_blocks(self.job)
-            self._process = self._start_server()
+        self._started = _StartedServer.for_job(self.job, self.directory, self.max_request_bytes) \
+            if self.local_rank == 0 else None
+        settings = settings_key(config)
+        self._slot, self._ordinal = _made[(self.job, settings)], _made[self.job]
+        _made[(self.job, settings)] += 1
+        _made[self.job] += 1
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self.server_pid = None
-        self._release = _Release(self._sock, self._ctx, self._process, self._blocks, self.directory)
+        self._release = _Release(self._sock, self._ctx, self._blocks, self._started)
         self._finalizer = weakref.finalize(self, self._release)
         self._finalizer.atexit = False  # _close_at_exit closes live transports first, without waiting on others
         _live.add(self)
@@ -192,20 +232,13 @@ class ServerTransport:
             self._connect(deadline)
             hello = self._hello(deadline)
         except BaseException:
-            if self._process is not None and self._process.poll() is None:
-                self._process.terminate()  # never reached: nobody else will ask it to leave
             self._closed = True
+            self._release.wait_s = 0.0  # nobody else will ask a server that never answered to leave
             self._finalizer()
             raise
-        self.server_pid, self._seed = hello["server_pid"], hello["seed"]
+        self.server_pid, self._seed, self.sampler_id = hello["server_pid"], hello["seed"], hello["sampler"]
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def _start_server(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "gpu_negsample.server", "--dir", str(self.directory), "--job", self.job,
-               "--parent", str(os.getpid()), "--config", json.dumps(self.config),
-               "--max-request-bytes", str(self.max_request_bytes)]
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-
     def _connect(self, deadline: float) -> None:
         """Connect once the job's socket exists and is this user's own (checked before connecting,
         so a rank never sends a positive to a server another user runs)."""
@@ -231,8 +264,9 @@ class ServerTransport:
         if self.local_rank != 0 and time.monotonic() > self._next_peer_check:
             self._next_peer_check = time.monotonic() + 1.0  # a scan of /proc: once a second is enough
             self._check_rank_0_can_exist()
-        if self._process is not None and self._process.poll() is not None:
-            raise ServerError(f"the sampling server exited with code {self._process.returncode} while "
+        process = self._started.process if self._started is not None else None
+        if process is not None and process.poll() is not None:
+            raise ServerError(f"the sampling server exited with code {process.returncode} while "
                               f"starting; its log is above (another server for job {self.job!r}?)")
         if time.monotonic() > deadline:
             raise ServerError(f"no sampling server answered at {socket_path(self.directory)} before "
@@ -240,12 +274,22 @@ class ServerTransport:
                               "with the same name=?)")
 
     def _hello(self, deadline: float) -> dict:
-        args = {"pid": os.getpid(), "rank": self.rank, "config": self.config}
+        """Become a client of this sampler's hosted twin: local rank 0 opens it, another rank
+        waits (up to the deadline) for rank 0 to have made it."""
+        args = {"pid": os.getpid(), "rank": self.rank, "config": self.config, "open": self.local_rank == 0,
+                "slot": self._slot, "ordinal": self._ordinal}
         while True:
             try:
-                return self._request("hello", args, {}, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                reply = self._request("hello", args, {}, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
             except TimeoutError:
                 self._check_start(deadline)
+                continue
+            if "pending" not in reply:
+                return reply
+            if time.monotonic() > deadline:
+                raise RequestError(f"waited connect_timeout for local rank 0 of job {self.job!r} to make this "
+                                   f"sampler: {reply['pending']}")
+            time.sleep(0.1)
 
     def close(self, wait_for_other_ranks: float = OTHER_RANKS_WAIT_S) -> None:
         """Say goodbye to the server; local rank 0 also waits (up to `wait_for_other_ranks`
@@ -256,7 +300,8 @@ class ServerTransport:
         if self._lock.acquire(timeout=min(10.0, wait_for_other_ranks + 1)):  # a prefetch thread may be mid-request
             try:
                 if self.server_pid and pid_alive(self.server_pid):
-                    self._request("bye", {"last": self._process is not None}, {}, timeout=min(5.0, wait_for_other_ranks + 1))
+                    last = self._started is not None and self._started.users == 1
+                    self._request("bye", {"last": last}, {}, timeout=min(5.0, wait_for_other_ranks + 1))
             except (NegSampleError, TimeoutError):
                 pass
             finally:

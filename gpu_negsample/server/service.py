@@ -1,4 +1,5 @@
-"""The node server process: one Engine, shared by every training process of the machine.
+"""The node server process: the job's samplers (server/registry.py, an Engine each), shared by
+every training process of the machine.
 
 Started by local rank 0's LocalRpcDataSampler (``python -m gpu_negsample.server``); serves a
 ROUTER socket in the job's 0700 directory. One thread answers requests in arrival order
@@ -11,7 +12,6 @@ every client said goodbye or died; it removes its socket on the way out.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import mmap
 import os
@@ -31,6 +31,7 @@ from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import NegSampleError, RequestError
 from . import protocol as p
+from .registry import HostedSampler, SamplerRegistry
 from .endpoint import claim_job, pid_alive, pid_path, socket_path, sweep_stale_blocks
 
 log = logging.getLogger("gpu_negsample.server")
@@ -91,6 +92,7 @@ class SharedBlock:
 class Client:
     pid: int
     rank: int
+    sampler: HostedSampler
     stream: RandomStream
     blocks: dict = field(default_factory=dict)  # block id -> SharedBlock | RemoteCudaBlock
 
@@ -101,16 +103,15 @@ class Client:
 
 
 class SamplingServer:
-    def __init__(self, directory: str, job: str, config: SamplerConfig, parent_pid: int, max_request_bytes: int):
+    def __init__(self, directory: str, job: str, parent_pid: int, max_request_bytes: int):
         self.directory, self.job, self.parent_pid = directory, job, parent_pid
-        self.config = config
         self.max_request_bytes = max_request_bytes
-        self.engine = Engine(config, select_backend(config.device, config.memory_budget))
+        self.samplers = SamplerRegistry(lambda config: Engine(config, select_backend(config.device,
+                                                                                     config.memory_budget)))
         self.clients: dict[bytes, Client] = {}
         self.had_clients = False
         self.last_client_left = None
-        self.replies: queue.Queue = queue.Queue()  # (identity, frames) from the reload thread
-        self.reloading: threading.Thread | None = None
+        self.replies: queue.Queue = queue.Queue()  # (identity, frames) from the reload threads
         self.stopping = False
         self._current_seq = None
         self.ctx = zmq.Context()
@@ -127,7 +128,7 @@ class SamplingServer:
         next_check = 0.0
         try:
             while not self.stopping:
-                if self.sock.poll(50 if self.reloading else 200):
+                if self.sock.poll(50 if self.samplers.reloading else 200):
                     self._answer(self.sock.recv_multipart(copy=False))
                 while not self.replies.empty():
                     self.sock.send_multipart(self.replies.get_nowait(), copy=False)
@@ -146,7 +147,8 @@ class SamplingServer:
             if not pid_alive(client.pid):
                 log.info("client pid %d (rank %d) died: dropping its state", client.pid, client.rank)
                 self._drop(identity)
-        if self.had_clients and not self.clients and self.reloading is None:
+        self.samplers.drop_idle()
+        if self.had_clients and not self.clients and not self.samplers.reloading:
             self.last_client_left = self.last_client_left or now
             if now - self.last_client_left > LAST_CLIENT_GRACE_S:
                 log.info("every client has left: exiting")
@@ -158,6 +160,7 @@ class SamplingServer:
         client = self.clients.pop(identity, None)
         if client:
             client.close()
+            self.samplers.leave(client.sampler, identity)
 
     def close(self) -> None:
         for identity in list(self.clients):
@@ -215,7 +218,7 @@ class SamplingServer:
             metas, needed = p.layout(placed)
             if placed and needed <= block.size:
                 if cuda:
-                    with self.engine.backend.device.active():
+                    with client.sampler.engine.backend.device.active():
                         block.write(placed, metas)
                 else:
                     block.write(placed, metas)
@@ -227,19 +230,24 @@ class SamplingServer:
 
     # ---- operations ------------------------------------------------------------------------
     def op_hello(self, identity, args, arrays):
+        """A client for one hosted sampler: local rank 0 opens it (args "open"), another rank joins
+        rank 0's of the same settings and place (answered "pending" until rank 0 made it), a
+        DataLoader worker attaches to it by id."""
         theirs = SamplerConfig.from_wire(args["config"])
-        ours, asked = self.config.table_identity(), theirs.table_identity()
-        mismatched = [k for k in ours if ours[k] != asked[k]]
-        if mismatched:
-            raise RequestError(f"this job's sampling server was started with other settings: "
-                               f"{ {k: ours[k] for k in mismatched} }, this rank asks for "
-                               f"{ {k: asked[k] for k in mismatched} }; give every rank the same arguments")
-        seed = self.engine.seed if theirs.seed is None else theirs.seed
-        self.clients[identity] = Client(int(args["pid"]), int(args["rank"]),
-                                        RandomStream(rank_seed(seed, int(args["rank"]))))
+        if args.get("attach") is not None:
+            hosted = self.samplers.attach(int(args["attach"]))
+        elif args.get("open"):
+            hosted = self.samplers.open(theirs, int(args["slot"]))
+        else:
+            hosted = self.samplers.join(theirs, int(args["slot"]), int(args["ordinal"]))
+            if hosted is None:
+                return {"pending": self.samplers.mismatch(theirs, int(args["slot"]), None)}, {}
+        rank = int(args["rank"])
+        seed = rank_seed(hosted.seed if theirs.seed is None else theirs.seed, rank)
+        hosted.clients.add(identity)
+        self.clients[identity] = Client(int(args["pid"]), rank, hosted, RandomStream(seed))
         self.had_clients = True
-        return {"server_pid": os.getpid(), "loaded": self.engine.loaded,
-                "seed": rank_seed(seed, int(args["rank"]))}, {}
+        return {"server_pid": os.getpid(), "loaded": hosted.engine.loaded, "seed": seed, "sampler": hosted.ident}, {}
 
     def op_bye(self, identity, args, arrays):
         self._drop(identity)
@@ -252,7 +260,7 @@ class SamplingServer:
         return {}, {}
 
     def op_map_cuda_block(self, identity, args, arrays):
-        device = getattr(self.engine.backend, "device", None)
+        device = getattr(self._engine(identity).backend, "device", None)
         if getattr(device, "cp", None) is None:
             raise RequestError("results='cuda' needs the node's server on a GPU: start it with device='cuda' "
                                "(or 'auto' on a GPU node, with cupy installed), or use results='shm'")
@@ -267,14 +275,15 @@ class SamplingServer:
         return {}, {}
 
     def op_reload(self, identity, args, arrays):
-        if self.reloading is not None:
-            raise RequestError("a reload is already in progress on this node's server; wait for it")
+        hosted = self.clients[identity].sampler
+        if hosted.reloading is not None:
+            raise RequestError("a reload of this sampler is already in progress on this node's server; wait for it")
         source = args["path"] if args.get("path") else p.decode_columns(args["columns"], arrays)
         request = {"seq": self._current_seq}
 
         def build():
             try:
-                self.engine.swap(self.engine.build_state(source, progress=False))
+                hosted.engine.swap(hosted.engine.build_state(source, progress=False))
                 reply = p.pack({"ok": True, "seq": request["seq"]}, {})
             except NegSampleError as e:
                 reply = self._error(request, type(e).__name__, str(e))
@@ -282,46 +291,49 @@ class SamplingServer:
                 log.exception("reload failed")
                 reply = self._error(request, "InternalError", f"{type(e).__name__}: {e}")
             self.replies.put([identity, *reply])
-            self.reloading = None
+            hosted.reloading = None
 
-        self.reloading = threading.Thread(target=build, name="reload", daemon=True)
-        self.reloading.start()
+        hosted.reloading = threading.Thread(target=build, name="reload", daemon=True)
+        hosted.reloading.start()
         return None
 
     def op_describe(self, identity, args, arrays):
-        return {"text": self.engine.describe()}, {}
+        return {"text": self._engine(identity).describe()}, {}
 
     def _stream(self, identity) -> RandomStream:
         return self.clients[identity].stream
 
+    def _engine(self, identity) -> Engine:
+        return self.clients[identity].sampler.engine
+
     def op_sample_ids(self, identity, args, arrays):
-        neg = self.engine.sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
+        neg = self._engine(identity).sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
                                      p.decode(args["tags"], arrays), args["avoid_conflict"],
                                      args["avoid_all"], self._stream(identity))
         return {}, {"out": neg}
 
     def op_valid_sample_ids(self, identity, args, arrays):
-        out = self.engine.valid_sample_ids(p.decode(args["ids"], arrays), args["default"])
+        out = self._engine(identity).valid_sample_ids(p.decode(args["ids"], arrays), args["default"])
         return {}, {"out": out}
 
     def op_combine_vector(self, identity, args, arrays):
-        out = self.engine.combine_vector_with_sample_counts(p.decode(args["origin"], arrays),
+        out = self._engine(identity).combine_vector_with_sample_counts(p.decode(args["origin"], arrays),
                                                             p.decode(args["counts"], arrays),
                                                             p.decode(args["sampled"], arrays))
         return {}, {"out": out}
 
     def op_pack_feature(self, identity, args, arrays):
         out = {}
-        table = p.encode_table("f", self.engine.pack_feature(p.decode(args["ids"], arrays), args["default"]), out)
+        table = p.encode_table("f", self._engine(identity).pack_feature(p.decode(args["ids"], arrays), args["default"]), out)
         return {"table": table}, out
 
     def op_log_q(self, identity, args, arrays):
-        out = self.engine.log_q(p.decode(args["ids"], arrays), p.decode(args["counts"], arrays),
+        out = self._engine(identity).log_q(p.decode(args["ids"], arrays), p.decode(args["counts"], arrays),
                                 p.decode(args["tags"], arrays), int(args["n"]))
         return {}, {"out": out}
 
     def op_sample(self, identity, args, arrays):
-        neg, valid, ids, features, counts, log_q = self.engine.fused_sample(
+        neg, valid, ids, features, counts, log_q = self._engine(identity).fused_sample(
             p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays), p.decode(args["tags"], arrays),
             args["default"], args["avoid_conflict"], args["avoid_all"], args["log_q"], self._stream(identity))
         out = {"neg": neg, "valid": valid, "ids": ids, "counts": counts}
@@ -335,13 +347,11 @@ def main(argv=None) -> None:
     ap.add_argument("--dir", required=True)
     ap.add_argument("--job", required=True)
     ap.add_argument("--parent", type=int, required=True)
-    ap.add_argument("--config", required=True, help="the sampler's settings, JSON")
     ap.add_argument("--max-request-bytes", type=int, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"[gpu_negsample server {os.getpid()}] %(message)s")
     os.umask(0o077)  # the socket is 0600 from the moment it exists: a client refuses any other mode
-    server = SamplingServer(args.dir, args.job, SamplerConfig.from_wire(json.loads(args.config)), args.parent,
-                            args.max_request_bytes)
+    server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
 
     def stop(signum, frame):
         server.stopping = True
