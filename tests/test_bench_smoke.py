@@ -13,7 +13,7 @@ from devices import needs_gxx
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 CHECK = BENCH_DIR / "device_check.sh"
-SECTIONS = ("sample_ids", "check_against_cpu", "limits", "gather", "lookups", "pack_feature", "targets")
+SECTIONS = ("sample_ids", "check_against_cpu", "limits", "gather", "lookups", "pack_feature", "variants", "targets")
 
 
 def load_bench(monkeypatch, name="bench_cuda"):
@@ -37,15 +37,18 @@ def test_bench_cuda_runs_on_the_emulation(tmp_path, capsys, monkeypatch):
     assert not [name for name in SECTIONS if "error" in results[name]], results
     assert set(results["sample_ids"]) == {"64x10", "128x10"}
     for size in ("64x10", "128x10"):
-        r = results["sample_ids"][size]
-        for key in ("kernels_per_s", "sample_ids_call_per_s", "sample_ids_host_us_per_call", "distinct_call_per_s",
-                    "batch_exclusion_call_per_s", "batch_exclusion_kernels_per_s", "fused_call_s"):
-            assert r[key] > 0, (size, key)
+        r, v = results["sample_ids"][size], results["variants"][size]
+        assert r["kernels_per_s"] > 0 and r["sample_ids_call_per_s"] > 0 and r["sample_ids_host_us_per_call"] > 0
+        for key in ("distinct_call_per_s", "batch_exclusion_call_per_s", "batch_exclusion_kernels_per_s", "fused_call_s"):
+            assert v[key] > 0, (size, key)
     assert results["check_against_cpu"] == {"negatives": 1280, "mismatches": 0, "equal": True}
     assert results["gather"]["gpu_resident_Bps"] > 0 and results["lookups"]["valid_ids_per_s"] > 0
     assert set(results["targets"]) == {"sample_1Mx10_per_s", "sample_1Mx10_call_per_s", "sample_4096x10_call_s",
                                        "fused_4096x10_call_s", "gather_gpu_fraction_of_copy",
                                        "gather_uva_fraction_of_h2d"}
+    # toy sizes on the CPU meet no GPU target: a rate must not pass as a time, nor the reverse
+    assert not [name for name, t in results["targets"].items() if t["met"] is not False and "gather" not in name], \
+        results["targets"]
     assert (tmp_path / "bench_cuda.png").stat().st_size > 0
     assert "target fused_4096x10_call_s" in capsys.readouterr().out
 
@@ -61,7 +64,7 @@ def test_a_failing_section_keeps_the_figures_and_the_next_sections(tmp_path, mon
 
     monkeypatch.setattr(bench, "bench_gather", gather_fails)
     results = run_tiny(bench, tmp_path)
-    assert written[0]["sample_ids"]["128x10"]["fused_call_s"] > 0, "figures measured before were not on disk"
+    assert written[0]["check_against_cpu"]["equal"], "figures measured before were not on disk"
     assert results["gather"]["error"].startswith("RuntimeError: CUDA error")
     assert results["lookups"]["valid_ids_per_s"] > 0 and results["targets"]["gather_gpu_fraction_of_copy"]["met"] is None
 
