@@ -12,11 +12,13 @@ every client said goodbye or died; it removes its socket on the way out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import mmap
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -31,8 +33,8 @@ from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import NegSampleError, RequestError
 from . import protocol as p
+from .endpoint import EXIT_JOB_TAKEN, JobTakenError, claim_job, pid_alive, pid_path, socket_path, sweep_stale_blocks
 from .registry import HostedSampler, SamplerRegistry
-from .endpoint import claim_job, pid_alive, pid_path, socket_path, sweep_stale_blocks
 
 log = logging.getLogger("gpu_negsample.server")
 
@@ -44,6 +46,13 @@ LAST_CLIENT_GRACE_S = 2.0
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of one rank's stream: rank 0 uses the seed itself, rank r a Weyl step away."""
     return (int(seed) + int(rank) * GOLDEN) % 2**64
+
+
+def worker_seed(seed: int, salt: int) -> int:
+    """The seed of a worker's stream: a digest of its rank's seed and the worker's own number,
+    so no two workers (or a worker and its rank) share a stream."""
+    digest = hashlib.blake2b(f"{seed}:{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 class RemoteCudaBlock:
@@ -244,6 +253,8 @@ class SamplingServer:
                 return {"pending": self.samplers.mismatch(theirs, int(args["slot"]), None)}, {}
         rank = int(args["rank"])
         seed = rank_seed(hosted.seed if theirs.seed is None else theirs.seed, rank)
+        if args.get("stream") is not None:  # a DataLoader worker: a stream of its own, beside its rank's
+            seed = worker_seed(seed, int(args["stream"]))
         hosted.clients.add(identity)
         self.clients[identity] = Client(int(args["pid"]), rank, hosted, RandomStream(seed))
         self.had_clients = True
@@ -275,27 +286,35 @@ class SamplingServer:
         return {}, {}
 
     def op_reload(self, identity, args, arrays):
+        """Build the new table on a thread and swap it in; a reload asked for during another one
+        of the same sampler (each DataLoader worker loading the table) runs after it."""
         hosted = self.clients[identity].sampler
-        if hosted.reloading is not None:
-            raise RequestError("a reload of this sampler is already in progress on this node's server; wait for it")
         source = args["path"] if args.get("path") else p.decode_columns(args["columns"], arrays)
-        request = {"seq": self._current_seq}
-
-        def build():
-            try:
-                hosted.engine.swap(hosted.engine.build_state(source, progress=False))
-                reply = p.pack({"ok": True, "seq": request["seq"]}, {})
-            except NegSampleError as e:
-                reply = self._error(request, type(e).__name__, str(e))
-            except Exception as e:
-                log.exception("reload failed")
-                reply = self._error(request, "InternalError", f"{type(e).__name__}: {e}")
-            self.replies.put([identity, *reply])
-            hosted.reloading = None
-
-        hosted.reloading = threading.Thread(target=build, name="reload", daemon=True)
+        with hosted.reload_lock:
+            hosted.queued_reloads.append((identity, source, self._current_seq))
+            if hosted.reloading is not None:
+                return None
+            hosted.reloading = threading.Thread(target=self._reload, args=(hosted,), name="reload", daemon=True)
         hosted.reloading.start()
         return None
+
+    def _reload(self, hosted: HostedSampler) -> None:
+        """The reload thread of one sampler: its queued reloads in order, each answered when done."""
+        while True:
+            with hosted.reload_lock:
+                if not hosted.queued_reloads:
+                    hosted.reloading = None
+                    return
+                identity, source, seq = hosted.queued_reloads.pop(0)
+            try:
+                hosted.engine.swap(hosted.engine.build_state(source, progress=False))
+                reply = p.pack({"ok": True, "seq": seq}, {})
+            except NegSampleError as e:
+                reply = self._error({"seq": seq}, type(e).__name__, str(e))
+            except Exception as e:
+                log.exception("reload failed")
+                reply = self._error({"seq": seq}, "InternalError", f"{type(e).__name__}: {e}")
+            self.replies.put([identity, *reply])
 
     def op_describe(self, identity, args, arrays):
         return {"text": self._engine(identity).describe()}, {}
@@ -351,7 +370,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"[gpu_negsample server {os.getpid()}] %(message)s")
     os.umask(0o077)  # the socket is 0600 from the moment it exists: a client refuses any other mode
-    server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
+    try:
+        server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
+    except JobTakenError as e:  # processes that each think they are local rank 0 (DataLoader workers)
+        log.debug("%s: this one exits; its starter joins that one", e)  # normal: nothing to print
+        sys.exit(EXIT_JOB_TAKEN)
 
     def stop(signum, frame):
         server.stopping = True
