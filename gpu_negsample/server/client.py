@@ -516,7 +516,9 @@ class LocalRpcDataSampler(SamplerBase):
     starts; every rank connects to it. Extra arguments:
 
     * name: the job's name on this machine (default: torchrun's run id, or MASTER_ADDR and
-      MASTER_PORT, or this process id for a single process);
+      MASTER_PORT; for ranks whose LOCAL_RANK / RANK was set by hand without those, the
+      process group, which the processes one command starts share; else this process id).
+      The server's directory holds a readable part of it and a digest of all of it;
     * results: "shm" (results arrive in shared memory and become tensors without a copy),
       "socket" (copied through the socket), or "cuda" (a server on a GPU writes them into
       buffers on this rank's current CUDA device, shared once through CUDA IPC handles; the
@@ -529,6 +531,15 @@ class LocalRpcDataSampler(SamplerBase):
     RecIS's ``rpc_*`` keyword arguments are accepted and ignored: the transport is a local
     socket. With a seed, a rank's results depend only on (seed, RANK, its own calls);
     rank 0's equal an in-process NegativeSampler's with the same seed.
+
+    One server per job hosts any number of samplers: rank r's k-th sampler of given
+    settings shares rank 0's k-th one (its table and reload); a rank whose settings match
+    none of rank 0's gets a RequestError naming both. Local rank 0 loads the table
+    (``reload``); its requests before that raise NotLoadedError at once, other ranks wait
+    up to ``wait_for_table_timeout`` for it. Handed to DataLoader workers (fork or spawn),
+    the sampler becomes one more client of the same server in each worker, with a random
+    stream of its own (from torch's per-worker seed). Every rank checks that the server's
+    directory and socket are its own user's before it connects.
     """
 
     def __init__(self, sample_tag: str, dedup_tag: str, weight_tag: str, skey_name: str | None = None,
