@@ -383,4 +383,8 @@ def main(argv=None) -> None:
     if not pid_alive(args.parent):  # the parent died while the server started
         server.close()
         return
-    server.serve()
+    server.serve()  # returns after close(): socket, directory and blocks are gone
+    logging.shutdown()
+    # Skip the interpreter's teardown (torch, numba: seconds on a loaded machine) that the
+    # starter may be waiting on at its own exit; there is nothing left to flush.
+    os._exit(0)
