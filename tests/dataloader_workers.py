@@ -28,3 +28,8 @@ def make_rank_0_sampler():
     from gpu_negsample import LocalRpcDataSampler
 
     return LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", seed=1)
+
+
+def seed_in_worker(sampler):
+    """The stream seed a spawned process's copy of the sampler reports (it attaches for it)."""
+    return sampler.seed

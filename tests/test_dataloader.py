@@ -1,5 +1,6 @@
 """LocalRpcDataSampler in torch DataLoader workers, under fork and spawn: a worker is one more
 client of the job's server, with its own random stream, and leaves nothing behind."""
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from gpu_negsample import LocalRpcDataSampler
 from gpu_negsample.server.endpoint import SHM_DIR, job_dir, job_name, pid_alive, shm_prefix
-from dataloader_workers import NegativesDataset
+from gpu_negsample.server.service import rank_seed
+from dataloader_workers import NegativesDataset, seed_in_worker
 from server_tables import catalogue
 
 TESTS = Path(__file__).parent
@@ -66,3 +68,11 @@ def test_samplers_made_inside_workers_under_torchrun_print_no_traceback():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == f"negatives {6 * 768}", proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "already has a sampling server" not in proc.stderr, proc.stderr
+
+
+def test_a_pickled_copy_has_its_own_stream_seed_and_the_original_keeps_its_own():
+    job = f"pickled-{os.getpid()}"
+    with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", seed=1, name=job) as s:
+        with mp.get_context("spawn").Pool(1) as pool:
+            theirs = pool.apply(seed_in_worker, (s,))
+        assert theirs != s.seed == rank_seed(1, 0)

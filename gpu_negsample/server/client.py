@@ -458,6 +458,8 @@ class ServerTransport:
     # ---- the sampler's operations ---------------------------------------------------------
     @property
     def seed(self) -> int:
+        """This process's stream seed (a worker's copy has its own, known once it attached)."""
+        self._here()
         return self._seed
 
     def reload(self, neg_data, progress: bool | None = None) -> None:
