@@ -5,6 +5,8 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,8 +14,8 @@ import pytest
 import torch
 
 pytest.importorskip("zmq", reason="the node server needs pyzmq")
-from gpu_negsample import LocalRpcDataSampler, NegativeSampler, NotLoadedError, RequestError, ServerError
-from gpu_negsample.server.endpoint import SHM_DIR, job_dir, job_name, pid_alive, shm_prefix
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError, ServerError
+from gpu_negsample.server.endpoint import EXIT_JOB_TAKEN, SHM_DIR, job_dir, job_name, pid_alive, shm_prefix
 from gpu_negsample.server.service import rank_seed
 from server_tables import catalogue, positives
 import server_workers as w
@@ -265,13 +267,18 @@ def test_cuda_results_need_a_gpu_on_both_sides(job):
 
 
 def test_a_second_server_for_the_same_job_is_refused_and_the_first_keeps_serving(job):
-    """Two processes that both believe they are local rank 0: the second one's server refuses
-    to bind over the first's socket and exits, and the second process joins the first server."""
+    """Two processes that both believe they are local rank 0 (DataLoader workers under
+    torchrun): the second joins the first's server instead of starting one, and a server
+    started anyway (the two raced) refuses to bind over the first's socket and exits quietly."""
     cat = catalogue()
     with client(job) as first:
         first.reload(cat.table)
         procs, results = start(w.second_rank_0, [0], job)
-        rank, (server_pid, exit_code, shape) = collect(results, 1)[0]
+        rank, (server_pid, started_one, shape) = collect(results, 1)[0]
         procs[0].join(30)
-        assert server_pid == first.server_pid and exit_code != 0 and shape == 128 * 6
+        assert (server_pid, started_one, shape) == (first.server_pid, False, 128 * 6)
+        racer = subprocess.run([sys.executable, "-m", "gpu_negsample.server", "--dir", str(first._transport.directory),
+                                "--job", first.job, "--parent", str(os.getpid()), "--max-request-bytes", "4096"],
+                               capture_output=True, text=True, timeout=120)
+        assert (racer.returncode, racer.stderr) == (EXIT_JOB_TAKEN, "")
         assert first.sample_ids(*positives(cat, 1)).shape == (128 * 6,)

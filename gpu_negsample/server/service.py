@@ -12,6 +12,7 @@ every client said goodbye or died; it removes its socket on the way out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import queue
@@ -30,9 +31,9 @@ from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import DeviceFaultError, NegSampleError, RequestError
 from . import protocol as p
+from .endpoint import (EXIT_JOB_TAKEN, SHM_DIR, JobTakenError, claim_job, mapped_size, open_block, pid_alive,
+                       pid_path, socket_path, sweep_stale_blocks)
 from .registry import HostedSampler, SamplerRegistry
-from .endpoint import (SHM_DIR, claim_job, mapped_size, open_block, pid_alive, pid_path, socket_path,
-                       sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample.server")
 
@@ -46,6 +47,13 @@ FAULT_DRAIN_S = 1.0  # after a device fault: how long requests already sent stil
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of one rank's stream: rank 0 uses the seed itself, rank r a Weyl step away."""
     return (int(seed) + int(rank) * GOLDEN) % 2**64
+
+
+def worker_seed(seed: int, salt: int) -> int:
+    """The seed of a worker's stream: a digest of its rank's seed and the worker's own number,
+    so no two workers (or a worker and its rank) share a stream."""
+    digest = hashlib.blake2b(f"{seed}:{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 class RemoteCudaBlock:
@@ -295,6 +303,8 @@ class SamplingServer:
                 return {"pending": self.samplers.mismatch(theirs, args.int("slot"), None)}, {}
         rank = args.int("rank")
         seed = rank_seed(hosted.seed if theirs.seed is None else theirs.seed, rank)
+        if args.get("stream") is not None:  # a DataLoader worker: a stream of its own, beside its rank's
+            seed = worker_seed(seed, int(args["stream"]))
         hosted.clients.add(identity)
         self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed))
         self.had_clients = True
@@ -336,29 +346,37 @@ class SamplingServer:
         return {}, {}
 
     def op_reload(self, identity, args, arrays):
+        """Build the new table on a thread and swap it in; a reload asked for during another one
+        of the same sampler (each DataLoader worker loading the table) runs after it."""
         hosted = self.clients[identity].sampler
-        if hosted.reloading is not None:
-            raise RequestError("a reload of this sampler is already in progress on this node's server; wait for it")
         source = args["path"] if args.get("path") else p.decode_columns(args["columns"], arrays)
-        request = {"seq": self._current_seq}
-
-        def build():
-            try:
-                hosted.engine.swap(hosted.engine.build_state(source, progress=False))
-                reply = p.pack({"ok": True, "seq": request["seq"]}, {})
-            except DeviceFaultError as e:
-                reply = self._error(request, "DeviceFaultError", self._device_fault(e))
-            except NegSampleError as e:
-                reply = self._error(request, type(e).__name__, str(e))
-            except Exception as e:
-                log.exception("reload failed")
-                reply = self._error(request, "InternalError", _internal(e))
-            self.replies.put([identity, *reply])
-            hosted.reloading = None
-
-        hosted.reloading = threading.Thread(target=build, name="reload", daemon=True)
+        with hosted.reload_lock:
+            hosted.queued_reloads.append((identity, source, self._current_seq))
+            if hosted.reloading is not None:
+                return None
+            hosted.reloading = threading.Thread(target=self._reload, args=(hosted,), name="reload", daemon=True)
         hosted.reloading.start()
         return None
+
+    def _reload(self, hosted: HostedSampler) -> None:
+        """The reload thread of one sampler: its queued reloads in order, each answered when done."""
+        while True:
+            with hosted.reload_lock:
+                if not hosted.queued_reloads:
+                    hosted.reloading = None
+                    return
+                identity, source, seq = hosted.queued_reloads.pop(0)
+            try:
+                hosted.engine.swap(hosted.engine.build_state(source, progress=False))
+                reply = p.pack({"ok": True, "seq": seq}, {})
+            except DeviceFaultError as e:
+                reply = self._error({"seq": seq}, "DeviceFaultError", self._device_fault(e))
+            except NegSampleError as e:
+                reply = self._error({"seq": seq}, type(e).__name__, str(e))
+            except Exception as e:
+                log.exception("reload failed")
+                reply = self._error({"seq": seq}, "InternalError", _internal(e))
+            self.replies.put([identity, *reply])
 
     def op_describe(self, identity, args, arrays):
         return {"text": self._engine(identity).describe()}, {}
@@ -457,7 +475,11 @@ serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unus
     args = ap.parse_args(argv)
     _configure_logging()
     os.umask(0o077)  # the socket is 0600 from the moment it exists: a client refuses any other mode
-    server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
+    try:
+        server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
+    except JobTakenError as e:  # processes that each think they are local rank 0 (DataLoader workers)
+        log.debug("%s: this one exits; its starter joins that one", e)  # normal: nothing to print
+        sys.exit(EXIT_JOB_TAKEN)
 
     def stop(signum, frame):
         server.stopping = True
@@ -466,6 +488,8 @@ serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unus
     if not pid_alive(args.parent):  # the parent died while the server started
         server.close()
         return
-    server.serve()
-    if server.fault is not None:
-        sys.exit(EXIT_DEVICE_FAULT)
+    server.serve()  # returns after close(): socket, directory and blocks are gone
+    logging.shutdown()
+    # Skip the interpreter's teardown (torch, numba: seconds on a loaded machine) that the
+    # starter may be waiting on at its own exit; there is nothing left to flush.
+    os._exit(EXIT_DEVICE_FAULT if server.fault is not None else 0)
