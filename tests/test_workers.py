@@ -1,6 +1,7 @@
 """NegativeSampler in DataLoader workers: forked workers sample (each its own random stream,
 results checked), spawn refuses with an error that points to LocalRpcDataSampler, and a
 child that cannot run the kernels (GNU OpenMP after fork) is told so instead of dying."""
+import importlib.metadata
 import multiprocessing
 import os
 import pickle
@@ -95,3 +96,17 @@ def test_without_tbb_a_forked_child_is_told_why_it_cannot_sample(tmp_path):
     env = dict(os.environ, NUMBA_THREADING_LAYER="omp", PYTHONPATH=os.getcwd())
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert "child refused:" in run.stdout and "pip install tbb" in run.stdout, run.stdout + run.stderr[-2000:]
+
+
+def test_a_user_asking_numba_for_tbb_gets_it():
+    """NUMBA_THREADING_LAYER=tbb: numba finds pip's libtbb (outside the loader's path) too."""
+    try:
+        importlib.metadata.version("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the tbb package is not installed (a dependency on Linux x86-64 only)")
+    script = ("import numpy as np, numba, torch\nfrom tests.conftest import make_sampler, small_table\n"
+              "s = make_sampler(small_table(np.arange(10, 20), np.ones(10, dtype=np.int64), np.ones(10)))\n"
+              "s.sample_ids(torch.tensor([10]), 2, torch.tensor([1]))\nprint('layer', numba.threading_layer())")
+    env = dict(os.environ, NUMBA_THREADING_LAYER="tbb", PYTHONPATH=os.getcwd())
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "layer tbb" in run.stdout, run.stderr[-2000:]
