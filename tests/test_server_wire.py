@@ -2,6 +2,7 @@
 is an error reply naming the cause, never a crash or a hang of the node's server."""
 import errno
 import itertools
+import mmap
 import os
 import struct
 import subprocess
@@ -19,6 +20,7 @@ from gpu_negsample.errors import DeviceFaultError
 from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import SHM_DIR, create_block, pid_alive, shm_prefix, sweep_stale_blocks
+from gpu_negsample.server.service import SharedBlock
 from server_harness import raw_client, server_on_thread
 from server_tables import catalogue, positives
 
@@ -352,3 +354,49 @@ def test_the_server_explains_itself_with_help():
                    "exits when it dies", "GPU_NEGSAMPLE_SERVER_LOG=PATH", "GPU_NEGSAMPLE_SERVER_LOG_LEVEL",
                    "exit status"):
         assert needed in out.stdout, needed
+
+
+# ---- features gathered where the client reads them ---------------------------------------------
+def test_features_are_gathered_straight_into_the_clients_block(job, monkeypatch):
+    """Before: the engine gathered into process memory and the server copied every array into
+    the block; now only the small arrays (negatives, ids, counts) are copied."""
+    cat = catalogue()
+    copied = []
+    original = SharedBlock.write
+
+    def spy(self, arrays, metas):
+        copied.extend(arrays)
+        original(self, arrays, metas)
+
+    monkeypatch.setattr(SharedBlock, "write", spy)
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        fd, path = create_block(job, os.getpid(), 0, 8 << 20)
+        try:
+            memory = mmap.mmap(fd, 8 << 20)
+            assert c.ask("map_block", {"path": str(path), "size": 8 << 20, "block": 0})["ok"]
+            arrays = {}
+            args = {"dedup": p.encode("dedup", positives(cat, 0)[0], arrays), "counts": 6,
+                    "tags": p.encode("tags", positives(cat, 0)[2], arrays), "default": int(cat.ids[0]),
+                    "avoid_conflict": True, "avoid_all": False, "log_q": False}
+            head = c.ask("sample", args, arrays, block=0)
+        finally:
+            os.close(fd)
+            path.unlink()
+    assert head["ok"] and not head["arrays"], "everything should be in the block"
+    placed = p.read_block(memory, head["placed"])
+    features = p.decode_table(head["table"], placed)
+    feature_arrays = {n for n in placed if n.startswith("f")}
+    assert feature_arrays and not feature_arrays & set(copied), copied
+    assert set(copied) == {"neg", "valid", "ids", "counts"}
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+    want = ref.pack_feature(torch.from_numpy(placed["ids"].copy()), int(cat.ids[0]))
+    for name, value in want.items():
+        got = features[name]
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(got, value), name
+        elif isinstance(value, np.ndarray):
+            assert np.array_equal(got, value), name
+        else:
+            assert got.to_list() == value.to_list(), name
