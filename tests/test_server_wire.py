@@ -22,7 +22,7 @@ from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import SHM_DIR, create_block, pid_alive, shm_prefix, sweep_stale_blocks
 from gpu_negsample.server.service import SharedBlock
 from server_harness import raw_client, server_on_thread
-from server_tables import catalogue, positives
+from server_tables import assert_same_features, catalogue, positives
 
 _jobs = itertools.count()
 
@@ -391,12 +391,4 @@ def test_features_are_gathered_straight_into_the_clients_block(job, monkeypatch)
     assert set(copied) == {"neg", "valid", "ids", "counts"}
     ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
     ref.reload(cat.table)
-    want = ref.pack_feature(torch.from_numpy(placed["ids"].copy()), int(cat.ids[0]))
-    for name, value in want.items():
-        got = features[name]
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(got, value), name
-        elif isinstance(value, np.ndarray):
-            assert np.array_equal(got, value), name
-        else:
-            assert got.to_list() == value.to_list(), name
+    assert_same_features(features, ref.pack_feature(torch.from_numpy(placed["ids"].copy()), int(cat.ids[0])))
