@@ -1,44 +1,48 @@
-"""CPU benchmark: gpu_negsample's numba path beside what a user would write instead.
+"""CPU benchmark: gpu_negsample's numba path beside what a user would write instead, in one run.
 
-Table: 1M items shaped like a real catalogue (1,000 categories with P(c) ~ 1/c, weight =
-N / rank over a random rank, 4 dense and 4 ragged feature columns, a string key),
-positives drawn by weight. Every figure is the median of repeated runs after a warm-up.
+Table: make_catalogue(1M items, 1,000 categories with P(c) ~ 1/c, weight = N / rank over a
+random rank, 4 dense and 1 ragged feature column, a string key, seed 0); positives drawn by
+weight; k = 10 negatives each, avoid_conflict. Peers, measured in the same run on the same
+positives: numpy (Generator.choice with p, per category) and torch.multinomial (per
+category), both with replacement and rejecting the positive (neither has a vectorised
+weighted draw without replacement per row; ours without replacement is set beside them).
+Every case is timed once per round, rounds interleaved (so load from other work on the
+machine falls on all cases alike), after a warm-up round; figures are medians. Only what
+this run measures is reported; figures of other samplers measured elsewhere are in
+ARCHITECTURE.md with their provenance. The machine's random-access limit (bench_memory.py)
+is measured in the same run and printed beside the figures.
 
-    python bench/bench_cpu.py [--items 1000000] [--repeats 7] [--out bench/results]
+    python bench/bench_cpu.py [--items 1000000] [--batches 4096,65536] [--repeats 7] [--out bench/results]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
-import numba
 import numpy as np
 import torch
 
-from report import save
+from bench_memory import print_limit, random_access_limit
+from report import describe_machine, load_average, save
 
 from gpu_negsample import NegativeSampler
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
 
-RECIS = {  # RecIS's C++ sampler built from source on this kind of machine, same table (issue #2)
-    "sample_ids_4096x10": 1.3e5, "sample_ids_4096x10_no_put_back": 6.5e5,
-    "valid_sample_ids": 7.5e5, "pack_MBps": (53, 86), "load_index_s": 1.7,
-}
 
-
-def median_time(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def interleaved_medians(cases: dict, repeats: int) -> dict:
+    """Median seconds of each case (name -> callable): one warm-up round, then `repeats` rounds
+    that each run every case once, in turn."""
+    times = {name: [] for name in cases}
+    for rep in range(repeats + 1):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            if rep:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 class PerCategoryPeers:
@@ -75,14 +79,13 @@ class PerCategoryPeers:
             torch.multinomial(self.tw[c], n, replacement=True, generator=self.gen).numpy()])
 
 
-def numpy_gather(cat, rows):
-    """A plain numpy fancy-index gather of the same columns (ragged via an index of values)."""
+def numpy_gather(table, rows):
+    """A plain numpy fancy-index gather of the same columns (ragged via an index of values,
+    strings from a fixed-width bytes array made once beforehand, see bytes_table)."""
     out = {}
-    for name, col in cat.table.items():
-        if isinstance(col, torch.Tensor):
-            out[name] = col.numpy()[rows]
-        elif isinstance(col, list):
-            out[name] = col[0][rows]
+    for name, col in table.items():
+        if isinstance(col, (torch.Tensor, np.ndarray)):
+            out[name] = np.asarray(col)[rows]
         else:
             off = col.offsets()[0].numpy()
             starts, lengths = off[rows], off[rows + 1] - off[rows]
@@ -90,6 +93,11 @@ def numpy_gather(cat, rows):
             idx = np.repeat(starts - new_off[:-1], lengths) + np.arange(new_off[-1])
             out[name] = (col.values().numpy()[idx], new_off)
     return out
+
+
+def bytes_table(cat):
+    """cat.table with its string column as one fixed-width bytes array, as numpy would hold it."""
+    return {name: np.char.encode(col[0]) if isinstance(col, list) else col for name, col in cat.table.items()}
 
 
 def nbytes(table):
@@ -108,100 +116,114 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--categories", type=int, default=1000)
+    ap.add_argument("--batches", default="4096,65536", help="positive batch sizes, comma-separated")
+    ap.add_argument("--k", type=int, default=10, help="negatives per positive")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--memory-mb", type=int, default=100, help="array size of the random-access limit")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args(argv)
-    machine = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "numba_threads": numba.get_num_threads(), "numba": numba.__version__,
-        "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),
-    }
+    batches = [int(b) for b in args.batches.split(",")]
+    machine = describe_machine()
     print("machine:", json.dumps(machine))
-    print(f"settings: {args.items:,} items, {args.categories} categories, median of {args.repeats} runs")
-    cat = make_catalogue(args.items, args.categories, seed=0)
-    results = {"machine": machine, "settings": vars(args), "recis_reference": RECIS}
+    print(f"settings: make_catalogue({args.items:,} items, {args.categories} categories, n_dense=4, n_ragged=1, "
+          f"seed=0), k={args.k}, avoid_conflict, batches {batches}, {args.repeats} interleaved rounds, medians")
+    cat = make_catalogue(args.items, args.categories, n_dense=4, n_ragged=1, seed=0)
 
-    def load():
-        s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, device="cpu")
+    def sampler(put_back=True):
+        s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, put_back=put_back, device="cpu")
         s.reload(cat.table, progress=False)
         return s
-    results["load_index_s"] = median_time(load, max(3, args.repeats // 2))
-    sampler = load()
-    nr_sampler = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, put_back=False, device="cpu")
-    nr_sampler.reload(cat.table, progress=False)
+
+    ours, ours_nr = sampler(), sampler(put_back=False)
     peers = PerCategoryPeers(cat)
     rng = np.random.default_rng(2)
     default = int(cat.ids[0])
-    for batch, k in ((4096, 10), (65536, 10)):
+    k = args.k
+    cases, work, requests = {"load_index": sampler}, {}, {}
+    for batch in batches:
         item = positive_batch(cat, batch, rng)[0]
-        pos, cats = item[DEDUP_TAG], item[SAMPLE_TAG]
+        pos, cats = requests[batch] = item[DEDUP_TAG], item[SAMPLE_TAG]
         pos_np, cats_np = pos.values().numpy(), cats.values().numpy()
-        n = batch * k
         key = f"{batch}x{k}"
-        r = {
-            "ours": n / median_time(lambda: sampler.sample_ids(pos, k, cats), args.repeats),
-            "ours_no_put_back": n / median_time(lambda: nr_sampler.sample_ids(pos, k, cats), args.repeats),
-            "ours_batch_wide": n / median_time(lambda: sampler.sample_ids(
-                pos, k, cats, avoid_conflict_with_all_dedup_tags=True), args.repeats),
-            "numpy_choice": n / median_time(lambda: peers.numpy_choice(pos_np, cats_np, k), max(3, args.repeats // 2)),
-            "torch_multinomial": n / median_time(lambda: peers.torch_multinomial(pos_np, cats_np, k),
-                                                 max(3, args.repeats // 2)),
-        }
-        sampler.sample_ids(pos, k, cats)
-        r["alias_draws_per_negative"] = sampler.engine.last_attempts / n
-        r["x_torch_multinomial"] = r["ours"] / r["torch_multinomial"]
-        r["x_numpy_choice"] = r["ours"] / r["numpy_choice"]
+        cases.update({
+            f"put_back_{key}": lambda p=pos, c=cats: ours.sample_ids(p, k, c),
+            f"no_put_back_{key}": lambda p=pos, c=cats: ours_nr.sample_ids(p, k, c),
+            f"batch_wide_{key}": lambda p=pos, c=cats: ours.sample_ids(p, k, c, avoid_conflict_with_all_dedup_tags=True),
+            f"numpy_choice_{key}": lambda p=pos_np, c=cats_np: peers.numpy_choice(p, c, k),
+            f"torch_multinomial_{key}": lambda p=pos_np, c=cats_np: peers.torch_multinomial(p, c, k),
+        })
+        work.update({f"{name}_{key}": batch * k for name in
+                     ("put_back", "no_put_back", "batch_wide", "numpy_choice", "torch_multinomial")})
+        if batch == batches[0]:  # lookups and pack on this batch's positives and negatives
+            ids = ours.combine_vector_with_sample_counts(pos.values(), k, ours.sample_ids(pos, k, cats))
+            rows = ours.engine.backend.rows_or_default(None, ours.engine.state.placed_index, ids.numpy(), 0, False)
+            cases.update({
+                "valid_sample_ids": lambda i=ids: ours.valid_sample_ids(i, default),
+                "pack_feature": lambda i=ids: ours.pack_feature(i, default),
+                "numpy_gather": lambda r=rows, t=bytes_table(cat): numpy_gather(t, r),
+            })
+            work.update({"valid_sample_ids": ids.numel(), "pack_feature": ids.numel(), "numpy_gather": ids.numel()})
+            pack_bytes = nbytes(ours.pack_feature(ids, default))
+            numpy_bytes = nbytes(numpy_gather(bytes_table(cat), rows))  # its strings are as wide as the column's widest
+    load_before = load_average()
+    seconds = interleaved_medians(cases, args.repeats)
+    results = {"machine": machine, "settings": vars(args), "seconds": seconds,
+               "load_average_before_after": [load_before, load_average()],
+               "load_index_s": seconds["load_index"]}
+    for batch in batches:
+        key = f"{batch}x{k}"
+        r = {name: work[f"{name}_{key}"] / seconds[f"{name}_{key}"]
+             for name in ("put_back", "no_put_back", "batch_wide", "numpy_choice", "torch_multinomial")}
+        ours.sample_ids(requests[batch][0], k, requests[batch][1])
+        r["alias_draws_per_negative"] = ours.engine.last_attempts / (batch * k)
+        ours_nr.sample_ids(requests[batch][0], k, requests[batch][1])
+        r["alias_draws_per_negative_no_put_back"] = ours_nr.engine.last_attempts / (batch * k)
+        for peer in ("numpy_choice", "torch_multinomial"):
+            r[f"put_back_x_{peer}"] = r["put_back"] / r[peer]
+            r[f"no_put_back_x_{peer}"] = r["no_put_back"] / r[peer]
         results[f"sample_ids_{key}"] = r
-        print(f"sample_ids {key}: ours {r['ours']:,.0f}/s (no put_back {r['ours_no_put_back']:,.0f}/s, "
-              f"batch-wide exclusion {r['ours_batch_wide']:,.0f}/s), "
-              f"numpy {r['numpy_choice']:,.0f}/s, torch.multinomial {r['torch_multinomial']:,.0f}/s -> "
-              f"{r['x_torch_multinomial']:.1f}x torch, {r['x_numpy_choice']:.1f}x numpy; "
-              f"{r['alias_draws_per_negative']:.3f} alias draws per negative")
-        ids = sampler.combine_vector_with_sample_counts(pos.values(), k, sampler.sample_ids(pos, k, cats))
-        v = ids.numel() / median_time(lambda: sampler.valid_sample_ids(ids, default), args.repeats)
-        rows = sampler.engine.backend.rows_or_default(sampler.engine.state.index.arrays, ids.numpy(), 0)[0]
-        t_pack = median_time(lambda: sampler.pack_feature(ids, default), args.repeats)
-        t_np = median_time(lambda: numpy_gather(cat, rows), args.repeats)
-        size = nbytes(sampler.pack_feature(ids, default))
-        results[f"valid_sample_ids_{ids.numel()}"] = v
-        results[f"pack_feature_{ids.numel()}"] = {
-            "rows_per_s": ids.numel() / t_pack, "MBps": size / t_pack / 1e6,
-            "numpy_gather_MBps": nbytes(numpy_gather(cat, rows)) / t_np / 1e6, "x_numpy_time": t_np / t_pack,
-        }
-        p = results[f"pack_feature_{ids.numel()}"]
-        print(f"valid_sample_ids {ids.numel():,} ids: {v:,.0f} ids/s ({v / RECIS['valid_sample_ids']:.0f}x RecIS)")
-        print(f"pack_feature {ids.numel():,} rows: {p['rows_per_s']:,.0f} rows/s, {p['MBps']:,.0f} MB/s; numpy "
-              f"gather {p['numpy_gather_MBps']:,.0f} MB/s; ours/numpy speed {p['x_numpy_time']:.2f}")
-    s4 = results["sample_ids_4096x10"]
-    results["x_recis"] = {
-        "sample_ids_4096x10": s4["ours"] / RECIS["sample_ids_4096x10"],
-        "sample_ids_4096x10_no_put_back": s4["ours_no_put_back"] / RECIS["sample_ids_4096x10_no_put_back"],
-        "sample_ids_65536x10": results["sample_ids_65536x10"]["ours"] / RECIS["sample_ids_4096x10"],
-        "load_index": RECIS["load_index_s"] / results["load_index_s"],
+        print(f"sample_ids {key}: put_back {r['put_back'] / 1e6:.2f} M/s "
+              f"({r['put_back_x_numpy_choice']:.0f}x numpy {r['numpy_choice'] / 1e6:.3f} M/s, "
+              f"{r['put_back_x_torch_multinomial']:.0f}x torch.multinomial {r['torch_multinomial'] / 1e6:.3f} M/s); "
+              f"put_back=False {r['no_put_back'] / 1e6:.2f} M/s; batch-wide exclusion {r['batch_wide'] / 1e6:.2f} M/s; "
+              f"alias draws per negative {r['alias_draws_per_negative']:.3f} "
+              f"({r['alias_draws_per_negative_no_put_back']:.3f} without replacement)")
+    n = work["pack_feature"]
+    results["valid_sample_ids"] = {"ids": n, "ids_per_s": n / seconds["valid_sample_ids"]}
+    results["pack_feature"] = {
+        "rows": n, "bytes": pack_bytes, "rows_per_s": n / seconds["pack_feature"],
+        "MBps": pack_bytes / seconds["pack_feature"] / 1e6, "numpy_gather_MBps": numpy_bytes / seconds["numpy_gather"] / 1e6,
     }
-    print(f"load + index of {args.items:,} rows: {results['load_index_s']:.2f} s (RecIS {RECIS['load_index_s']} s)")
-    print("vs RecIS:", json.dumps({k: round(v, 1) for k, v in results["x_recis"].items()}))
+    p = results["pack_feature"]
+    print(f"valid_sample_ids {n:,} ids: {results['valid_sample_ids']['ids_per_s'] / 1e6:.1f} M ids/s")
+    print(f"pack_feature {n:,} rows ({pack_bytes / 1e6:.2f} MB): {p['MBps']:,.0f} MB/s, {p['rows_per_s'] / 1e6:.2f} M rows/s; "
+          f"numpy fancy-index gather of the same rows {p['numpy_gather_MBps']:,.0f} MB/s "
+          f"({p['MBps'] / p['numpy_gather_MBps']:.1f}x)")
+    print(f"load + index of {args.items:,} rows: {results['load_index_s']:.3f} s")
+    results["random_access"] = random_access_limit(args.memory_mb, args.repeats)
+    print_limit(results["random_access"])
+    print("load average (1, 5, 15 min) before / after the timed rounds:", results["load_average_before_after"])
     save(results, args.out, "bench_cpu", plot)
 
 
 def plot(results, plt):
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    names = ["ours", "ours_no_put_back", "ours_batch_wide", "numpy_choice", "torch_multinomial"]
-    for j, key in enumerate(("4096x10", "65536x10")):
+    names = ["put_back", "no_put_back", "batch_wide", "numpy_choice", "torch_multinomial"]
+    keys = [k[len("sample_ids_"):] for k in results if k.startswith("sample_ids_")]
+    for j, key in enumerate(keys):
         vals = [results[f"sample_ids_{key}"][n] for n in names]
-        ax[0].bar(np.arange(len(names)) + 0.4 * j, vals, width=0.4, label=key)
-    ax[0].axhline(RECIS["sample_ids_4096x10"], color="k", ls="--", lw=1, label="RecIS 4096x10")
-    ax[0].set_xticks(np.arange(len(names)) + 0.2, names, rotation=15)
+        ax[0].bar(np.arange(len(names)) + 0.8 / len(keys) * j, vals, width=0.8 / len(keys), label=key)
+    ax[0].set_xticks(np.arange(len(names)) + 0.4 - 0.4 / len(keys), names, rotation=15)
     ax[0].set_yscale("log")
     ax[0].set_ylabel("negatives / s")
-    ax[0].set_title("sample_ids (median)")
+    ax[0].set_title("sample_ids (medians)")
     ax[0].legend()
-    packs = [k for k in results if k.startswith("pack_feature_")]
-    ax[1].bar([p.split("_")[-1] + "\nours" for p in packs], [results[p]["MBps"] for p in packs])
-    ax[1].bar([p.split("_")[-1] + "\nnumpy" for p in packs], [results[p]["numpy_gather_MBps"] for p in packs])
+    p = results["pack_feature"]
+    ax[1].bar(["ours", "numpy gather"], [p["MBps"], p["numpy_gather_MBps"]])
     ax[1].set_ylabel("MB/s")
-    ax[1].set_title("pack_feature vs numpy fancy-index gather")
-    fig.suptitle(f"gpu_negsample CPU path, {results['machine']['cpus']} cores ({results['machine']['processor']})")
+    ax[1].set_title(f"pack_feature {p['rows']:,} rows")
+    m = results["machine"]
+    fig.suptitle(f"gpu_negsample CPU path, {m['cpus']} cores ({m['processor']}), load {m['load_average'][0]}")
     return fig
 
 

@@ -1,30 +1,80 @@
 #!/usr/bin/env bash
-# The one prepared check for a lent GPU machine (no network; torch cu130, cupy-cuda13x,
-# cuda-bindings, numba, pyarrow, pytest preinstalled). In under 5 minutes it
-#   1. records the card, driver and library versions;
-#   2. runs the GPU tests first (the CUDA backend against the CPU backend bit for bit, CUDA
-#      IPC results of the node server), then the rest of the suite, slow tests included;
-#   3. runs the kernel benchmark (bench/bench_cuda.py) and prints its summary.
-# Results: $OUT (the device tool's folder) or bench/results/ when OUT is unset.
+# The one prepared check for a lent GPU machine (one H100/H200, CUDA 13, torch cu130,
+# cupy-cuda13x, numba, pyarrow, pytest; no network, maybe no pyzmq). In under 4 minutes:
+#   1. records the card, driver, topology, MIG and compute mode, visible devices, versions;
+#   2. runs the GPU tests (the CUDA path against the CPU path bit for bit, a prefetch thread,
+#      per-rank streams, the caller's stream, CUDA IPC results with two processes on one GPU
+#      and hot reload on a GPU server; the server tests skip themselves without pyzmq);
+#   3. runs the parity tests again under compute-sanitizer memcheck, when it is there;
+#   4. runs bench/bench_cuda.py (every figure written to JSON as soon as it is measured).
+# Every step has its own time limit (SIGINT first, so pytest still writes its report), and a
+# failing step does not stop the next. Results: $OUT when set, else bench/results/<card>/;
+# summary.txt lists each step's exit status (124: it ran out of time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-bench/results}"
-mkdir -p "$out"
+py="${PYTHON:-python3}"  # the interpreter with torch, cupy and the package's dependencies
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export GPU_NEGSAMPLE_CACHE="${TMPDIR:-/tmp}/gpu_negsample_cache"
-{
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9.\n-' '_')
+out="${OUT:-bench/results/${card:-no-gpu}}"
+mkdir -p "$out"
+summary="$out/summary.txt"
+: > "$summary"
+GPU_TESTS=(tests/test_cuda_parity.py tests/test_gpu_streams.py tests/test_server.py)
+
+# step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAME.log, note the status.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "=== $name (at most ${limit} s)"
+  timeout -s INT -k 10 "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$out/$name.log"
+  echo "$name: exit $rc in $((SECONDS - t0)) s" | tee -a "$summary"
+}
+
+machine() {
   date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "no nvidia-smi"
-  python3 -c 'import torch, numba, numpy, pyarrow; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
-  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "| numba", numba.__version__,
-  "threads", numba.get_num_threads(), "| numpy", numpy.__version__, "| pyarrow", pyarrow.__version__)'
-  python3 -c 'import cupy; print("cupy", cupy.__version__, "devices", cupy.cuda.runtime.getDeviceCount())' 2>&1 | tail -1
-} 2>&1 | tee "$out/device_info.txt"
-status=0
-timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider -rs 2>&1 | tee "$out/device_gpu_tests.log" || status=1
-grep -qi "skipped.*no CUDA device" "$out/device_gpu_tests.log" && { echo "GPU tests were skipped: no usable GPU"; status=1; }
-timeout 150 python3 -m pytest -q -m "not gpu" -p no:cacheprovider -rs 2>&1 | tee "$out/device_tests.log" || status=1
-timeout 90 python3 bench/bench_cuda.py --repeats 20 --out "$out" 2>&1 | grep -v '^reload' | tee "$out/device_bench.log" \
-  || status=1
-echo "device_check: $([ $status = 0 ] && echo passed || echo FAILED)"
-exit $status
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode,mig.mode.current,pcie.link.gen.current,pcie.link.width.current --format=csv 2>&1
+  nvidia-smi topo -m 2>&1
+  echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-<unset>}"
+  nproc
+  "$py" - <<'EOF'
+import importlib
+for name in ("torch", "cupy", "numba", "numpy", "pyarrow", "pytest", "zmq", "cuda.bindings"):
+    try:
+        module = importlib.import_module(name)
+        print(name, getattr(module, "__version__", "?"))
+    except Exception as e:
+        print(name, "absent:", type(e).__name__, e)
+import torch
+print("torch cuda", torch.version.cuda, "available", torch.cuda.is_available(), "devices", torch.cuda.device_count())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device 0:", p.name, f"sm_{p.major}{p.minor}", p.multi_processor_count, "SMs", p.total_memory >> 20, "MiB")
+EOF
+  command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null || echo "no compute-sanitizer"
+}
+
+export -f machine; export py
+step machine 20 bash -c machine
+cp "$out/machine.log" "$out/device_info.txt"
+step gpu_tests 70 "$py" -m pytest -q -rA -m gpu -p no:cacheprovider --continue-on-collection-errors \
+  --junitxml="$out/gpu_tests.xml" "${GPU_TESTS[@]}"
+grep -q "no CUDA device with cupy here" "$out/gpu_tests.log" && echo "gpu_tests: SKIPPED, no usable GPU" | tee -a "$summary"
+
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$sanitizer" ]; then
+  # Memcheck slows kernels by 10-100x: the parity tests only, bounded.
+  step memcheck 50 "$sanitizer" --tool memcheck --error-exitcode 97 --report-api-errors no \
+    "$py" -m pytest -q -rA -m gpu -p no:cacheprovider --junitxml="$out/memcheck.xml" tests/test_cuda_parity.py
+else
+  echo "memcheck: skipped (no compute-sanitizer)" | tee -a "$summary"
+fi
+
+step bench 85 "$py" bench/bench_cuda.py --repeats 10 --out "$out"
+
+echo "=== summary ($out)"
+cat "$summary"
+! grep -v -e ": exit 0 in" -e "no compute-sanitizer" "$summary" | grep -q .

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 
 
 def save(results: dict, out_dir: str, name: str, plot) -> None:
@@ -21,3 +22,28 @@ def save(results: dict, out_dir: str, name: str, plot) -> None:
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     print(f"wrote {json_path} and {png_path}")
+
+
+def describe_machine() -> dict:
+    """What a figure was measured on: CPU model and count, library versions, and the load
+    average when asked (other work on a shared machine moves the figures)."""
+    import numba
+    import numpy as np
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {
+        "host": platform.node(), "platform": platform.platform(), "processor": model, "cpus": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(), "numba": numba.__version__, "numpy": np.__version__,
+        "torch": torch.__version__, "python": platform.python_version(), "load_average": load_average(),
+    }
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15-minute load averages (what else ran on the machine meanwhile)."""
+    return [round(x, 2) for x in os.getloadavg()]

@@ -56,6 +56,18 @@ def batches(cat, n_users, batch_size, rank, steps):
                RaggedTensor(torch.from_numpy(cat.categories[rows]), one))
 
 
+def process_group_and_device(local_rank: int, local_ranks: int) -> tuple[str, torch.device]:
+    """The process group's backend and this rank's device. A GPU per rank: NCCL. More ranks than
+    GPUs (a one-card machine running several ranks): ranks share the GPUs round robin over
+    gloo, since NCCL refuses two ranks on one GPU. No GPU: gloo on the CPU."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0:
+        return "gloo", torch.device("cpu")
+    if local_ranks > gpus and local_rank == 0:
+        print(f"{local_ranks} ranks share {gpus} GPU(s): gloo instead of NCCL", flush=True)
+    return ("nccl" if local_ranks <= gpus else "gloo"), torch.device("cuda", local_rank % gpus)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=200_000)
@@ -67,12 +79,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
 
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    backend, device = process_group_and_device(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
+    dist.init_process_group(backend)
+    rank = dist.get_rank()
     torch.manual_seed(args.seed)
 
     cat = make_catalogue(args.items, args.categories, n_dense=2, n_ragged=0, strings=True, seed=args.seed)
@@ -90,7 +103,7 @@ def main(argv=None):
 
     dense_dim = 1 + cat.table["dense_1"].shape[1]
     model = TwoTower(args.users, dense_dim).to(device)
-    model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+    model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     target = torch.zeros(args.batch_size, dtype=torch.int64, device=device)  # column 0 holds the positive
     losses = []

@@ -1,7 +1,8 @@
 """Turning every accepted input format into flat numpy columns.
 
 Accepted: a RecIS batch (list of dicts; the first dict is the table), a dict, a
-``pyarrow.Table``, or a Parquet file / directory. Column values may be torch tensors,
+``pyarrow.Table``, a pandas ``DataFrame`` (read through Arrow), or a Parquet file /
+directory. Column values may be torch tensors,
 ``RaggedTensor``, numpy arrays, lists of str/bytes, or RecIS's one-element list holding a
 string array. Arrow list columns become ragged, fixed-size lists dense 2-D, string and
 binary columns strings.
@@ -107,24 +108,47 @@ def _read_columns(data) -> dict[str, Column]:
         path = os.fspath(data)
         if not os.path.exists(path):
             raise TableError(f"reload: Parquet path {path!r} does not exist")
-        try:
-            data = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise TableError(f"reload: {path!r} cannot be read as Parquet: {exc}") from None
+        data = _read_parquet(path)
+    if _is_pandas_frame(data):
+        data = _from_pandas(data)
     if isinstance(data, list):
         if not data or not isinstance(data[0], dict):
             raise TableError("reload: a list input must be a RecIS batch whose first element is a dict of columns")
         data = data[0]
     if isinstance(data, pa.Table):
-        return {name: _from_arrow(name, data.column(name)) for name in data.column_names}
+        return {name: from_arrow(name, data.column(name)) for name in data.column_names}
     if isinstance(data, dict):
         if data and all(isinstance(v, Column) for v in data.values()):
             return dict(data)  # already read (the sampling server receives columns this way)
         return {name: _from_value(str(name), value) for name, value in data.items() if name != "_sample_group_id"}
     raise TableError(
         f"reload: unsupported input type {type(data).__name__}; give a dict of columns, a RecIS batch "
-        "(list of dicts), a pyarrow.Table, or a Parquet path"
+        "(list of dicts), a pyarrow.Table, a pandas DataFrame, or a Parquet path"
     )
+
+
+def _read_parquet(path: str) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise TableError(
+            f"reload: cannot read {path!r} as Parquet ({exc}). reload reads Parquet files and directories "
+            "of them; read other formats yourself (e.g. pyarrow.csv.read_csv) and pass the table"
+        ) from exc
+
+
+def _is_pandas_frame(data) -> bool:
+    """A pandas DataFrame, recognised without importing pandas (an optional dependency)."""
+    return type(data).__name__ == "DataFrame" and type(data).__module__.split(".")[0] == "pandas"
+
+
+def _from_pandas(frame) -> pa.Table:
+    """Columns of lists become ragged columns, of str/bytes string columns (Arrow's reading)."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise TableError(f"reload: cannot read the DataFrame through Arrow: {exc}. Give each column one type "
+                         "(numbers, lists of numbers, or strings)") from exc
 
 
 def _from_value(name: str, value) -> Column:
@@ -148,7 +172,7 @@ def _from_value(name: str, value) -> Column:
             return strings_from_sequence(name, value)
         return _dense(name, value)
     if isinstance(value, (pa.Array, pa.ChunkedArray)):
-        return _from_arrow(name, value)
+        return from_arrow(name, value)
     raise TableError(
         f"column {name!r}: unsupported value type {type(value).__name__}; use a torch tensor, "
         "RaggedTensor, numpy array, or a list of str/bytes"
@@ -195,7 +219,8 @@ def _strings_from_arrow(name: str, arr: pa.Array) -> Column:
     return Column(name, STRING, data.copy(), (offsets - offsets[0]).astype(np.int64))
 
 
-def _from_arrow(name: str, col) -> Column:
+def from_arrow(name: str, col) -> Column:
+    """A Column of an Arrow array: strings, list -> ragged, fixed-size list -> dense 2-D, numbers -> dense."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = arr.type
     if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):

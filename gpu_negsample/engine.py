@@ -24,7 +24,6 @@ from .backends.status import RequestStatus
 from .columns import read_table_input
 from .config import SamplerConfig
 from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
-from .hashing import EMPTY_KEY
 from .index import Index, build_index
 from .request import id_values, int64_scalar, ragged_rows, row_of_position, sample_counts
 from .rng import split_seed
@@ -245,13 +244,9 @@ class Engine:
         bad = np.flatnonzero(wanted & (per_row == 0))
         if bad.size:
             raise RequestError(f"positive row {int(bad[0])} has no category; give at least one sample tag per positive")
-        batch_ids = None
         excluded_offsets, excluded = own_offsets, own_ids
         if not avoid_conflict:
             excluded_offsets, excluded = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        elif avoid_all:
-            unique = np.unique(self.backend.to_host(own_ids) if not isinstance(own_ids, np.ndarray) else own_ids)
-            batch_ids = unique[unique != EMPTY_KEY]  # never a table id; the hash set's empty marker
         out_offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=out_offsets[1:])
         uniform = int(counts[0]) if n and counts[0] > 0 and (counts == counts[0]).all() else 0
@@ -260,7 +255,8 @@ class Engine:
         staged = rq.inputs(own_offsets=excluded_offsets, own_ids=excluded, req_offsets=cat_offsets, req_cats=cats,
                            out_offsets=out_offsets, counts=counts, **extra)
         inputs = SampleInputs(placed, staged["own_offsets"], staged["own_ids"], staged["req_offsets"],
-                              staged["req_cats"], staged["out_offsets"], n, int(out_offsets[-1]), uniform, batch_ids,
+                              staged["req_cats"], staged["out_offsets"], n, int(out_offsets[-1]), uniform,
+                              bool(avoid_conflict and avoid_all),
                               not self.config.put_back, stream.next_call(), stream.key, self.config.fill_id)
         return Prepared(inputs, index, counts, excluded_offsets, excluded, cat_offsets, cats,
                         staged.get("positives", staged["own_ids"]), staged)

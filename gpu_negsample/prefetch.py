@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable, Iterator
+import weakref
+from typing import Any, Callable, Iterable, Iterator
 
 _DONE = object()
 
@@ -20,39 +21,24 @@ class Prefetcher(Iterator):
 
     An exception in the iterable or the transform is raised in the consuming loop, at the
     item where it happened; ``close()`` (or leaving a ``with`` block, or the end of the
-    data) stops the thread. The samplers release the GIL in their kernels and answer one
-    request at a time, so a prefetch thread and the training thread can share one.
+    data) stops the thread. The thread holds no reference to the Prefetcher (as torch's
+    pin-memory thread), so a loop left with ``break`` and no ``close()`` stops it too, when
+    the Prefetcher is collected, and releases what it computed ahead. The samplers release
+    the GIL in their kernels and answer one request at a time, so a prefetch thread and the
+    training thread can share one.
     """
 
-    def __init__(self, iterable: Iterable, transform: Callable, depth: int = 2):
+    def __init__(self, iterable: Iterable, transform: Callable[[Any], Any], depth: int = 2):
         if depth < 1:
             raise ValueError(f"depth must be >= 1; got {depth}")
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._finished = False
-        self._thread = threading.Thread(target=self._run, args=(iter(iterable), transform),
+        self._thread = threading.Thread(target=_produce, args=(iter(iterable), transform, self._queue, self._stop),
                                         name="gpu_negsample-prefetch", daemon=True)
         self._thread.start()
-
-    def _put(self, value) -> bool:
-        """Hand a value over unless closed (checked while waiting for room in the queue)."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(value, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, items: Iterator, transform: Callable) -> None:
-        try:
-            for item in items:
-                if not self._put(transform(item)):
-                    return
-        except BaseException as e:  # handed to the consumer, raised there
-            self._put(_Failure(e))
-            return
-        self._put(_DONE)
+        # Runs at close() or when the Prefetcher is collected; it holds only the queue and the event.
+        self._stop_thread = weakref.finalize(self, _stop, self._queue, self._stop)
 
     def __next__(self):
         if self._finished:
@@ -76,25 +62,50 @@ class Prefetcher(Iterator):
     def close(self) -> None:
         """Stop the background thread and drop what it computed ahead. Idempotent."""
         self._finished = True
-        self._stop.set()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
+        self._stop_thread()
         self._thread.join(timeout=30)
 
-    def __enter__(self):
+    def __enter__(self) -> "Prefetcher":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.close()
         return False
 
-    def __del__(self):
-        self._stop.set()
+
+def _produce(items: Iterator, transform: Callable, out: queue.Queue, stop: threading.Event) -> None:
+    """The background thread: transformed items, then _DONE or the _Failure, into ``out``."""
+    try:
+        for item in items:
+            if not _put(out, stop, transform(item)):
+                return
+    except BaseException as e:  # handed to the consumer, raised there
+        _put(out, stop, _Failure(e))
+        return
+    _put(out, stop, _DONE)
 
 
-def prefetch(iterable: Iterable, transform: Callable, depth: int = 2) -> Prefetcher:
+def _put(out: queue.Queue, stop: threading.Event, value) -> bool:
+    """Hand a value over unless stopped (checked while waiting for room in the queue)."""
+    while not stop.is_set():
+        try:
+            out.put(value, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _stop(out: queue.Queue, stop: threading.Event) -> None:
+    """Tell the thread to stop and drop what it computed ahead."""
+    stop.set()
+    while True:
+        try:
+            out.get_nowait()
+        except queue.Empty:
+            break
+
+
+def prefetch(iterable: Iterable, transform: Callable[[Any], Any], depth: int = 2) -> Prefetcher:
     """``Prefetcher(iterable, transform, depth)``: e.g. ``for batch in prefetch(dataset, neg_sampling_fn)``."""
     return Prefetcher(iterable, transform, depth)

@@ -1,10 +1,18 @@
 """RaggedTensor: RecIS's variable-length column type (values + row offsets)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # converted to and from, imported where used
+    import pyarrow as pa
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
+
+# What a RaggedTensor is built from: a tensor, or anything numpy reads as an array.
+TensorLike = Union[torch.Tensor, np.ndarray, Sequence]
 
 
 class RaggedTensor:
@@ -16,7 +24,8 @@ class RaggedTensor:
     optional per-value weight, aligned with ``values``.
     """
 
-    def __init__(self, values, offsets, weight=None):
+    def __init__(self, values: TensorLike, offsets: TensorLike | Sequence[TensorLike],
+                 weight: TensorLike | None = None):
         if isinstance(offsets, (list, tuple)):
             if len(offsets) != 1:
                 raise NotImplementedError(
@@ -56,26 +65,32 @@ class RaggedTensor:
             )
 
     def values(self) -> torch.Tensor:
+        """Every row's values, concatenated."""
         return self._values
 
     def offsets(self) -> list[torch.Tensor]:
+        """The row offsets as RecIS gives them: a list of one int64 tensor of rows + 1 entries."""
         return [self._offsets]
 
     def weight(self) -> torch.Tensor | None:
+        """The per-value weight (aligned with ``values()``), or None."""
         return self._weight
 
-    def set_weight(self, weight) -> None:
+    def set_weight(self, weight: TensorLike | None) -> None:
+        """Replace the per-value weight (None removes it); checked against the values."""
         self._weight = None if weight is None else _as_tensor(weight)
         self._check()
 
     @property
     def row_count(self) -> int:
+        """The number of rows."""
         return self._offsets.numel() - 1
 
     def __len__(self) -> int:
         return self.row_count
 
     def row_lengths(self) -> torch.Tensor:
+        """Each row's number of values (int64)."""
         return self._offsets[1:] - self._offsets[:-1]
 
     def to_nested(self) -> torch.Tensor:
@@ -90,7 +105,33 @@ class RaggedTensor:
         return cls(nested.values(), nested.offsets())
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Sequence], dtype=torch.int64) -> "RaggedTensor":
+    def from_arrow(cls, array: "pa.Array | pa.ChunkedArray") -> "RaggedTensor":
+        """From an Arrow list / large list array of numbers, sharing its values buffer."""
+        from .formats import ragged_from_arrow
+
+        return ragged_from_arrow(array)
+
+    def to_arrow(self) -> "pa.LargeListArray":
+        """An Arrow large list array over the same values and offsets (no copy on the CPU; no weight)."""
+        from .formats import ragged_to_arrow
+
+        return ragged_to_arrow(self)
+
+    @classmethod
+    def from_jagged(cls, jagged: "JaggedTensor") -> "RaggedTensor":
+        """From a TorchRec ``JaggedTensor`` (values, offsets and weights, no copy)."""
+        from .formats import ragged_from_jagged
+
+        return ragged_from_jagged(jagged)
+
+    def to_jagged(self) -> "JaggedTensor":
+        """A TorchRec ``JaggedTensor`` over the same values, offsets and weight (needs torchrec)."""
+        from .formats import ragged_to_jagged
+
+        return ragged_to_jagged(self)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence], dtype: torch.dtype = torch.int64) -> "RaggedTensor":
         """From a list of Python sequences (a convenience for tests and examples)."""
         lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -99,6 +140,7 @@ class RaggedTensor:
         return cls(torch.tensor(flat, dtype=dtype), torch.from_numpy(offsets))
 
     def to_list(self) -> list[list]:
+        """The rows as Python lists."""
         vals = self._values.tolist()
         off = self._offsets.tolist()
         return [vals[off[i]:off[i + 1]] for i in range(len(off) - 1)]

@@ -18,7 +18,8 @@ What the arguments mean, for every method:
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+import os
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,8 +34,15 @@ from .ragged import RaggedTensor
 from .request import int64_array, ragged_rows
 from .transport import InProcessTransport, SampleResult, SamplerTransport
 
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
+
 Ids = Union[RaggedTensor, torch.Tensor, np.ndarray, Sequence[int]]
 Counts = Union[int, torch.Tensor, np.ndarray, Sequence[int]]
+# A negative table: a RecIS batch (list of dicts), a dict of columns, a pyarrow.Table, a
+# pandas DataFrame, or a Parquet file / directory path.
+TableInput = Union[list, dict, "pyarrow.Table", "pandas.DataFrame", str, os.PathLike]
 FeatureTable = dict  # column name -> torch.Tensor (dense) | RaggedTensor (ragged) | np.ndarray of bytes (strings)
 
 __all__ = ["NegativeSampler", "SampleResult", "SamplerBase"]
@@ -53,13 +61,14 @@ class SamplerBase:
 
     @property
     def put_back(self) -> bool:
+        """True: negatives drawn with replacement; False: distinct negatives per positive."""
         return self.config.put_back
 
     def describe(self) -> str:
         """The loaded table, its index, the backend, and where each column lives."""
         return self._transport.describe()
 
-    def reload(self, neg_data, progress: bool | None = None) -> None:
+    def reload(self, neg_data: TableInput, progress: bool | None = None) -> None:
         """Load the negative table: a RecIS batch (list of dicts), a dict of columns, a
         pyarrow.Table, a pandas DataFrame, or a Parquet file / directory. On error the previous
         table stays loaded. ``progress`` shows a bar (default: for tables of 1M rows or more)."""
@@ -154,6 +163,9 @@ class NegativeSampler(SamplerBase):
         memory_budget: bytes of feature columns the CUDA backend copies to the GPU; the
             rest are read from pinned host memory (None: half the free GPU memory).
         max_negatives: the most negatives one request may ask for (sum of its counts).
+        stream: on a GPU, the torch.cuda.Stream the sampler's kernels run on (default: a
+            non-blocking stream of its own). Either way the caller's current stream waits
+            for a request's results through an event, never the host.
 
     RecIS's other keyword arguments (``use_positive``, ``ignore_invalid_dedup_tag``,
     ``profiling`` and the ``rpc_*`` options) are accepted and ignored; any other keyword is
@@ -163,18 +175,39 @@ class NegativeSampler(SamplerBase):
     def __init__(self, sample_tag: str, dedup_tag: str, weight_tag: str, skey_name: str | None = None,
                  put_back: bool = True, *, seed: int | None = None, weight_exponent: float = 1.0,
                  unsatisfiable: str = "raise", fill_id: int = -1, device: str = "auto",
-                 memory_budget: int | None = None, max_negatives: int = DEFAULT_MAX_NEGATIVES, **recis_options):
+                 memory_budget: int | None = None, max_negatives: int = DEFAULT_MAX_NEGATIVES, stream=None,
+                 **recis_options):
         self.config = SamplerConfig.from_arguments(
             recis_options=recis_options, owner=type(self).__name__, sample_tag=sample_tag, dedup_tag=dedup_tag,
             weight_tag=weight_tag, skey_name=skey_name, put_back=put_back, seed=seed,
             weight_exponent=weight_exponent, unsatisfiable=unsatisfiable, fill_id=fill_id, device=device,
             memory_budget=memory_budget, max_negatives=max_negatives)
-        self._transport = InProcessTransport(Engine(self.config, select_backend(device, memory_budget)))
+        self._transport = InProcessTransport(Engine(self.config, select_backend(device, memory_budget, stream)))
 
     @property
     def engine(self) -> Engine:
         """The engine behind this sampler (its backend, loaded table and statistics)."""
         return self._transport.engine
+
+    def __reduce__(self):
+        """Pickled (DataLoader workers under spawn or forkserver, multiprocessing) only
+        without a table: the table lives in this process's memory, and copying it into each
+        worker is what the node's sampling server exists to avoid."""
+        if self.engine.loaded:
+            raise TypeError(
+                "a NegativeSampler with a loaded table cannot be pickled: its table lives in this process's "
+                "memory. DataLoader workers started with spawn/forkserver pickle their dataset; use "
+                "LocalRpcDataSampler there (each worker becomes a client of the node's sampling server), or fork "
+                "workers (multiprocessing_context='fork'), which share the table, or reload() in each worker")
+        return _unloaded_sampler, (self.config,)
+
+
+def _unloaded_sampler(config: SamplerConfig) -> NegativeSampler:
+    """A NegativeSampler of ``config`` with no table (the other end of ``__reduce__``)."""
+    sampler = NegativeSampler.__new__(NegativeSampler)
+    sampler.config = config
+    sampler._transport = InProcessTransport(Engine(config, select_backend(config.device, config.memory_budget)))
+    return sampler
 
 
 def _positives_of(ids, sample_cnts, sample_tag_ragged_tensor) -> int:

@@ -25,3 +25,19 @@ GN_INLINE i64 probe(const i64* __restrict__ slots, i64 capacity, i64 key) {
     if (held.x == GN_EMPTY_KEY) return GN_NOT_FOUND;
   }
 }
+
+// Inserts key into a per-request set of such slots (every key word starting as GN_EMPTY_KEY);
+// the value word becomes 0, so probe() finds the key (>= 0). True when this call inserted
+// it, false when another thread had: each distinct key is inserted by exactly one thread.
+GN_INLINE bool insert_key(i64* __restrict__ slots, i64 capacity, i64 key) {
+  const u64 mask = (u64)capacity - 1;
+  for (u64 slot = splitmix64(key) & mask;; slot = (slot + 1) & mask) {
+    u64* word = reinterpret_cast<u64*>(slots + 2 * slot);
+    const u64 held = atomicCAS(word, (u64)GN_EMPTY_KEY, (u64)key);
+    if (held == (u64)GN_EMPTY_KEY) {
+      slots[2 * slot + 1] = 0;
+      return true;
+    }
+    if (held == (u64)key) return false;
+  }
+}

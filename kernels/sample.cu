@@ -6,6 +6,10 @@
 //                  remaining (head, tail) mass of each after exclusion, and the row total.
 // sample_put_back  one thread per negative (draws with replacement are independent).
 // sample_distinct  one thread per positive (each draw removes its item's mass).
+// batch_exclusion  batch-wide exclusion, one thread per excluded id: the request's hash set
+//                  of them and each distinct id's (head, tail) mass per segment.
+// batch_tables     batch-wide exclusion, one thread per segment: a tail alias table without
+//                  the excluded ids where they hold more than half of the tail.
 #include "hash_probe.cuh"
 #include "philox.cuh"
 #include "rows.cuh"
@@ -105,6 +109,98 @@ GN_INLINE i64 draw_from_part(const IndexView& ix, const ExclusionView& ex, const
     r = philox4x32_10(d.call, d.row, d.draw, GN_MAX_ATTEMPTS, d.k0, d.k1);
   }
   return scan(ix, ex, d, tail_lo, hi, mulhi64(uniform64(r), remaining), distinct, out, out_lo);
+}
+
+// ---- batch-wide exclusion (the CUDA twin of gpu_negsample/backends/exclusion.py) ----------
+
+// batch_slots: (capacity, 2), every key word GN_EMPTY_KEY; batch_mass: (2, n_seg) zeros, the
+// head masses then the tail masses. Ids absent from the table join the set and weigh nothing.
+extern "C" __global__ void batch_exclusion(const IndexView* __restrict__ ixp, const i64* __restrict__ ids, i64 n_ids,
+                                           i64* __restrict__ batch_slots, i64 batch_capacity,
+                                           u64* __restrict__ batch_mass, i64 n_seg) {
+  const IndexView ix = *ixp;
+  GN_GRID_STRIDE(t, n_ids) {
+    const i64 id = ids[t];
+    if (id == GN_EMPTY_KEY || !insert_key(batch_slots, batch_capacity, id)) continue;  // repeats count once
+    const i64 row = probe(ix.id_slots, ix.id_capacity, id);
+    if (row < 0) continue;
+    for (i64 p = ix.item_cat_offsets[row]; p < ix.item_cat_offsets[row + 1]; ++p) {
+      const i64 seg = ix.item_seg[p];
+      u64 head = 0, tail = 0;
+      add_mass_in(ix, seg, row, head, tail);
+      if (head) atomicAdd(&batch_mass[seg], head);
+      if (tail) atomicAdd(&batch_mass[n_seg + seg], tail);
+    }
+  }
+}
+
+// The weight of tail position p with the batch's ids at 0.
+GN_INLINE u64 batch_weight(const IndexView& ix, const i64* batch_slots, i64 batch_capacity, i64 p) {
+  return probe(batch_slots, batch_capacity, ix.seg_ids[p]) >= 0 ? 0ull : ix.seg_weights[p];
+}
+
+// Vose's alias table of the tail positions lo..hi, decision for decision as
+// gpu_negsample/alias.py's build_alias (the same float64 operations in the same order: no
+// multiply is followed by an add, so no fused multiply-add can change a rounding).
+GN_INLINE void build_tail_alias(const IndexView& ix, const i64* batch_slots, i64 batch_capacity, i64 lo, i64 hi,
+                                u32* __restrict__ out, double* __restrict__ scaled, u32* __restrict__ small,
+                                u32* __restrict__ large) {
+  const i64 n = hi - lo;
+  double total = 0.0;
+  for (i64 i = 0; i < n; ++i) total += (double)batch_weight(ix, batch_slots, batch_capacity, lo + i);
+  i64 n_small = 0, n_large = 0;
+  u64 heaviest_weight = 0;
+  i64 heaviest = 0;
+  for (i64 i = 0; i < n; ++i) {
+    const u64 w = batch_weight(ix, batch_slots, batch_capacity, lo + i);
+    scaled[i] = (double)w * (double)n / total;
+    if (scaled[i] < 1.0) small[n_small++] = (u32)i;
+    else large[n_large++] = (u32)i;
+    if (w > heaviest_weight) {  // the first of the heaviest, as alias.py's strict comparison
+      heaviest_weight = w;
+      heaviest = i;
+    }
+  }
+  while (n_small > 0 && n_large > 0) {
+    const u32 s = small[--n_small];
+    const u32 g = large[--n_large];
+    const double t = scaled[s] * 4294967296.0;
+    out[2 * s] = (u32)(t < 4294967295.0 ? t : 4294967295.0);
+    out[2 * s + 1] = g;
+    scaled[g] = (scaled[g] + scaled[s]) - 1.0;
+    if (scaled[g] < 1.0) small[n_small++] = g;
+    else large[n_large++] = g;
+  }
+  for (i64 k = 0; k < n_large; ++k) {
+    out[2 * large[k]] = 0xFFFFFFFFu;
+    out[2 * large[k] + 1] = large[k];
+  }
+  for (i64 k = 0; k < n_small; ++k) {  // float leftovers; a zero weight hands its slot to the heaviest
+    const u32 s = small[k];
+    const bool kept = batch_weight(ix, batch_slots, batch_capacity, lo + s) > 0;
+    out[2 * s] = kept ? 0xFFFFFFFFu : 0u;
+    out[2 * s + 1] = kept ? s : (u32)heaviest;
+  }
+}
+
+// table_start[seg] = the first tail position of seg where it got a table in `tables` (a
+// (positions, 2) array, a tail's table at its own positions), else -1. scaled, small, large:
+// scratch of one entry per position.
+extern "C" __global__ void batch_tables(const IndexView* __restrict__ ixp, const i64* __restrict__ batch_slots,
+                                        i64 batch_capacity, const u64* __restrict__ batch_mass, i64 n_seg,
+                                        i64* __restrict__ table_start, u32* __restrict__ tables,
+                                        double* __restrict__ scaled, u32* __restrict__ small, u32* __restrict__ large) {
+  const IndexView ix = *ixp;
+  GN_GRID_STRIDE(seg, n_seg) {
+    const u64 tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg];
+    const u64 out = batch_mass[n_seg + seg];
+    const u64 remaining = tail_mass - out;
+    const bool heavy = out > 0 && remaining > 0 && remaining < tail_mass - remaining;
+    const i64 lo = ix.seg_offsets[seg] + ix.seg_head[seg], hi = ix.seg_offsets[seg + 1];
+    table_start[seg] = heavy ? lo : -1;
+    if (heavy) build_tail_alias(ix, batch_slots, batch_capacity, lo, hi, tables + 2 * lo, scaled + lo, small + lo,
+                                large + lo);
+  }
 }
 
 // req_segs[k] = the segment of category req_cats[k]; an unknown category is counted in

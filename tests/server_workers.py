@@ -13,6 +13,17 @@ def as_rank(rank: int, job: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=job)
 
 
+def job_of_ranks(job: str) -> str:
+    """The job name the ranks of as_rank(rank, job) find their server by."""
+    from unittest import mock
+
+    from gpu_negsample.server.endpoint import job_name
+
+    with mock.patch.dict(os.environ, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": job}):
+        os.environ.pop("TORCHELASTIC_RUN_ID", None)
+        return job_name()
+
+
 def recis_example(rank: int, job: str, results) -> None:
     """RecIS's usage example in one local process: invariants of every combined batch."""
     try:
@@ -74,3 +85,90 @@ def sample_forever(rank: int, job: str, results) -> None:
             s.sample_ids(*positives(cat, 0))
     except BaseException as e:
         results.put((rank, f"{type(e).__name__}: {e}"))
+
+
+def rank_1_before_reload(job: str, results) -> None:
+    """Local rank 1 before rank 0's reload: a request that gives up after its short wait, then
+    one that waits until rank 0 has loaded the table."""
+    try:
+        os.environ.update(LOCAL_RANK="1", RANK="1")
+        from gpu_negsample import LocalRpcDataSampler, NotLoadedError
+        from server_tables import catalogue, positives
+
+        with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job,
+                                 wait_for_table_timeout=1) as s:
+            try:
+                s.sample_ids(*positives(catalogue(), 0))
+            except NotLoadedError as e:
+                results.put(f"NotLoadedError: {e}")
+            s._transport.wait_for_table_timeout = 120
+            results.put(f"sampled {s.sample_ids(*positives(catalogue(), 0)).numel()}")
+    except BaseException as e:
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def started_by_hand(rank: int, results) -> None:
+    """A rank of a job started by its own multiprocessing: LOCAL_RANK set by hand, no launcher
+    variables, no name=. Reports the server it found."""
+    try:
+        for var in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "LOCAL_PROCESS_RANK", "RANK"):
+            os.environ.pop(var, None)
+        os.environ["LOCAL_RANK"] = str(rank)
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        cat = catalogue()
+        with LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=1, device="cpu",
+                                 connect_timeout=60) as s:
+            if rank == 0:
+                s.reload(cat.table)
+            results.put((rank, s.server_pid, s.job, s.sample_ids(*positives(cat, 0)).numel()))
+            time.sleep(3)  # rank 0's server must stay until the other rank has sampled
+    except BaseException as e:
+        results.put((rank, f"{type(e).__name__}: {e}", None, None))
+
+
+def several_samplers(rank: int, job: str, results) -> None:
+    """Rank 1 of a job whose rank 0 hosts two samplers: it makes them in the other order (a
+    sampler meets the one of the same settings and place) and reports which table each draws."""
+    try:
+        as_rank(rank, job)
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        distinct = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job,
+                                       put_back=False, seed=3)
+        plain = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=3)
+        for s, table in ((plain, catalogue(seed=5)), (distinct, catalogue(seed=6))):
+            ids = s.sample_ids(*positives(table, 0)).numpy()
+            results.put(bool(np.isin(ids, table.ids).all()))
+        results.put(plain.server_pid == distinct.server_pid)
+        plain.close()
+        distinct.close()
+    except BaseException:
+        results.put(traceback.format_exc())
+
+
+def other_settings(rank: int, job: str, results) -> None:
+    """Rank 1 given other arguments than rank 0 (put_back=False): the error it gets."""
+    try:
+        as_rank(rank, job)
+        from gpu_negsample import LocalRpcDataSampler
+
+        LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, put_back=False)
+        results.put("joined")
+    except BaseException as e:
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def second_rank_0(rank: int, job: str, results) -> None:
+    """A second process that believes it is local rank 0 of a job that already has a server."""
+    try:
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        with LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=1, device="cpu", name=job) as s:
+            code = s._transport._started.process.wait(30)
+            results.put((rank, (s.server_pid, code, s.sample_ids(*positives(catalogue(), 0)).numel())))
+    except BaseException:
+        results.put((rank, (traceback.format_exc(), None, None)))

@@ -1,23 +1,93 @@
-"""bench/bench_cuda.py runs end to end on the CPU emulation at toy sizes (its GPU-only peers
-are skipped there), so the script the GPU machine runs is known to work before it gets there."""
+"""The benchmarks run end to end at toy sizes: bench_cuda.py on the CPU emulation (its GPU-only
+peers are skipped there) and bench/device_check.sh parses, so the check a GPU machine runs is
+known to work before it gets there; bench_cpu.py reports only figures of its own run."""
 import importlib.util
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_cuda.py"
+import pytest
+
+from devices import needs_gxx
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+CHECK = BENCH_DIR / "device_check.sh"
+SECTIONS = ("sample_ids", "check_against_cpu", "limits", "gather", "lookups", "pack_feature", "variants", "targets")
 
 
-def test_bench_cuda_runs_on_the_emulation(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH.parent))  # as when run as a script: bench/ is on the path
-    spec = importlib.util.spec_from_file_location("bench_cuda", BENCH)
+def load_bench(monkeypatch, name="bench_cuda"):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))  # as when run as a script: bench/ is on the path
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def run_tiny(bench, out):
     bench.main(["--device", "emulated", "--items", "3000", "--categories", "10", "--sizes", "64,128",
                 "--gather-rows", "500", "--lookup-ids", "1000", "--copy-mib", "1", "--repeats", "2",
-                "--out", str(tmp_path)])
-    results = json.loads((tmp_path / "bench_cuda.json").read_text())
+                "--out", str(out)])
+    return json.loads((out / "bench_cuda.json").read_text())
+
+
+@needs_gxx
+def test_bench_cuda_runs_on_the_emulation(tmp_path, capsys, monkeypatch):
+    results = run_tiny(load_bench(monkeypatch), tmp_path)
+    assert not [name for name in SECTIONS if "error" in results[name]], results
     assert set(results["sample_ids"]) == {"64x10", "128x10"}
-    assert results["sample_ids"]["64x10"]["kernels_per_s"] > 0
+    for size in ("64x10", "128x10"):
+        r, v = results["sample_ids"][size], results["variants"][size]
+        assert r["kernels_per_s"] > 0 and r["sample_ids_call_per_s"] > 0 and r["sample_ids_host_us_per_call"] > 0
+        for key in ("distinct_call_per_s", "batch_exclusion_call_per_s", "batch_exclusion_kernels_per_s", "fused_call_s"):
+            assert v[key] > 0, (size, key)
+    assert results["check_against_cpu"] == {"negatives": 1280, "mismatches": 0, "equal": True}
     assert results["gather"]["gpu_resident_Bps"] > 0 and results["lookups"]["valid_ids_per_s"] > 0
+    assert set(results["targets"]) == {"sample_1Mx10_per_s", "sample_1Mx10_call_per_s", "sample_4096x10_call_s",
+                                       "fused_4096x10_call_s", "gather_gpu_fraction_of_copy",
+                                       "gather_uva_fraction_of_h2d"}
+    # toy sizes on the CPU meet no GPU target: a rate must not pass as a time, nor the reverse
+    assert not [name for name, t in results["targets"].items() if t["met"] is not False and "gather" not in name], \
+        results["targets"]
     assert (tmp_path / "bench_cuda.png").stat().st_size > 0
-    assert "target sample_largest_per_s" in capsys.readouterr().out
+    assert "target fused_4096x10_call_s" in capsys.readouterr().out
+
+
+@needs_gxx
+def test_a_failing_section_keeps_the_figures_and_the_next_sections(tmp_path, monkeypatch):
+    bench = load_bench(monkeypatch)
+    written = []
+
+    def gather_fails(*args):
+        written.append(json.loads((tmp_path / "bench_cuda.json").read_text()))  # what a kill here would leave
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(bench, "bench_gather", gather_fails)
+    results = run_tiny(bench, tmp_path)
+    assert written[0]["check_against_cpu"]["equal"], "figures measured before were not on disk"
+    assert results["gather"]["error"].startswith("RuntimeError: CUDA error")
+    assert results["lookups"]["valid_ids_per_s"] > 0 and results["targets"]["gather_gpu_fraction_of_copy"]["met"] is None
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_device_check_script_parses():
+    run = subprocess.run(["bash", "-n", str(CHECK)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_bench_cpu_reports_only_what_it_measured(tmp_path, monkeypatch):
+    bench = load_bench(monkeypatch, "bench_cpu")
+    bench.main(["--items", "3000", "--categories", "10", "--batches", "64,128", "--repeats", "2",
+                "--memory-mb", "1", "--out", str(tmp_path)])
+    text = (tmp_path / "bench_cpu.json").read_text()
+    assert "recis" not in text.lower()  # figures of other samplers belong in ARCHITECTURE.md, with provenance
+    results = json.loads(text)
+    for key in ("sample_ids_64x10", "sample_ids_128x10"):
+        r = results[key]
+        for name in ("put_back", "no_put_back", "numpy_choice", "torch_multinomial"):
+            assert r[name] > 0
+        assert r["put_back_x_numpy_choice"] == r["put_back"] / r["numpy_choice"]
+    assert results["pack_feature"]["rows"] == 64 * 11 and results["pack_feature"]["MBps"] > 0
+    assert results["random_access"]["dependent_1t_loads_per_s"] > 0
+    assert len(results["machine"]["load_average"]) == 3
+    assert (tmp_path / "bench_cpu.png").stat().st_size > 0

@@ -62,6 +62,20 @@ def test_with_replacement_single_and_multi_category(device):
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_batch_wide_tail_tables_of_skewed_weights_with_repeated_and_absent_ids(device):
+    """The per-call tables are built on the device in float64 as alias.py builds them on the host."""
+    rng = np.random.default_rng(8)
+    ids, cats = np.arange(1000, 1300), np.repeat([1, 2, 3], 100)
+    table = small_table(ids, cats, rng.pareto(1.1, 300) + 0.001)
+    cpu, dev = pair(table, device, seed=21)
+    tails = [ids[8:90], ids[108:150], ids[200:203]]  # most of tail 1, part of tail 2, a little of tail 3
+    chosen = np.concatenate(tails + [ids[8:20], [5, 6, np.iinfo(np.int64).min]])  # repeats, absent ids, INT64_MIN
+    positives = one_per_row(chosen)
+    tags = one_per_row(np.where(chosen >= 1200, 3, np.where(chosen >= 1100, 2, 1)))
+    assert_same_calls(cpu, dev, [((positives, 7, tags), {"avoid_conflict_with_all_dedup_tags": True})] * 3)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_row_exclusion_of_most_of_a_tail_takes_the_exact_scan(device):
     ids, cats = np.arange(100, 160), np.repeat([1, 2], 30)
     table = small_table(ids, cats, np.linspace(1, 3, 60))

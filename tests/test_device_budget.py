@@ -40,6 +40,17 @@ def test_sample_ids_is_one_upload_two_launches_one_wait(sampler):
     assert got == OpCounts(uploads=1, downloads=1, launches=2, waits=1), got
 
 
+def test_batch_wide_exclusion_stays_on_the_device(sampler):
+    """Its hash set, masses and tail tables are built by kernels: no second upload, and no
+    download of device-resident positives to deduplicate them on the host."""
+    positives = torch.from_numpy(sampler.ids[:64])  # on the emulated device's memory, as a CUDA tensor would be
+    rows = one_per_row(positives)
+    got = cost(sampler, lambda: sampler.sample_ids(rows, 7, one_per_row(sampler.cats[:64]),
+                                                   avoid_conflict_with_all_dedup_tags=True))
+    # fill the hash set, zero the masses, batch_exclusion, batch_tables, part_masses, sample_put_back
+    assert got == OpCounts(uploads=1, downloads=1, launches=6, waits=1), got
+
+
 def test_fused_sample_with_every_kind_of_column_waits_twice(sampler):
     args = (one_per_row(sampler.ids[:64]), 4, one_per_row(sampler.cats[:64]))
     got = cost(sampler, lambda: sampler.sample(*args, default_value=int(sampler.ids[0]), return_log_q=True))
@@ -68,3 +79,31 @@ def test_a_fused_result_lives_on_one_device(sampler):
                        default_value=int(sampler.ids[0]), return_log_q=True)
     tensors = [r.negative_ids, r.positive_ids, r.ids, r.sample_counts, r.log_q]
     assert len({t.device for t in tensors}) == 1 and r.log_q.dtype == torch.float32
+
+
+@pytest.mark.parametrize("n_items, blocks, threads", [
+    (4096, 128, 32),          # a 4096-row request: every one of 132 SMs gets a block
+    (40960, 160, 256),        # 4096x10 draws
+    (10_485_760, 132 * 32, 256),  # 1Mx10: capped, grid-stride loops do the rest
+    (1, 1, 32),
+    (0, 1, 32),
+])
+def test_launch_shapes_are_sized_per_launch(n_items, blocks, threads):
+    from gpu_negsample.backends.cuda.device import launch_shape
+
+    assert launch_shape(n_items, 132) == (blocks, threads)
+
+
+def test_reload_warms_the_device_so_no_request_loads_kernels(monkeypatch):
+    from gpu_negsample.backends.cuda.emulated_device import EmulatedDevice
+
+    warmed = []
+    monkeypatch.setattr(EmulatedDevice, "warm", lambda self: warmed.append(self))
+    ids, table = feature_table(n=50, seed=1)
+    s = make_sampler(table, device="emulated")
+    assert warmed == [s.engine.backend.device]
+
+
+def test_a_stream_is_for_a_sampler_on_a_gpu():
+    with pytest.raises(ValueError, match="stream= is for a sampler on a GPU"):
+        make_sampler(device="cpu", stream=object())

@@ -1,6 +1,8 @@
 """The prefetch wrapper: order, bounded look-ahead, exceptions in the loop, clean shutdown."""
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -43,3 +45,25 @@ def test_close_stops_the_thread_mid_stream():
     assert threading.active_count() == before
     with pytest.raises(StopIteration):
         next(it)
+
+
+def test_a_loop_left_with_break_stops_the_thread_when_the_prefetcher_is_collected():
+    """No close(), no with: the thread must not keep the Prefetcher (nor what the transform
+    holds) alive; once the loop's iterator is collected, the thread ends."""
+    class Sampler:  # stands for a sampler the transform is a method of
+        def transform(self, x):
+            return x
+
+    sampler = Sampler()
+    sampler_alive = weakref.ref(sampler)
+    threads_before = set(threading.enumerate())
+    for x in prefetch(iter(range(10**9)), sampler.transform, depth=2):
+        if x == 3:
+            break
+    del sampler, x
+    gc.collect()
+    started = [t for t in threading.enumerate() if t not in threads_before]
+    for t in started:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in started), "the prefetch thread outlived its Prefetcher"
+    assert sampler_alive() is None, "the stopped thread still holds the transform's object"

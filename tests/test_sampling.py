@@ -77,6 +77,13 @@ def test_multi_category_items_and_rows():
     [40.0, 20, 10, 5, 3, 2, 6, 5, 4, 3, 2, 1],     # head and tail
 ])
 def test_without_replacement_is_successive_weighted_sampling(weights):
+    """Every ordered pair (a, b) of a row's two negatives has probability w_a / W * w_b / (W - w_a)
+    (chi-square, alpha = ALPHA: a correct sampler fails once in 10,000 runs; seeded, so a run
+    is repeatable). Checking only "distinct and not the positive" is not enough: RecIS's
+    put_back=False draws k + 1, orders them with the heaviest pick last and drops that one when
+    the positive is not among them, which passes such checks while under-drawing heavy items
+    (a row's heaviest category item in 0.638 of rows against 0.774 exactly, on the benchmark
+    table; ARCHITECTURE.md, "Without replacement"). This test fails such a sampler."""
     weights = np.asarray(weights)
     ids = np.arange(1, weights.size + 1)
     s = make_sampler(small_table(ids, [9] * weights.size, weights), put_back=False)

@@ -19,7 +19,8 @@ from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
 from gpu_negsample.errors import DeviceFaultError
 from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
-from gpu_negsample.server.endpoint import SHM_DIR, create_block, pid_alive, shm_prefix, sweep_stale_blocks
+from gpu_negsample.server.endpoint import (SHM_DIR, create_block, job_name, pid_alive, shm_prefix,
+                                          sweep_stale_blocks)
 from gpu_negsample.server.service import SharedBlock
 from server_harness import raw_client, server_on_thread
 from server_tables import assert_same_features, catalogue, positives
@@ -149,7 +150,7 @@ def test_a_client_falls_back_to_the_socket_when_dev_shm_is_full(job, monkeypatch
         s.reload(cat.table)
         for call in range(2):
             assert torch.equal(s.sample_ids(*positives(cat, call)), ref.sample_ids(*positives(cat, call)))
-    assert not list(SHM_DIR.glob(f"{shm_prefix(job)}*"))
+    assert not list(SHM_DIR.glob(f"{shm_prefix(job_name(job))}*"))
 
 
 def test_map_block_accepts_only_the_jobs_own_blocks(job, tmp_path):
@@ -247,7 +248,7 @@ def test_a_request_over_the_servers_limit_is_refused_before_it_is_sent(job, monk
     silently and the caller waited forever."""
     monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
     monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
-    with server_on_thread(job, max_request_bytes=4096):
+    with server_on_thread(job_name(job), max_request_bytes=4096) as server, raw_client(server):  # rank 0's sampler
         s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
         try:
             error = outcome_within(30, lambda: s.reload(catalogue().table))
@@ -279,7 +280,7 @@ def test_errors_of_the_request_come_back_as_request_or_table_errors_with_their_c
         empty_args = {"columns": p.encode_columns(columns_of(empty), arrays)}
         cases = [
             (huge, "TableError", "weights sum to inf"),
-            (c.ask("reload", {"path": str(not_parquet)}), "TableError", "cannot be read as Parquet"),
+            (c.ask("reload", {"path": str(not_parquet)}), "TableError", "as Parquet ("),
             (c.ask("reload", empty_args, arrays), "TableError", "has no rows"),
             (c.ask("valid_sample_ids", {"ids": p.encode("ids", cat.ids[:3], a := {}), "default": 2**70}, a),
              "RequestError", "does not fit in int64"),
@@ -299,10 +300,16 @@ def test_errors_of_the_request_come_back_as_request_or_table_errors_with_their_c
         assert lookup(c, cat)["ok"], "the server stopped serving"
 
 
-class BrokenEngine:
+class FakeEngine:
+    """What the server asks of an engine besides the request under test."""
     loaded = True
     seed = 1
 
+    def swap(self, state):
+        pass
+
+
+class BrokenEngine(FakeEngine):
     def describe(self):
         raise ZeroDivisionError("a bug")
 
@@ -317,11 +324,9 @@ def test_a_failure_of_the_server_is_logged_and_the_caller_gets_no_traceback(job,
 
 
 # ---- a dead GPU ------------------------------------------------------------------------------------
-class FaultingEngine:
+class FaultingEngine(FakeEngine):
     """An engine whose GPU context died: every call raises DeviceFaultError, as the CUDA
     backend does after an illegal address."""
-    loaded = True
-    seed = 1
 
     def describe(self):
         raise DeviceFaultError("CUDA error: an illegal memory access was encountered")
@@ -331,7 +336,7 @@ def test_a_device_fault_is_a_fatal_error_for_every_client_and_the_server_exits(j
     """Before: InternalError for this request and every later one, and the server stayed up."""
     monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
     monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
-    with server_on_thread(job, engine=FaultingEngine()) as server, raw_client(server) as other:
+    with server_on_thread(job_name(job), engine=FaultingEngine()) as server, raw_client(server) as other:
         s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
         try:
             error = outcome_within(30, s.describe)

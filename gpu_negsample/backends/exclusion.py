@@ -14,7 +14,7 @@ import numba as nb
 import numpy as np
 
 from ..alias import build_alias
-from ..hashing import probe
+from ..hashing import EMPTY_KEY, build_hash_table, probe
 
 
 class Exclusion(NamedTuple):
@@ -105,6 +105,14 @@ def batch_tables(ix, batch_slots, tail_out):
     tables = np.empty((size, 2), dtype=np.uint32)
     _fill_batch_tables(ix, batch_slots, start, tables)
     return start, tables
+
+
+def batch_set(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hash slots, distinct ids) of the ids every row of a batch-wide request excludes.
+    INT64_MIN is left out: it is the hash set's empty marker, and never a table id."""
+    unique = np.unique(ids)
+    unique = unique[unique != EMPTY_KEY]
+    return build_hash_table(unique)[0], unique
 
 
 def exclusion(ix, own_offsets, own_ids, own_rows, batch) -> Exclusion:

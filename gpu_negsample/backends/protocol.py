@@ -49,7 +49,7 @@ class SampleInputs:
     n_rows: int
     n_draws: int
     uniform_count: int      # > 0 when every row asks that many, else 0
-    batch_ids: np.ndarray | None  # host: the distinct ids every row excludes (batch-wide), or None
+    batch: bool             # batch-wide exclusion: every row excludes every id of own_ids
     distinct: bool
     call: int
     key: tuple

@@ -2,6 +2,8 @@
 through the one server that local rank 0 starts."""
 from __future__ import annotations
 
+import atexit
+import collections
 import itertools
 import json
 import logging
@@ -24,7 +26,9 @@ from ..errors import (DeviceFaultError, NegSampleError, NotLoadedError, RequestE
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
-from .endpoint import (create_block, global_rank, job_dir, job_name, local_rank, pid_alive, remove_empty_dirs,
+from .registry import settings_key
+from .endpoint import (RANK_VARIABLES, check_job_path, create_block, global_rank, job_dir, job_name,
+                       local_rank, pid_alive, process_group_peers, ranks_by_process_group, remove_empty_dirs,
                        socket_path, sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample")
@@ -32,6 +36,7 @@ log = logging.getLogger("gpu_negsample")
 DEFAULT_MAX_REQUEST_BYTES = 2**31
 MAX_BLOCKS = 8
 MIN_BLOCK_BYTES = 1 << 20
+OTHER_RANKS_WAIT_S = 30.0  # local rank 0's close() lets the other ranks finish this long
 _ERRORS = {e.__name__: e for e in (RequestError, TableError, UnsatisfiableRowError, NotLoadedError, DeviceFaultError)}
 
 
@@ -41,7 +46,7 @@ class ServerError(NegSampleError):
 
 class _Block:
     """A result block the server writes answers into; offered again only when no array the
-    caller holds views it any more."""
+    caller holds views it any more (``reusable``)."""
 
     kind = ""
 
@@ -51,12 +56,25 @@ class _Block:
 
     def release(self) -> None:
         self.live_arrays -= 1
+        if self.live_arrays == 0:
+            self._last_view_gone()
+
+    def _last_view_gone(self) -> None:
+        """Called when the caller holds no view of the block any more."""
+
+    def reusable(self) -> bool:
+        """Whether the server may write the next answer here now."""
+        return self.live_arrays == 0
 
     def views(self, metas: list) -> dict:
-        arrays = self._views(metas)
-        for a in arrays.values():
+        """The answer's arrays in this block. Each array's lifetime is that of its ``owner``
+        (the object whose memory it is), watched by a finalizer: an array derived from a
+        view (a slice, ``.view``) keeps the owner, so the block stays taken until it is gone."""
+        arrays = {}
+        for name, (owner, value) in self._views(metas).items():
             self.live_arrays += 1
-            weakref.finalize(a, self.release)
+            weakref.finalize(owner, self.release)
+            arrays[name] = value
         return arrays
 
 
@@ -70,7 +88,7 @@ class _ShmBlock(_Block):
         self.memory = memory
 
     def _views(self, metas):
-        return p.read_block(self.memory, metas)
+        return {name: (a, a) for name, a in p.read_block(self.memory, metas).items()}
 
     def close(self) -> None:
         try:
@@ -80,7 +98,14 @@ class _ShmBlock(_Block):
 
 
 class _CudaBlock(_Block):
-    """Memory on this rank's GPU that the server opened through a CUDA IPC handle."""
+    """Memory on this rank's GPU that the server opened through a CUDA IPC handle.
+
+    Each answer array is a CuPy array over its range of the block, handed to torch through
+    DLPack: the torch tensor's storage owns the CuPy array, so every tensor derived from it
+    keeps the range taken. When the last one is gone, an event is recorded on the rank's
+    current stream; the block is offered again only once the kernels the rank queued
+    before that point (which may still read the old answer) have run past it.
+    """
 
     kind = "cuda"
 
@@ -89,25 +114,106 @@ class _CudaBlock(_Block):
 
         super().__init__(ident, size)
         self._cupy, self.device = cupy, device
+        self._done: torch.cuda.Event | None = None  # recorded when the last view went
         with cupy.cuda.Device(device):
             self.ptr = cupy.cuda.runtime.malloc(size)  # its own allocation: the IPC handle covers exactly it
             self.handle = cupy.cuda.runtime.ipcGetMemHandle(self.ptr)
-            memory = cupy.cuda.UnownedMemory(self.ptr, size, self, device)
-            self.tensor = torch.from_dlpack(cupy.ndarray((size,), cupy.uint8, cupy.cuda.MemoryPointer(memory, 0)))
 
     def _views(self, metas):
-        out = {}
+        cp, out = self._cupy, {}
         for meta in metas:
-            dtype = torch.from_numpy(np.empty(0, dtype=np.dtype(meta["dtype"]))).dtype
-            nbytes = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
-            start = int(meta["offset"])
-            out[meta["name"]] = self.tensor[start:start + nbytes].view(dtype).reshape(meta["shape"])
+            dtype, shape = p._check_meta(meta)  # the dtype and shape checks of every received array
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if int(meta["offset"]) < 0 or int(meta["offset"]) + nbytes > self.size:
+                raise ServerError(f"the server placed {meta['name']!r} at bytes {meta['offset']}..+{nbytes}, outside "
+                                  f"this rank's {self.size}-byte CUDA result block")
+            memory = cp.cuda.UnownedMemory(self.ptr + int(meta["offset"]), max(nbytes, 1), self, self.device)
+            owner = cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(memory, 0))
+            out[meta["name"]] = (owner, torch.from_dlpack(owner))
         return out
+
+    def _last_view_gone(self) -> None:
+        self._done = torch.cuda.Event()
+        self._done.record(torch.cuda.current_stream(self.device))
+
+    def reusable(self) -> bool:
+        return self.live_arrays == 0 and (self._done is None or self._done.query())
 
     def close(self) -> None:
         if self.live_arrays == 0:  # else the caller's tensors keep using it until the process ends
+            if self._done is not None:
+                self._done.synchronize()  # the rank's queued kernels may still read it
             with self._cupy.cuda.Device(self.device):
                 self._cupy.cuda.runtime.free(self.ptr)
+
+
+class _StartedServer:
+    """The server local rank 0 started for a job; this process's samplers of that job share it
+    (each is a sampler hosted there), and the last one to close waits for it to exit."""
+
+    def __init__(self, job: str, directory, max_request_bytes: int):
+        self.job, self.directory, self.owner, self.users = job, directory, os.getpid(), 0
+        sweep_stale_blocks(job)
+        cmd = [sys.executable, "-m", "gpu_negsample.server", "--dir", str(directory), "--job", job,
+               "--parent", str(os.getpid()), "--max-request-bytes", str(max_request_bytes)]
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+    @classmethod
+    def for_job(cls, job: str, directory, max_request_bytes: int) -> "_StartedServer":
+        """This process's running server of the job, else a new one (the first sampler's
+        max_request_bytes bounds the server's requests)."""
+        server = _started.get(job)
+        if server is None or server.owner != os.getpid() or server.process.poll() is not None:
+            server = _started[job] = cls(job, directory, max_request_bytes)
+        server.users += 1
+        return server
+
+    def leave(self, wait_s: float) -> None:
+        """One sampler is done; after the last, wait `wait_s` for the other ranks to leave and the
+        server to exit, then stop it."""
+        self.users -= 1
+        if self.users:
+            return
+        if _started.get(self.job) is self:
+            del _started[self.job]
+        try:
+            self.process.wait(timeout=wait_s)  # the server leaves once every rank has said goodbye
+        except subprocess.TimeoutExpired:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        remove_empty_dirs(self.directory)
+
+
+_started: dict[str, _StartedServer] = {}  # job -> the server this process started for it
+_made: collections.Counter = collections.Counter()  # samplers this process made, by job and by (job, settings)
+
+
+class _Release:
+    """What a transport holds, released when it is closed or collected: its socket, its blocks,
+    and its share of the server this process started (given `wait_s` for other ranks)."""
+
+    def __init__(self, sock, ctx, blocks, started: _StartedServer | None):
+        self.sock, self.ctx, self.blocks, self.started = sock, ctx, blocks, started
+        self.wait_s = OTHER_RANKS_WAIT_S
+
+    def __call__(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+        for block in self.blocks:
+            block.close()
+        if self.started is not None:
+            self.started.leave(self.wait_s)
+
+
+_live: "weakref.WeakSet[ServerTransport]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """A process that ends without close() (an exception in training) leaves at once: its server
+    could not outlive it anyway, so local rank 0 does not wait for other ranks here."""
+    for transport in list(_live):
+        transport.close(wait_for_other_ranks=0.0)
 
 
 class ServerTransport:
@@ -127,6 +233,10 @@ class ServerTransport:
         self.config = config.to_wire()
         self.local_rank, self.rank = local_rank(), global_rank()
         self.job = job_name(name)
+        self._by_process_group = ranks_by_process_group(name)
+        self._next_peer_check = time.monotonic() + 1.0
+        if self.local_rank != 0:
+            self._check_rank_0_can_exist()
         self.directory = job_dir(self.job, create=self.local_rank == 0)
         self.results = results
         self.wait_for_table_timeout = wait_for_table_timeout
@@ -136,79 +246,103 @@ class ServerTransport:
         self._seq = itertools.count()
         self._block_ids = itertools.count()
         self._blocks: list[_Block] = []
-        self._process = None
         self._closed = False
-        if self.local_rank == 0:
-            sweep_stale_blocks(self.job)
-            self._process = self._start_server()
+        self._started = _StartedServer.for_job(self.job, self.directory, self.max_request_bytes) \
+            if self.local_rank == 0 else None
+        settings = settings_key(config)
+        self._slot, self._ordinal = _made[(self.job, settings)], _made[self.job]
+        _made[(self.job, settings)] += 1
+        _made[self.job] += 1
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(f"ipc://{socket_path(self.directory)}")
         self.server_pid = None
-        self._finalizer = weakref.finalize(self, ServerTransport._shutdown, self._sock, self._ctx,
-                                           self._process, self._blocks, self.directory)
+        self._release = _Release(self._sock, self._ctx, self._blocks, self._started)
+        self._finalizer = weakref.finalize(self, self._release)
+        self._finalizer.atexit = False  # _close_at_exit closes live transports first, without waiting on others
+        _live.add(self)
         try:
-            hello = self._hello(connect_timeout)
+            deadline = time.monotonic() + connect_timeout
+            self._connect(deadline)
+            hello = self._hello(deadline)
         except BaseException:
-            if self._process is not None and self._process.poll() is None:
-                self._process.terminate()  # never reached: nobody else will ask it to leave
             self._closed = True
+            self._release.wait_s = 0.0  # nobody else will ask a server that never answered to leave
             self._finalizer()
             raise
-        self.server_pid, self._seed = hello["server_pid"], hello["seed"]
+        self.server_pid, self._seed, self.sampler_id = hello["server_pid"], hello["seed"], hello["sampler"]
         self._server_max_request_bytes = int(hello.get("max_request_bytes", self.max_request_bytes))
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def _start_server(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "gpu_negsample.server", "--dir", str(self.directory), "--job", self.job,
-               "--parent", str(os.getpid()), "--config", json.dumps(self.config),
-               "--max-request-bytes", str(self.max_request_bytes)]
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    def _connect(self, deadline: float) -> None:
+        """Connect once the job's socket exists and is this user's own (checked before connecting,
+        so a rank never sends a positive to a server another user runs)."""
+        while not socket_path(self.directory).exists():
+            self._check_start(deadline)
+            time.sleep(0.05)
+        check_job_path(self.directory)
+        self._sock.connect(f"ipc://{socket_path(self.directory)}")
 
-    def _hello(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        args = {"pid": os.getpid(), "rank": self.rank, "config": self.config}
+    def _check_rank_0_can_exist(self) -> None:
+        """A rank found by process group whose group holds no other process waits for a local
+        rank 0 that cannot exist: say at once what to set instead."""
+        if self._by_process_group and not process_group_peers():
+            set_vars = ", ".join(f"{v}={os.environ[v]}" for v in RANK_VARIABLES if os.environ.get(v, "").strip())
+            raise ServerError(
+                f"{set_vars} is set without name= or a launcher's MASTER_ADDR/MASTER_PORT, so this rank looks "
+                f"for local rank 0's server by process group ({os.getpgrp()}), and no other process is in "
+                "that group: no rank 0 of this job can start one. Give every rank of the job the same "
+                "LocalRpcDataSampler(..., name='your-job'), or set MASTER_ADDR and MASTER_PORT as a launcher does")
+
+    def _check_start(self, deadline: float) -> None:
+        """Raise when the server this rank waits for cannot come any more."""
+        if self.local_rank != 0 and time.monotonic() > self._next_peer_check:
+            self._next_peer_check = time.monotonic() + 1.0  # a scan of /proc: once a second is enough
+            self._check_rank_0_can_exist()
+        process = self._started.process if self._started is not None else None
+        if process is not None and process.poll() is not None:
+            raise ServerError(f"the sampling server exited with code {process.returncode} while "
+                              f"starting; its log is above (another server for job {self.job!r}?)")
+        if time.monotonic() > deadline:
+            raise ServerError(f"no sampling server answered at {socket_path(self.directory)} before "
+                              f"connect_timeout; local rank 0 of job {self.job!r} starts it (is it running, "
+                              "with the same name=?)")
+
+    def _hello(self, deadline: float) -> dict:
+        """Become a client of this sampler's hosted twin: local rank 0 opens it, another rank
+        waits (up to the deadline) for rank 0 to have made it."""
+        args = {"pid": os.getpid(), "rank": self.rank, "config": self.config, "open": self.local_rank == 0,
+                "slot": self._slot, "ordinal": self._ordinal}
         while True:
             try:
-                return self._request("hello", args, {}, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                reply = self._request("hello", args, {}, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
             except TimeoutError:
-                if self._process is not None and self._process.poll() is not None:
-                    raise ServerError(f"the sampling server exited with code {self._process.returncode} while "
-                                      f"starting; its log is above (another server for job {self.job!r}?)") from None
-                if time.monotonic() > deadline:
-                    raise ServerError(f"no sampling server answered at {socket_path(self.directory)} within "
-                                      f"{timeout:.0f} s; local rank 0 of job {self.job!r} starts it (is it "
-                                      "running, with the same name=?)") from None
+                self._check_start(deadline)
+                continue
+            if "pending" not in reply:
+                return reply
+            if time.monotonic() > deadline:
+                raise RequestError(f"waited connect_timeout for local rank 0 of job {self.job!r} to make this "
+                                   f"sampler: {reply['pending']}")
+            time.sleep(0.1)
 
-    def close(self) -> None:
-        """Say goodbye to the server; local rank 0 also waits for it to exit. Idempotent."""
+    def close(self, wait_for_other_ranks: float = OTHER_RANKS_WAIT_S) -> None:
+        """Say goodbye to the server; local rank 0 also waits (up to `wait_for_other_ranks`
+        seconds) for the other ranks to leave and the server to exit. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._lock.acquire(timeout=10):  # a prefetch thread may be mid-request on the socket
+        if self._lock.acquire(timeout=min(10.0, wait_for_other_ranks + 1)):  # a prefetch thread may be mid-request
             try:
                 if self.server_pid and pid_alive(self.server_pid):
-                    self._request("bye", {}, {}, timeout=5.0)
+                    last = self._started is not None and self._started.users == 1
+                    self._request("bye", {"last": last}, {}, timeout=min(5.0, wait_for_other_ranks + 1))
             except (NegSampleError, TimeoutError):
                 pass
             finally:
                 self._lock.release()
+        self._release.wait_s = wait_for_other_ranks
         self._finalizer()
-
-    @staticmethod
-    def _shutdown(sock, ctx, process, blocks, directory) -> None:
-        sock.close(0)
-        ctx.term()
-        for block in blocks:
-            block.close()
-        if process is not None:
-            try:
-                process.wait(timeout=30)  # the server leaves once every rank has said goodbye
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                process.wait(timeout=10)
-            remove_empty_dirs(directory)
 
     # ---- transport -------------------------------------------------------------------------
     def _request(self, op: str, args: dict, arrays: dict, timeout: float | None = None, block=None) -> dict:
@@ -252,13 +386,13 @@ class ServerTransport:
     def _free_block(self):
         if self.results == "socket":
             return None
-        free = [b for b in self._blocks if b.live_arrays == 0]
+        free = [b for b in self._blocks if b.reusable()]
         return max(free, key=lambda b: b.size) if free else (self._new_block(MIN_BLOCK_BYTES)
                                                              if len(self._blocks) < MAX_BLOCKS else None)
 
     def _grow_blocks(self, needed: int) -> None:
         """Replace the smallest free block by one that fits `needed` (results that did not fit came by socket)."""
-        free = [b for b in self._blocks if b.live_arrays == 0]
+        free = [b for b in self._blocks if b.reusable()]
         if free and len(self._blocks) >= MAX_BLOCKS:
             smallest = min(free, key=lambda b: b.size)
             self._blocks.remove(smallest)
@@ -296,17 +430,22 @@ class ServerTransport:
         return block
 
     def _call(self, op: str, args: dict, arrays: dict) -> dict:
-        """One request that returns results; waits (up to wait_for_table_timeout) for the table."""
+        """One request that returns results. Local rank 0 loads the table, so its request before
+        its own reload fails at once; another rank waits (up to wait_for_table_timeout) for it."""
         deadline = time.monotonic() + self.wait_for_table_timeout
         with self._lock:
             while True:
                 try:
                     return self._request(op, args, arrays, block=self._free_block())
                 except NotLoadedError:
+                    if self.local_rank == 0:
+                        raise NotLoadedError(
+                            f"{op}: no table is loaded; this process is local rank 0 of job {self.job!r}, which "
+                            "loads the node's table: call reload(neg_data) on this sampler first") from None
                     if time.monotonic() > deadline:
                         raise NotLoadedError(
-                            f"no table was loaded within {self.wait_for_table_timeout:.0f} s: local rank 0 of job "
-                            f"{self.job!r} must call reload(neg_data) (raise wait_for_table_timeout to wait longer)"
+                            f"{op}: waited {self.wait_for_table_timeout:.0f} s for local rank 0 of job {self.job!r} "
+                            "to call reload(neg_data); it has not (raise wait_for_table_timeout to wait longer)"
                         ) from None
                     time.sleep(0.05)
 

@@ -2,6 +2,7 @@
 the shared-memory names of its result blocks."""
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import re
@@ -11,6 +12,11 @@ import tempfile
 from pathlib import Path
 
 SHM_DIR = Path("/dev/shm")
+# A job name is at most 40 + 1 + 16 characters, so the socket path stays well inside the
+# 107 bytes an AF_UNIX address holds; 64 bits of digest make an accidental meeting of two
+# jobs' names (birthday bound over the jobs of one machine) negligible.
+JOB_PREFIX_CHARS = 40
+JOB_DIGEST_CHARS = 16
 
 
 def local_rank() -> int:
@@ -27,29 +33,95 @@ def global_rank() -> int:
     return int(value) if value else local_rank()
 
 
-def job_name(name: str | None = None) -> str:
-    """An explicit name, else torchrun's run id, else its master address and port, else this process.
+RANK_VARIABLES = ("LOCAL_PROCESS_RANK", "LOCAL_RANK", "RANK")
 
-    Two jobs on one machine differ in all of these, so their servers never meet."""
-    if not name:
+
+def ranks_by_process_group(name: str | None = None) -> bool:
+    """Whether this process finds its job by process group: a rank variable set by hand, with no
+    name= and no launcher variables (TORCHELASTIC_RUN_ID, MASTER_PORT) to name the job."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return not name and not (run_id and run_id != "none") and not os.environ.get("MASTER_PORT", "") \
+        and any(os.environ.get(var, "").strip() for var in RANK_VARIABLES)
+
+
+def process_group_peers() -> list[int]:
+    """The other live processes of this process's group (the ranks a hand-started job may have)."""
+    group, peers = os.getpgrp(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == group and fields[0] not in (b"Z", b"X"):
+            peers.append(int(entry))
+    return peers
+
+
+def job_name(name: str | None = None) -> str:
+    """An explicit name, else torchrun's run id, else its master address and port, else (ranks
+    whose LOCAL_RANK / RANK was set by hand) the process group, else this process.
+
+    Ranks started by the same command share its process group (a shell gives each command
+    line its own; multiprocessing and subprocess children inherit it), so ranks a script
+    starts itself find one server without a name. Two jobs on one machine differ in one of
+    these, and different inputs always give different
+    names: a readable prefix (characters a path may hold, cut to 40) and a digest of the whole
+    input, so ``a/b``, ``a b`` and ``a_b``, or two 100-character Kubernetes service names that
+    differ only at the end, never share a server."""
+    if name:
+        source = f"name={name}"
+    else:
         run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
         port = os.environ.get("MASTER_PORT", "")
         if run_id and run_id != "none":
-            name = f"run-{run_id}"
+            name, source = f"run-{run_id}", f"run_id={run_id}"
         elif port:
-            name = f"{os.environ.get('MASTER_ADDR', 'local')}-{port}"
+            addr = os.environ.get("MASTER_ADDR", "local")
+            name, source = f"{addr}-{port}", f"master={addr}:{port}"
+        elif ranks_by_process_group():
+            name = source = f"pgid{os.getpgrp()}"
         else:
-            name = f"pid{os.getpid()}"
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
+            name = source = f"pid{os.getpid()}"
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:JOB_PREFIX_CHARS]
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:JOB_DIGEST_CHARS]
+    return f"{readable}-{digest}"
+
+
+class UnsafePathError(PermissionError):
+    """A job's directory or socket that another user could control: never connected to."""
+
+
+def check_private(path: Path, kind: str) -> None:
+    """Refuse `path` unless it is a `kind` ("directory" or "socket") of this user with no access
+    for anyone else, looked at with lstat so a symlink is refused, not followed: a directory
+    another local user made under a shared temp dir could hold their fake server."""
+    info = path.lstat()
+    is_kind = stat.S_ISDIR(info.st_mode) if kind == "directory" else stat.S_ISSOCK(info.st_mode)
+    mode = stat.S_IMODE(info.st_mode)
+    problems = []
+    if not is_kind:
+        problems.append("a symlink" if stat.S_ISLNK(info.st_mode) else f"not a {kind}")
+    if info.st_uid != os.getuid():
+        problems.append(f"owned by uid {info.st_uid}")
+    if mode & 0o077:
+        problems.append(f"mode {mode:04o}")
+    if problems:
+        wanted = "0700" if kind == "directory" else "0600"
+        raise UnsafePathError(
+            f"{path} is {', '.join(problems)}; the sampling server's {kind} must be a {kind} of uid {os.getuid()} "
+            f"with mode {wanted} (another local user could run a fake server there). Remove it if it is yours, "
+            "or set XDG_RUNTIME_DIR to a private directory, or give the job another name=")
 
 
 def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-        raise PermissionError(f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; "
-                              f"it has uid {info.st_uid}, mode {oct(stat.S_IMODE(info.st_mode))}. Remove it or pass "
-                              "another name")
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    check_private(path, "directory")
     return path
 
 
@@ -61,6 +133,14 @@ def job_dir(job: str, create: bool = True) -> Path:
         base = tempfile.gettempdir()
     path = Path(base) / f"gpu_negsample-{os.getuid()}" / job
     return _private_dir(_private_dir(path.parent) / job) if create else path
+
+
+def check_job_path(directory: Path) -> None:
+    """Every rank's check before it connects: the per-user directory, the job's directory and
+    its socket (which must exist) belong to this user and no one else."""
+    check_private(directory.parent, "directory")
+    check_private(directory, "directory")
+    check_private(socket_path(directory), "socket")
 
 
 def remove_empty_dirs(directory: Path) -> None:

@@ -1,17 +1,17 @@
-"""The node server process: one Engine, shared by every training process of the machine.
+"""The node server process: the job's samplers (server/registry.py, an Engine each), shared by
+every training process of the machine.
 
 Started by local rank 0's LocalRpcDataSampler (``python -m gpu_negsample.server``); serves a
 ROUTER socket in the job's 0700 directory. One thread answers requests in arrival order
 (the kernels inside are parallel); a reload builds the new table on a second thread and
 swaps it in, so requests keep running on the old table meanwhile. It exits when the
-process that started it dies (PR_SET_PDEATHSIG, and a poll), or when every client said
-goodbye or died; it removes its socket on the way out.
+process that started it dies (polled every 0.5 s: not PR_SET_PDEATHSIG, which fires when the
+starting *thread* ends, so a sampler made in a worker thread would lose its server), or when
+every client said goodbye or died; it removes its socket on the way out.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import logging
 import math
 import os
@@ -33,6 +33,7 @@ from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import DeviceFaultError, NegSampleError, RequestError
 from . import protocol as p
+from .registry import HostedSampler, SamplerRegistry
 from .endpoint import (SHM_DIR, claim_job, mapped_size, open_block, pid_alive, pid_path, socket_path,
                        sweep_stale_blocks)
 
@@ -157,6 +158,7 @@ class Args(dict):
 class Client:
     pid: int
     rank: int
+    sampler: HostedSampler
     stream: RandomStream
     blocks: dict = field(default_factory=dict)  # block id -> SharedBlock | RemoteCudaBlock
 
@@ -167,16 +169,15 @@ class Client:
 
 
 class SamplingServer:
-    def __init__(self, directory: str, job: str, config: SamplerConfig, parent_pid: int, max_request_bytes: int):
+    def __init__(self, directory: str, job: str, parent_pid: int, max_request_bytes: int):
         self.directory, self.job, self.parent_pid = directory, job, parent_pid
-        self.config = config
         self.max_request_bytes = max_request_bytes
-        self.engine = Engine(config, select_backend(config.device, config.memory_budget))
+        self.samplers = SamplerRegistry(lambda config: Engine(config, select_backend(config.device,
+                                                                                     config.memory_budget)))
         self.clients: dict[bytes, Client] = {}
         self.had_clients = False
         self.last_client_left = None
-        self.replies: queue.Queue = queue.Queue()  # (identity, frames) from the reload thread
-        self.reloading: threading.Thread | None = None
+        self.replies: queue.Queue = queue.Queue()  # (identity, frames) from the reload threads
         self.stopping = False
         self.fault: str | None = None  # set once the GPU context is unusable: every answer is this error
         self._stop_at: float | None = None
@@ -196,7 +197,7 @@ class SamplingServer:
         next_check = 0.0
         try:
             while not self.stopping:
-                if self.sock.poll(50 if self.reloading else 200):
+                if self.sock.poll(50 if self.samplers.reloading else 200):
                     self._answer(self.sock.recv_multipart(copy=False))
                 while not self.replies.empty():
                     self.sock.send_multipart(self.replies.get_nowait(), copy=False)
@@ -218,7 +219,8 @@ class SamplingServer:
             if not pid_alive(client.pid):
                 log.info("client pid %d (rank %d) died: dropping its state", client.pid, client.rank)
                 self._drop(identity)
-        if self.had_clients and not self.clients and self.reloading is None:
+        self.samplers.drop_idle()
+        if self.had_clients and not self.clients and not self.samplers.reloading:
             self.last_client_left = self.last_client_left or now
             if now - self.last_client_left > LAST_CLIENT_GRACE_S:
                 log.info("every client has left: exiting")
@@ -230,6 +232,7 @@ class SamplingServer:
         client = self.clients.pop(identity, None)
         if client:
             client.close()
+            self.samplers.leave(client.sampler, identity)
 
     def close(self) -> None:
         for identity in list(self.clients):
@@ -327,7 +330,7 @@ class SamplingServer:
             placed = {n: a for n, a in arrays.items() if p.on_gpu(a)}
             metas, needed = p.layout(placed)
             if placed and needed <= block.size:
-                with self.engine.backend.device.active():
+                with self._engine(identity).backend.device.active():
                     block.write(placed, metas)
                 header["placed"] = metas
                 arrays = {n: a for n, a in arrays.items() if n not in placed}
@@ -337,22 +340,30 @@ class SamplingServer:
 
     # ---- operations ------------------------------------------------------------------------
     def op_hello(self, identity, args, arrays):
+        """A client for one hosted sampler: local rank 0 opens it (args "open"), another rank joins
+        rank 0's of the same settings and place (answered "pending" until rank 0 made it), a
+        DataLoader worker attaches to it by id."""
         theirs = SamplerConfig.from_wire(args["config"])
-        ours, asked = self.config.table_identity(), theirs.table_identity()
-        mismatched = [k for k in ours if ours[k] != asked[k]]
-        if mismatched:
-            raise RequestError(f"this job's sampling server was started with other settings: "
-                               f"{ {k: ours[k] for k in mismatched} }, this rank asks for "
-                               f"{ {k: asked[k] for k in mismatched} }; give every rank the same arguments")
-        seed = self.engine.seed if theirs.seed is None else theirs.seed
-        self.clients[identity] = Client(args.int("pid"), args.int("rank"),
-                                        RandomStream(rank_seed(seed, args.int("rank"))))
+        if args.get("attach") is not None:
+            hosted = self.samplers.attach(args.int("attach"))
+        elif args.get("open"):
+            hosted = self.samplers.open(theirs, args.int("slot"))
+        else:
+            hosted = self.samplers.join(theirs, args.int("slot"), args.int("ordinal"))
+            if hosted is None:
+                return {"pending": self.samplers.mismatch(theirs, args.int("slot"), None)}, {}
+        rank = args.int("rank")
+        seed = rank_seed(hosted.seed if theirs.seed is None else theirs.seed, rank)
+        hosted.clients.add(identity)
+        self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed))
         self.had_clients = True
-        return {"server_pid": os.getpid(), "loaded": self.engine.loaded, "max_request_bytes": self.max_request_bytes,
-                "seed": rank_seed(seed, args.int("rank"))}, {}
+        return {"server_pid": os.getpid(), "loaded": hosted.engine.loaded, "max_request_bytes": self.max_request_bytes,
+                "seed": seed, "sampler": hosted.ident}, {}
 
     def op_bye(self, identity, args, arrays):
         self._drop(identity)
+        if args.get("last") and not self.clients:  # the starter's last sampler left: no grace to wait out
+            self.stopping = True
         return {}, {}
 
     def op_map_block(self, identity, args, arrays):
@@ -369,7 +380,7 @@ class SamplingServer:
         return {}, {}
 
     def op_map_cuda_block(self, identity, args, arrays):
-        device = getattr(self.engine.backend, "device", None)
+        device = getattr(self._engine(identity).backend, "device", None)
         if getattr(device, "cp", None) is None:
             raise RequestError("results='cuda' needs the node's server on a GPU: start it with device='cuda' "
                                "(or 'auto' on a GPU node, with cupy installed), or use results='shm'")
@@ -384,14 +395,15 @@ class SamplingServer:
         return {}, {}
 
     def op_reload(self, identity, args, arrays):
-        if self.reloading is not None:
-            raise RequestError("a reload is already in progress on this node's server; wait for it")
+        hosted = self.clients[identity].sampler
+        if hosted.reloading is not None:
+            raise RequestError("a reload of this sampler is already in progress on this node's server; wait for it")
         source = args["path"] if args.get("path") else p.decode_columns(args["columns"], arrays)
         request = {"seq": self._current_seq}
 
         def build():
             try:
-                self.engine.swap(self.engine.build_state(source, progress=False))
+                hosted.engine.swap(hosted.engine.build_state(source, progress=False))
                 reply = p.pack({"ok": True, "seq": request["seq"]}, {})
             except DeviceFaultError as e:
                 reply = self._error(request, "DeviceFaultError", self._device_fault(e))
@@ -401,47 +413,51 @@ class SamplingServer:
                 log.exception("reload failed")
                 reply = self._error(request, "InternalError", _internal(e))
             self.replies.put([identity, *reply])
-            self.reloading = None
+            hosted.reloading = None
 
-        self.reloading = threading.Thread(target=build, name="reload", daemon=True)
-        self.reloading.start()
+        hosted.reloading = threading.Thread(target=build, name="reload", daemon=True)
+        hosted.reloading.start()
         return None
 
     def op_describe(self, identity, args, arrays):
-        return {"text": self.engine.describe()}, {}
+        return {"text": self._engine(identity).describe()}, {}
 
     def _stream(self, identity) -> RandomStream:
         return self.clients[identity].stream
 
+    def _engine(self, identity) -> Engine:
+        return self.clients[identity].sampler.engine
+
     def op_sample_ids(self, identity, args, arrays):
-        neg = self.engine.sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
+        neg = self._engine(identity).sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
                                      p.decode(args["tags"], arrays), args["avoid_conflict"],
                                      args["avoid_all"], self._stream(identity))
         return {}, {"out": neg}
 
     def op_valid_sample_ids(self, identity, args, arrays):
-        out = self.engine.valid_sample_ids(p.decode(args["ids"], arrays), args["default"])
+        out = self._engine(identity).valid_sample_ids(p.decode(args["ids"], arrays), args["default"])
         return {}, {"out": out}
 
     def op_combine_vector(self, identity, args, arrays):
-        out = self.engine.combine_vector_with_sample_counts(p.decode(args["origin"], arrays),
+        out = self._engine(identity).combine_vector_with_sample_counts(p.decode(args["origin"], arrays),
                                                             p.decode(args["counts"], arrays),
                                                             p.decode(args["sampled"], arrays))
         return {}, {"out": out}
 
     def op_pack_feature(self, identity, args, arrays):
         out = {}
-        features = self.engine.pack_feature(p.decode(args["ids"], arrays), args["default"], self._alloc or host_empty)
+        features = self._engine(identity).pack_feature(p.decode(args["ids"], arrays), args["default"],
+                                                       self._alloc or host_empty)
         table = p.encode_table("f", features, out)
         return {"table": table}, out
 
     def op_log_q(self, identity, args, arrays):
-        out = self.engine.log_q(p.decode(args["ids"], arrays), p.decode(args["counts"], arrays),
-                                p.decode(args["tags"], arrays), args.int("n"))
+        out = self._engine(identity).log_q(p.decode(args["ids"], arrays), p.decode(args["counts"], arrays),
+                                           p.decode(args["tags"], arrays), args.int("n"))
         return {}, {"out": out}
 
     def op_sample(self, identity, args, arrays):
-        neg, valid, ids, features, counts, log_q = self.engine.fused_sample(
+        neg, valid, ids, features, counts, log_q = self._engine(identity).fused_sample(
             p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays), p.decode(args["tags"], arrays),
             args["default"], args["avoid_conflict"], args["avoid_all"], args["log_q"], self._stream(identity),
             self._alloc or host_empty)
@@ -455,15 +471,6 @@ def _internal(e: Exception) -> str:
     """What a caller is told of a failure of the server itself (the traceback is in its log)."""
     return (f"{type(e).__name__}: {e} (a failure of the sampling server, not of this request; the server's log "
             "has the traceback)")
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to send SIGTERM when the starting process dies (also polled, for other OSes)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 LOG_FILE_ENV, LOG_LEVEL_ENV = "GPU_NEGSAMPLE_SERVER_LOG", "GPU_NEGSAMPLE_SERVER_LOG_LEVEL"
@@ -487,8 +494,8 @@ def main(argv=None) -> None:
         prog="python -m gpu_negsample.server", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 The node-local negative sampling server of gpu_negsample: one process per job and machine
-that holds the negative table and answers the sampling requests of every training process
-(LocalRpcDataSampler) of the node over a private local socket.
+that holds the negative tables of the job's samplers and answers the sampling requests of
+every training process (LocalRpcDataSampler) of the node over a private local socket.
 
 You do not start it yourself: local rank 0's LocalRpcDataSampler starts it with these
 arguments, every rank connects to it, and it exits when that process dies or when every
@@ -507,21 +514,18 @@ serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unus
     ap.add_argument("--job", required=True, help="the job's name (names its shared-memory result blocks)")
     ap.add_argument("--parent", type=int, required=True,
                     help="pid of the process that starts the server; the server exits when it dies")
-    ap.add_argument("--config", required=True,
-                    help="the sampler's settings as JSON (SamplerConfig.to_wire: tags, put_back, seed, device, ...)")
     ap.add_argument("--max-request-bytes", type=int, required=True,
                     help="the largest request accepted, in bytes (clients are told and refuse bigger ones)")
     args = ap.parse_args(argv)
     _configure_logging()
-    _die_with_parent()
-    server = SamplingServer(args.dir, args.job, SamplerConfig.from_wire(json.loads(args.config)), args.parent,
-                            args.max_request_bytes)
+    os.umask(0o077)  # the socket is 0600 from the moment it exists: a client refuses any other mode
+    server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
 
     def stop(signum, frame):
         server.stopping = True
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if not pid_alive(args.parent):  # the parent died before PDEATHSIG was armed
+    if not pid_alive(args.parent):  # the parent died while the server started
         server.close()
         return
     server.serve()

@@ -14,11 +14,10 @@ import torch
 
 from ...arena import default_allocate
 from ...columns import DENSE, RAGGED
-from ...hashing import build_hash_table
 from ...index import Index, IndexArrays
 from ...ragged import RaggedTensor
 from ..common import Placement
-from ..exclusion import exclusion
+from ..exclusion import batch_set, exclusion
 from ..kernel_constants import STATUS_OK
 from ..protocol import Allocator, Draw, SampleInputs, host_empty
 from ..status import Counter
@@ -76,10 +75,10 @@ class CpuBackend:
         rq.count(Counter.UNKNOWN, Counter.FIRST_UNKNOWN, req_segs < 0)
         own_rows = np.full(inputs.own_ids.shape[0], -1, np.int64)
         batch = None
-        if inputs.batch_ids is None:
+        if not inputs.batch:
             lk.lookup_rows(ix.id_slots, inputs.own_ids, own_rows)
         else:
-            batch = (build_hash_table(inputs.batch_ids)[0], inputs.batch_ids)
+            batch = batch_set(inputs.own_ids)
         ex = exclusion(ix, inputs.own_offsets, inputs.own_ids, own_rows, batch)
         remaining = np.empty(2 * req_segs.shape[0], dtype=np.uint64)
         row_total = np.empty(n, dtype=np.uint64)

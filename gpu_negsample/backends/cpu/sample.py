@@ -31,9 +31,6 @@ from ...rng import MASK32, SHIFT32, mul32hi, mulhi64, philox4x32_10
 from ..exclusion import mass_in
 from ..kernel_constants import MAX_ATTEMPTS, STATUS_NO_CANDIDATE, STATUS_OK, STATUS_TOO_FEW
 
-_HEAD_DRAW = -1           # spec[j, 2] of a draw the head scan already decided
-
-
 @nb.njit(inline="always", cache=True)
 def _is_excluded(item_id, ex, own_lo, own_hi):
     if ex.use_batch:
@@ -109,8 +106,13 @@ def _tail_table(ix, ex, seg):
 
 
 @nb.njit(inline="always", cache=True)
-def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, own_hi, distinct, out, out_lo):
-    """Position (in the segment arrays) of one accepted draw from a part, and the alias attempts it took."""
+def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, own_hi, distinct, out, out_lo,
+          first=-1, first_id=0):
+    """Position (in the segment arrays) of one accepted draw from a part, and the alias attempts it took.
+
+    first >= 0 is attempt 0's alias pick and first_id its item id, already loaded by
+    _speculate; -1 computes them here.
+    """
     head_lo = ix.seg_offsets[seg]
     tail_lo = head_lo + ix.seg_head[seg]
     if not tail:
@@ -123,13 +125,15 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
     attempts = 0
     if remaining >= table_mass - remaining:  # acceptance >= 1/2
         for a in range(MAX_ATTEMPTS):
-            if a > 0:
-                r = philox4x32_10(call, row, j, nb.uint64(a), k0, k1)
             attempts += 1
-            slot = nb.int64(mulhi64(_uniform64(r), size))
-            local = slot if r[2] < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
-            p = tail_lo + local
-            item_id = ix.seg_ids[p]
+            if a == 0 and first >= 0:
+                p = first
+                item_id = first_id
+            else:
+                if a > 0:
+                    r = philox4x32_10(call, row, j, nb.uint64(a), k0, k1)
+                p = tail_lo + _alias_pick(alias, base, size, r)
+                item_id = ix.seg_ids[p]
             if _is_excluded(item_id, ex, own_lo, own_hi):
                 continue
             if distinct and _drawn_before(item_id, out, out_lo, j):
@@ -138,6 +142,13 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
         r = philox4x32_10(call, row, j, nb.uint64(MAX_ATTEMPTS), k0, k1)
     return _scan(ix, ex, tail_lo, hi, mulhi64(_uniform64(r), remaining),
                  own_lo, own_hi, distinct, out, out_lo, j), attempts
+
+
+@nb.njit(inline="always", cache=True)
+def _alias_pick(alias, base, size, r):
+    """Tail-local position an alias draw with words r picks from the table at alias[base:base + size]."""
+    slot = nb.int64(mulhi64(_uniform64(r), size))
+    return slot if r[2] < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
 
 
 @nb.njit(inline="always", cache=True)
@@ -152,62 +163,104 @@ def _pick_part(r, remaining, total, parts):
     return parts - 1
 
 
-@nb.njit(inline="always", cache=True)
-def _first_attempts(ix, ex, req_segs, c_lo, parts, remaining, total, call, row, k0, k1, own_lo, own_hi,
-                    out, out_lo, count, spec):
-    """Attempt 0 of every draw of a row (with replacement), before any of them is checked.
+# Rows per block of the sampling kernels: a block's attempt-0 loads are issued in tight loops
+# over all of its draws (hundreds of independent cache misses in flight) before any draw is
+# decided; its scratch (~50 bytes a draw) stays in L2 until the decisions read it back.
+BLOCK_ROWS = 64
 
-    Writing all alias slots first, then all candidate ids, turns one long chain of
-    dependent cache misses per draw into independent loads the CPU overlaps.
-    spec[j] = (part, position or -1 where the tail's exact scan decides, r2 or _HEAD_DRAW).
+
+@nb.njit(inline="always", cache=True)
+def _speculate(ix, ex, seg_of, words, first, first_id, n):
+    """Attempt 0's alias pick of each of n draws, as if each went to its segment's tail:
+    first[t] = its position in the segment arrays (first_id[t] its item id), or -1 (no
+    tail, or seg_of[t] < 0).
+
+    Only loads, no decisions: the decisions (which part, alias or exact scan, accepted or
+    not) are made afterwards in draw order, exactly as without this pass, so the result is
+    the same; what changes is that the misses of all draws overlap. The two loops (alias
+    entries, then the ids they name) each issue independent loads only.
     """
-    for j in range(count):
-        r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
-        q = _pick_part(r, remaining, total, parts)
-        seg = req_segs[c_lo + (q >> 1)]
-        spec[j, 0] = q
-        spec[j, 1] = -1
-        spec[j, 2] = 0
-        if (q & 1) == 0:
-            p, _ = _draw(ix, ex, seg, False, remaining[q], r, call, row, nb.uint64(j), k0, k1,
-                         own_lo, own_hi, False, out, out_lo)
-            spec[j, 1] = p
-            spec[j, 2] = _HEAD_DRAW
+    for t in range(n):
+        first[t] = -1
+        seg = seg_of[t]
+        if seg < 0:
             continue
-        _, _, table_mass = _tail_table(ix, ex, seg)
-        if remaining[q] >= table_mass - remaining[q]:
-            size = nb.uint64(ix.seg_offsets[seg + 1] - ix.seg_offsets[seg] - ix.seg_head[seg])
-            spec[j, 1] = nb.int64(mulhi64(_uniform64(r), size))
-            spec[j, 2] = nb.int64(r[2])
-    for j in range(count):
-        slot = spec[j, 1]
-        if slot < 0 or spec[j, 2] == _HEAD_DRAW:
+        tail_lo = ix.seg_offsets[seg] + ix.seg_head[seg]
+        size = nb.uint64(ix.seg_offsets[seg + 1] - tail_lo)
+        if size == 0:
             continue
-        seg = req_segs[c_lo + (spec[j, 0] >> 1)]
         alias, base, _ = _tail_table(ix, ex, seg)
-        local = slot if nb.uint64(spec[j, 2]) < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
-        spec[j, 1] = ix.seg_offsets[seg] + ix.seg_head[seg] + local
+        first[t] = tail_lo + _alias_pick(alias, base, size, _stored_words(words, t))
+    for t in range(n):
+        if first[t] >= 0:
+            first_id[t] = ix.seg_ids[first[t]]
+
+
+@nb.njit(inline="always", cache=True)
+def _touch_excluded_rows(ix, own_rows, lo, hi, scratch):
+    """Load, for every excluded row in own_rows[lo:hi], the lines _own_excluded_mass reads
+    (its (segment, weight) pairs), in two loops of independent loads; scratch keeps what was
+    read so the loads stay. The masses are then computed from cache, row by row."""
+    for e in range(lo, hi):
+        row = own_rows[e]
+        scratch[e - lo] = ix.item_cat_offsets[row] if row >= 0 else -1
+    for e in range(lo, hi):
+        p = scratch[e - lo]
+        if p >= 0:
+            scratch[e - lo] = ix.item_seg[p] ^ nb.int64(ix.item_weights[p])
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
 def part_masses(ix, ex, req_offsets, req_segs, remaining, row_total):
     """remaining[2k], remaining[2k + 1] = the head and tail mass of category k of the request
-    (req_segs[k]) left after the row's exclusion; row_total[i] = the sum over row i's parts."""
-    for i in nb.prange(req_offsets.shape[0] - 1):
-        own_lo = ex.own_offsets[i]
-        own_hi = ex.own_offsets[i + 1]
-        total = np.uint64(0)
-        for k in range(req_offsets[i], req_offsets[i + 1]):
-            seg = req_segs[k]
-            if ex.use_batch:
-                head_out = ex.batch_head_mass[seg]
-                tail_out = ex.batch_tail_mass[seg]
-            else:
-                head_out, tail_out = _own_excluded_mass(ix, seg, ex.own_rows, own_lo, own_hi)
-            remaining[2 * k] = ix.seg_head_mass[seg] - head_out
-            remaining[2 * k + 1] = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out
-            total += remaining[2 * k] + remaining[2 * k + 1]
-        row_total[i] = total
+    (req_segs[k]) left after the row's exclusion; row_total[i] = the sum over row i's parts.
+    Rows go BLOCK_ROWS at a time, their excluded rows' lines loaded together first."""
+    n_rows = req_offsets.shape[0] - 1
+    for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
+        lo = b * BLOCK_ROWS
+        hi = min(lo + BLOCK_ROWS, n_rows)
+        if not ex.use_batch:
+            e_lo = ex.own_offsets[lo]
+            e_hi = ex.own_offsets[hi]
+            _touch_excluded_rows(ix, ex.own_rows, e_lo, e_hi, np.empty(e_hi - e_lo, dtype=np.int64))
+        for i in range(lo, hi):
+            own_lo = ex.own_offsets[i]
+            own_hi = ex.own_offsets[i + 1]
+            total = np.uint64(0)
+            for k in range(req_offsets[i], req_offsets[i + 1]):
+                seg = req_segs[k]
+                if ex.use_batch:
+                    head_out = ex.batch_head_mass[seg]
+                    tail_out = ex.batch_tail_mass[seg]
+                else:
+                    head_out, tail_out = _own_excluded_mass(ix, seg, ex.own_rows, own_lo, own_hi)
+                remaining[2 * k] = ix.seg_head_mass[seg] - head_out
+                remaining[2 * k + 1] = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out
+                total += remaining[2 * k] + remaining[2 * k + 1]
+            row_total[i] = total
+
+
+@nb.njit(inline="always", cache=True)
+def _philox_words(call, row, j, k0, k1, words, t):
+    """Attempt 0's Philox words of draw j of row into words[t] (and returned)."""
+    r = philox4x32_10(call, row, j, nb.uint64(0), k0, k1)
+    words[t, 0] = r[0]
+    words[t, 1] = r[1]
+    words[t, 2] = r[2]
+    words[t, 3] = r[3]
+    return r
+
+
+@nb.njit(inline="always", cache=True)
+def _stored_words(words, t):
+    """The Philox words _philox_words stored at words[t], as the tuple philox4x32_10 returns."""
+    return words[t, 0], words[t, 1], words[t, 2], words[t, 3]
+
+
+@nb.njit(inline="always", cache=True)
+def _fail_row(status, why, out, lo, hi, fill_id):
+    status[0] = why
+    out[lo:hi] = fill_id
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -217,48 +270,70 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
 
     status[i] gets STATUS_*; a failed row's slots hold fill_id; attempts[i] counts the
     alias draws row i made (head and exact scans count none). The CUDA twin runs a thread
-    per draw; here a row's draws share one thread, so attempt 0 of all of them is issued
-    before any is checked (the same decisions, their memory loads overlapped).
+    per draw; here a thread takes BLOCK_ROWS rows at a time: every draw's part and head
+    scan first (the words of attempt 0; heads are a few hot lines), then _speculate issues
+    the tail draws' alias loads all together, then each draw is decided in order: the same
+    decisions, their memory loads overlapped.
     """
     call = nb.uint64(call) & MASK32
-    for i in nb.prange(row_total.shape[0]):
-        o = out_offsets[i]
-        count = out_offsets[i + 1] - o
-        status[i] = STATUS_OK
-        attempts[i] = 0
-        if count == 0:
-            continue
-        total = row_total[i]
-        if total == 0:
-            status[i] = STATUS_NO_CANDIDATE
-            out[o:o + count] = fill_id
-            continue
-        row = nb.uint64(i)
-        c_lo = req_offsets[i]
-        parts = 2 * (req_offsets[i + 1] - c_lo)
-        rem = remaining[2 * c_lo:2 * c_lo + parts]
-        own_lo = ex.own_offsets[i]
-        own_hi = ex.own_offsets[i + 1]
-        spec = np.empty((count, 3), dtype=np.int64)
-        _first_attempts(ix, ex, req_segs, c_lo, parts, rem, total, call, row, k0, k1, own_lo, own_hi,
-                        out, o, count, spec)
-        for j in range(count):
-            p = spec[j, 1]
-            if spec[j, 2] == _HEAD_DRAW:
-                out[o + j] = ix.seg_ids[p]
-                continue
-            if p >= 0:
-                attempts[i] += 1
-                item_id = ix.seg_ids[p]
-                if not _is_excluded(item_id, ex, own_lo, own_hi):
-                    out[o + j] = item_id
+    n_rows = row_total.shape[0]
+    for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
+        lo = b * BLOCK_ROWS
+        hi = min(lo + BLOCK_ROWS, n_rows)
+        o_lo = out_offsets[lo]
+        n = out_offsets[hi] - o_lo
+        words = np.empty((n, 4), dtype=np.uint64)
+        part = np.empty(n, dtype=np.int64)   # the part a draw takes; -1: the head scan decided it
+        seg_of = np.empty(n, dtype=np.int64)  # its segment where its tail draws by alias, else -1
+        first = np.empty(n, dtype=np.int64)
+        first_id = np.empty(n, dtype=np.int64)
+        for i in range(lo, hi):
+            o = out_offsets[i]
+            status[i] = STATUS_OK
+            attempts[i] = 0
+            total = row_total[i]
+            c_lo = req_offsets[i]
+            rem = remaining[2 * c_lo:2 * req_offsets[i + 1]]
+            for j in range(out_offsets[i + 1] - o):
+                t = o + j - o_lo
+                seg_of[t] = -1
+                if total == 0:
+                    part[t] = -1
                     continue
-            q = spec[j, 0]
-            r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
-            p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], True, rem[q], r, call, row,
-                            nb.uint64(j), k0, k1, own_lo, own_hi, False, out, o)
-            attempts[i] += used - 1 if spec[j, 1] >= 0 else used
-            out[o + j] = ix.seg_ids[p]
+                r = _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
+                q = _pick_part(r, rem, total, rem.shape[0])
+                seg = req_segs[c_lo + (q >> 1)]
+                part[t] = q
+                if (q & 1) == 0:  # head: an exact scan over a few hot lines, decided now
+                    p, _ = _draw(ix, ex, seg, False, rem[q], r, call, nb.uint64(i), nb.uint64(j), k0, k1,
+                                 ex.own_offsets[i], ex.own_offsets[i + 1], False, out, o)
+                    out[o + j] = ix.seg_ids[p]
+                    part[t] = -1
+                    continue
+                _, _, table_mass = _tail_table(ix, ex, seg)
+                if rem[q] >= table_mass - rem[q]:
+                    seg_of[t] = seg
+        _speculate(ix, ex, seg_of, words, first, first_id, n)
+        for i in range(lo, hi):
+            o = out_offsets[i]
+            count = out_offsets[i + 1] - o
+            if count == 0:
+                continue
+            if row_total[i] == 0:
+                _fail_row(status[i:i + 1], STATUS_NO_CANDIDATE, out, o, o + count, fill_id)
+                continue
+            c_lo = req_offsets[i]
+            rem = remaining[2 * c_lo:2 * req_offsets[i + 1]]
+            for j in range(count):
+                t = o + j - o_lo
+                q = part[t]
+                if q < 0:
+                    continue
+                p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], True, rem[q], _stored_words(words, t), call, nb.uint64(i),
+                                nb.uint64(j), k0, k1, ex.own_offsets[i], ex.own_offsets[i + 1], False, out, o,
+                                first[t], first_id[t])
+                attempts[i] += used
+                out[o + j] = ix.seg_ids[p]
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -266,36 +341,62 @@ def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
                     call, k0, k1, fill_id, out, status, attempts):
     """Row i's distinct negatives (one category per row: two parts) into
     out[out_offsets[i]:out_offsets[i + 1]]; each drawn item's mass leaves its part.
-    status, fill and attempts as in sample_put_back."""
+    status, fill and attempts as in sample_put_back.
+
+    Each draw depends on the ones before it (which items are gone, how much mass is left),
+    but attempt 0's alias pick does not: a thread takes BLOCK_ROWS rows at a time, computes
+    every draw's attempt-0 words, lets _speculate load every pick from the row's tail
+    together, then decides the draws in order as the CUDA twin does, one thread per row.
+    """
     call = nb.uint64(call) & MASK32
-    for i in nb.prange(row_total.shape[0]):
-        o = out_offsets[i]
-        count = out_offsets[i + 1] - o
-        status[i] = STATUS_OK
-        attempts[i] = 0
-        if count == 0:
-            continue
-        total = row_total[i]
-        if total == 0:
-            status[i] = STATUS_NO_CANDIDATE
-            out[o:o + count] = fill_id
-            continue
-        row = nb.uint64(i)
-        c_lo = req_offsets[i]
-        seg = req_segs[c_lo]
-        own_lo = ex.own_offsets[i]
-        own_hi = ex.own_offsets[i + 1]
-        part = remaining[2 * c_lo:2 * c_lo + 2].copy()  # head, tail: this row's own, drawn down
-        for j in range(count):
+    n_rows = row_total.shape[0]
+    for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
+        lo = b * BLOCK_ROWS
+        hi = min(lo + BLOCK_ROWS, n_rows)
+        o_lo = out_offsets[lo]
+        n = out_offsets[hi] - o_lo
+        words = np.empty((n, 4), dtype=np.uint64)
+        seg_of = np.empty(n, dtype=np.int64)
+        first = np.empty(n, dtype=np.int64)
+        first_id = np.empty(n, dtype=np.int64)
+        for i in range(lo, hi):
+            o = out_offsets[i]
+            seg = req_segs[req_offsets[i]] if row_total[i] > 0 else -1
+            for j in range(out_offsets[i + 1] - o):
+                t = o + j - o_lo
+                _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
+                seg_of[t] = seg
+        _speculate(ix, ex, seg_of, words, first, first_id, n)
+        for i in range(lo, hi):
+            o = out_offsets[i]
+            count = out_offsets[i + 1] - o
+            status[i] = STATUS_OK
+            attempts[i] = 0
+            if count == 0:
+                continue
+            total = row_total[i]
             if total == 0:
-                status[i] = STATUS_TOO_FEW
-                out[o + j:o + count] = fill_id
-                break
-            r = philox4x32_10(call, row, nb.uint64(j), nb.uint64(0), k0, k1)
-            q = _pick_part(r, part, total, 2)
-            p, used = _draw(ix, ex, seg, q == 1, part[q], r, call, row, nb.uint64(j), k0, k1,
-                            own_lo, own_hi, True, out, o)
-            attempts[i] += used
-            out[o + j] = ix.seg_ids[p]
-            part[q] -= ix.seg_weights[p]
-            total -= ix.seg_weights[p]
+                _fail_row(status[i:i + 1], STATUS_NO_CANDIDATE, out, o, o + count, fill_id)
+                continue
+            c_lo = req_offsets[i]
+            seg = req_segs[c_lo]
+            own_lo = ex.own_offsets[i]
+            own_hi = ex.own_offsets[i + 1]
+            head = remaining[2 * c_lo]  # this row's own part masses, drawn down
+            tail = remaining[2 * c_lo + 1]
+            for j in range(count):
+                if total == 0:
+                    _fail_row(status[i:i + 1], STATUS_TOO_FEW, out, o + j, o + count, fill_id)
+                    break
+                t = o + j - o_lo
+                r = _stored_words(words, t)
+                from_tail = mul32hi(r[3], total) >= head
+                p, used = _draw(ix, ex, seg, from_tail, tail if from_tail else head, r, call, nb.uint64(i),
+                                nb.uint64(j), k0, k1, own_lo, own_hi, True, out, o, first[t], first_id[t])
+                attempts[i] += used
+                out[o + j] = ix.seg_ids[p]
+                if from_tail:
+                    tail -= ix.seg_weights[p]
+                else:
+                    head -= ix.seg_weights[p]
+                total -= ix.seg_weights[p]

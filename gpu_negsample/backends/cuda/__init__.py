@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...hashing import build_hash_table
+from ...hashing import EMPTY_KEY, capacity_for
 from ...index import Index
-from ..exclusion import exclusion
 from ..protocol import Allocator, Draw, SampleInputs, host_empty
 from ..status import Counter
 from .device import Device
@@ -78,16 +77,7 @@ class CudaBackend:
     def sample(self, rq: DeviceRequest, inputs: SampleInputs) -> Draw:
         dev, ix = self.device, inputs.ix
         n, n_cats = inputs.n_rows, int(inputs.req_cats.shape[0])
-        if inputs.batch_ids is None:
-            batch = dict(ix.no_batch, use_batch=0)
-        else:
-            # Batch-wide exclusion's per-segment masses and tail tables are built on the host by
-            # the code the CPU path runs, then staged (a second upload, for these requests only).
-            slots = build_hash_table(inputs.batch_ids)[0]
-            host = exclusion(ix.host, np.zeros(1, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
-                             (slots, inputs.batch_ids))
-            batch = rq.inputs(**{k: v for k, v in host._asdict().items() if k.startswith("batch_")})
-            batch["use_batch"] = 1
+        batch = self._batch_exclusion(rq, inputs) if inputs.batch else dict(ix.no_batch, use_batch=0)
         ex = (inputs.own_offsets, inputs.own_ids, batch["use_batch"], batch["batch_slots"],
               batch["batch_slots"].shape[0], batch["batch_head_mass"], batch["batch_tail_mass"],
               batch["batch_table_start"], batch["batch_alias"])
@@ -106,6 +96,25 @@ class CudaBackend:
         else:
             dev.launch("sample_put_back", inputs.n_draws, *common, inputs.uniform_count, *tail)
         return Draw(out, req_segs, status)
+
+    def _batch_exclusion(self, rq: DeviceRequest, inputs: SampleInputs) -> dict:
+        """Batch-wide exclusion on the device: the excluded ids' hash set and per-segment masses
+        (batch_exclusion), then the tails they would stall get alias tables without them
+        (batch_tables), each tail's at its own positions of a per-request array."""
+        dev, ix = self.device, inputs.ix
+        n_ids, n_seg, n_pos = int(inputs.own_ids.shape[0]), ix.host.seg_total.shape[0], ix.host.seg_ids.shape[0]
+        capacity = capacity_for(n_ids)
+        slots = rq.empty((capacity, 2), torch.int64)
+        dev.fill(slots, EMPTY_KEY)
+        mass = rq.zeros((2, n_seg), torch.int64)  # u64 in the kernels: head masses, then tail masses
+        dev.launch("batch_exclusion", n_ids, ix.view, inputs.own_ids, n_ids, slots, capacity, mass, n_seg)
+        start = rq.empty((n_seg,), torch.int64)
+        tables = rq.empty((n_pos, 2), torch.int32)  # u32
+        scaled, small, large = (rq.empty((n_pos,), torch.float64), rq.empty((n_pos,), torch.int32),
+                                rq.empty((n_pos,), torch.int32))
+        dev.launch("batch_tables", n_seg, ix.view, slots, capacity, mass, n_seg, start, tables, scaled, small, large)
+        return {"use_batch": 1, "batch_slots": slots, "batch_head_mass": mass[0], "batch_tail_mass": mass[1],
+                "batch_table_start": start, "batch_alias": tables}
 
     # ---- lookups -------------------------------------------------------------------
     def valid_ids(self, rq: DeviceRequest, ix: IndexMirror, ids, default_id: int):

@@ -15,14 +15,12 @@ import numpy as np
 import torch
 
 from . import kernel_sources as ks
-from .device import DeviceBase
-
-BLOCK = 256
-BLOCKS_PER_SM = 32  # enough resident warps to hide memory latency; grid-stride loops do the rest
+from .device import DeviceBase, launch_shape
 
 
 class CupyDevice(DeviceBase):
-    """The CUDA device `ordinal`, with a non-blocking stream of its own (or `stream`)."""
+    """The CUDA device `ordinal`, with a non-blocking stream of its own, or the caller's
+    `stream` (a torch.cuda.Stream on that device)."""
 
     def __init__(self, ordinal: int = 0, stream: torch.cuda.Stream | None = None):
         import cupy
@@ -31,10 +29,13 @@ class CupyDevice(DeviceBase):
         self.cp = cupy
         self.ordinal = ordinal
         self.torch_device = torch.device("cuda", ordinal)
-        self.stream = stream or torch.cuda.Stream(device=self.torch_device)
+        if stream is not None and stream.device != self.torch_device:
+            raise ValueError(f"stream= is on {stream.device}, the sampler on {self.torch_device}; "
+                             "give a stream of the sampler's device")
+        self.stream = stream or torch.cuda.Stream(device=self.torch_device)  # torch's pool: non-blocking
         props = torch.cuda.get_device_properties(ordinal)
         self._card = props.name
-        self._max_blocks = int(props.multi_processor_count) * BLOCKS_PER_SM
+        self._sms = int(props.multi_processor_count)
         self._arch = f"sm_{props.major}{props.minor}"
         self._modules = {}
         self._functions = {}
@@ -81,11 +82,11 @@ class CupyDevice(DeviceBase):
         self._op("launches")
         if n_items <= 0:
             return
-        grid = max(1, min(-(-int(n_items) // BLOCK), self._max_blocks))
+        grid, block = launch_shape(n_items, self._sms)
         params = ks.kernels()[name].params
         values = tuple(np.uint64(a.data_ptr()) if p.is_pointer else ks.SCALARS[p.ctype](a)
                        for p, a in zip(params, args, strict=True))
-        self._function(name)((grid,), (BLOCK,), values)
+        self._function(name)((grid,), (block,), values)
 
     # ---- memory ----------------------------------------------------------------------
     def allocate_host(self, nbytes: int) -> np.ndarray:

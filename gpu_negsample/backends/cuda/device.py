@@ -17,6 +17,8 @@ from typing import ContextManager, Protocol, Sequence
 import numpy as np
 import torch
 
+from .faults import device_faults
+
 
 @dataclasses.dataclass
 class OpCounts:
@@ -29,6 +31,23 @@ class OpCounts:
 
     def __sub__(self, other: "OpCounts") -> "OpCounts":
         return OpCounts(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+
+WARP = 32
+MAX_BLOCK = 256
+BLOCKS_PER_SM = 32  # enough resident warps to hide memory latency; grid-stride loops do the rest
+
+
+def launch_shape(n_items: int, sms: int) -> tuple[int, int]:
+    """(blocks, threads per block) for a kernel over n_items threads on a GPU with `sms`
+    multiprocessors, sized per launch: blocks shrink (down to one warp) until every SM gets
+    one, so a 4096-row request runs on all 132 SMs of an H100 (128 blocks of 32) instead of
+    16 of them (blocks of 256); big launches use blocks of 256, at most BLOCKS_PER_SM per SM.
+    Every kernel is a grid-stride loop and works for any shape, warp-per-row ones included
+    (blocks are whole warps)."""
+    per_sm = -(-max(int(n_items), 1) // sms)
+    block = min(MAX_BLOCK, max(WARP, -(-per_sm // WARP) * WARP))
+    return max(1, min(-(-int(n_items) // block), sms * BLOCKS_PER_SM)), block
 
 
 class Device(Protocol):
@@ -44,6 +63,10 @@ class Device(Protocol):
 
     def compile_all(self) -> None:
         """Load every kernel now (at reload), so no request pays for compiling."""
+
+    def warm(self) -> None:
+        """Compile and load everything a request runs (at reload): our kernels, and the torch
+        operations (scan, memset, pinned copies) whose kernels load lazily on first use."""
 
     def active(self) -> ContextManager:
         """This device and the sampler's stream, for the operations of one request or placement."""
@@ -62,8 +85,8 @@ class Device(Protocol):
     def host_view(self, host: np.ndarray) -> torch.Tensor:
         """A tensor over host memory from allocate_host, read in place by the kernels."""
 
-    def fill_zero(self, t: torch.Tensor) -> None:
-        """t = 0 (a memset; counted as a launch)."""
+    def fill(self, t: torch.Tensor, value: int) -> None:
+        """t = value everywhere (a memset or fill kernel; counted as a launch)."""
 
     def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
         """out = the running sums of src along its last dimension."""
@@ -92,7 +115,8 @@ class DeviceBase:
         depth = getattr(self._active, "depth", 0)
         self._active.depth = depth + 1
         try:
-            yield
+            with device_faults(self.describe()):
+                yield
         finally:
             self._active.depth = depth
 
@@ -105,13 +129,21 @@ class DeviceBase:
     def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(tuple(shape), dtype=dtype, device=self.torch_device)
 
+    def warm(self) -> None:
+        self.compile_all()
+        with self.active():
+            t = self.upload(np.zeros((2, 2), np.int64))
+            self.fill(t, 0)
+            self.cumsum(t, t)
+            self.fetch([t[:, 1]])
+
     @staticmethod
     def host_view(host: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(host)
 
-    def fill_zero(self, t: torch.Tensor) -> None:
+    def fill(self, t: torch.Tensor, value: int) -> None:
         self._op("launches")
-        t.zero_()
+        t.fill_(value)
 
     def cumsum(self, src: torch.Tensor, out: torch.Tensor) -> None:
         self._op("launches")

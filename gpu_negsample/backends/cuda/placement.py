@@ -29,7 +29,7 @@ class IndexMirror:
 
 
 def place_index(device: Device, index: Index) -> IndexMirror:
-    device.compile_all()  # at reload, not in the first request
+    device.warm()  # at reload, not in the first request
     with device.active():
         arrays = {name: device.upload(a) for name, a in index.arrays._asdict().items()}
         fields = dict(arrays, id_capacity=index.arrays.id_slots.shape[0], cat_capacity=index.arrays.cat_slots.shape[0])

@@ -87,7 +87,7 @@ class DeviceRequest:
     def zeros(self, shape, dtype: torch.dtype) -> torch.Tensor:
         """A zeroed device output of this request."""
         t = self.empty(shape, dtype)
-        self.device.fill_zero(t)
+        self.device.fill(t, 0)
         return t
 
     def download_at_finish(self, src: torch.Tensor, dst: np.ndarray) -> None:

@@ -1,0 +1,45 @@
+"""Sampling in DataLoader workers: each worker transforms its share of the positive batches.
+
+Which to use when (README "Feeding a model"):
+
+* ``Prefetcher`` / ``prefetch``: one training process, sampling in a background thread
+  of that process (the kernels release the GIL).
+* ``SampledBatches`` in ``DataLoader(num_workers=n)``: sampling spread over worker
+  processes. With a ``NegativeSampler`` the workers must be forked (they share the table
+  the parent loaded; each gets its own random stream); with a ``LocalRpcDataSampler``
+  any start method works (each worker is one more client of the node's server).
+* ``LocalRpcDataSampler``: several training processes on one machine (torchrun), one
+  table in memory for all of them.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Iterable, Iterator
+
+import torch.utils.data
+
+
+class SampledBatches(torch.utils.data.IterableDataset):
+    """``transform(batch)`` for every positive batch of ``batches``, computed in DataLoader workers.
+
+    Worker ``w`` of ``n`` takes batches ``w, w + n, w + 2n, ...``, so each batch is
+    transformed once per epoch, by one worker; without workers the loading process takes
+    them all. ``batches`` is iterated again each epoch (a list, a Dataset, or any iterable
+    that can be iterated more than once). ``transform`` is typically a function that calls
+    a sampler (``sampler.sample(...)`` and ``sampler.combine(...)``); under the spawn start
+    method it is pickled, so make it a module-level function or a ``functools.partial``.
+    Use the loader with ``batch_size=None``: the batches are already batches::
+
+        loader = DataLoader(SampledBatches(batches, with_negatives), batch_size=None,
+                            num_workers=2, multiprocessing_context="fork")
+    """
+
+    def __init__(self, batches: Iterable[Any], transform: Callable[[Any], Any]):
+        super().__init__()
+        self.batches = batches
+        self.transform = transform
+
+    def __iter__(self) -> Iterator[Any]:
+        info = torch.utils.data.get_worker_info()
+        share = iter(self.batches) if info is None else itertools.islice(self.batches, info.id, None, info.num_workers)
+        return map(self.transform, share)
