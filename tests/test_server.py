@@ -17,7 +17,7 @@ pytest.importorskip("zmq", reason="the node server needs pyzmq")
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError, ServerError
 from gpu_negsample.server.endpoint import EXIT_JOB_TAKEN, SHM_DIR, job_dir, job_name, pid_alive, shm_prefix
 from gpu_negsample.server.service import rank_seed
-from server_tables import catalogue, positives
+from server_tables import assert_same_features, catalogue, positives
 import server_workers as w
 from devices import needs_gpu
 
@@ -105,14 +105,7 @@ def test_results_by_shared_memory_and_by_socket_agree_with_in_process(job):
         want = ref.sample(*positives(cat, 9), default_value=int(cat.ids[0]), return_log_q=True)
         got = shm.sample(*positives(cat, 9), default_value=int(cat.ids[0]), return_log_q=True)
         assert torch.equal(got.ids, want.ids) and torch.allclose(got.log_q, want.log_q)
-        for name, value in want.features.items():
-            other = got.features[name]
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(other, value), name
-            elif isinstance(value, np.ndarray):
-                assert np.array_equal(other, value), name
-            else:
-                assert other.to_list() == value.to_list(), name
+        assert_same_features(got.features, want.features)
         ids = torch.from_numpy(cat.ids[:50])
         assert torch.equal(shm.valid_sample_ids(ids, -1), ref.valid_sample_ids(ids, -1))
         assert "placement on cpu" in shm.describe()
