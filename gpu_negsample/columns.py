@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .errors import TableError
+from .fixed_strings import fixed_width_to_bytes
 from .ragged import RaggedTensor
 
 DENSE, RAGGED, STRING = "dense", "ragged", "string"
@@ -196,7 +197,14 @@ def _dense(name: str, array: np.ndarray) -> Column:
 
 
 def strings_from_sequence(name: str, seq) -> Column:
-    """A string column from a list / array of str or bytes, via Arrow's binary layout."""
+    """A string column from a list / array of str or bytes: numpy fixed-width arrays directly
+    (fixed_strings.py), anything else via Arrow's binary layout."""
+    if isinstance(seq, np.ndarray) and seq.ndim == 1 and seq.dtype.kind in "US":
+        data, offsets, bad = fixed_width_to_bytes(seq)
+        if bad >= 0:
+            raise TableError(f"column {name!r}: row {bad} holds a lone surrogate code point, which UTF-8 cannot "
+                             "encode; fix or drop that value")
+        return Column(name, STRING, data, offsets)
     try:
         arr = pa.array(seq if not isinstance(seq, np.ndarray) or seq.dtype.kind != "O" else list(seq))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -94,6 +94,25 @@ def quantize_weights(weights: np.ndarray) -> tuple[np.ndarray, int]:
     return ints, scale_log2
 
 
+def segments_of(categories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct categories, segment of each pair) as np.unique(return_inverse=True) gives.
+
+    Category values usually span a small range (ids of a taxonomy): then a presence table
+    over that range does it in O(pairs) without the sort of a million values."""
+    n = categories.shape[0]
+    if n == 0:
+        return categories[:0].astype(np.int64), np.zeros(0, np.int64)
+    lo, hi = int(categories.min()), int(categories.max())
+    if hi - lo >= 4 * n + 1024:
+        distinct, inverse = np.unique(categories, return_inverse=True)
+        return distinct, inverse.astype(np.int64).reshape(-1)
+    local = categories - np.int64(lo)  # fits: the range is small
+    present = np.zeros(hi - lo + 1, dtype=np.bool_)
+    present[local] = True
+    segment = np.cumsum(present, dtype=np.int64) - 1
+    return np.flatnonzero(present).astype(np.int64) + np.int64(lo), segment[local]
+
+
 @nb.njit(cache=True)
 def _bucket_by_segment(pair_seg, pair_weights, cat_offsets, ids, n_seg):
     """Counting sort of (item, category) pairs by segment, rows ascending inside each."""
@@ -170,8 +189,7 @@ def build_index(sc: SamplingColumns, sample_tag: str) -> Index:
     if duplicate is not None:
         a, b = duplicate
         raise TableError(f"dedup_tag id {int(sc.ids[a])} appears in rows {a} and {b}; ids must be unique")
-    categories, pair_seg = np.unique(sc.categories, return_inverse=True)
-    pair_seg = pair_seg.astype(np.int64).reshape(-1)
+    categories, pair_seg = segments_of(sc.categories)
     pair_weights, scale_log2 = quantize_weights(sc.weights)
     n_seg = categories.shape[0]
     seg_offsets, seg_rows, seg_ids, seg_weights, seg_total = _bucket_by_segment(

@@ -7,6 +7,7 @@ import pytest
 from gpu_negsample.alias import build_alias
 from gpu_negsample.backends.cpu.lookup import lookup
 from gpu_negsample.hashing import EMPTY_KEY, build_hash_table, capacity_for
+from gpu_negsample.index import segments_of
 from gpu_negsample.rng import mul32hi, mulhi64, philox_block
 
 # Random123's published known-answer vectors for Philox4x32-10.
@@ -85,3 +86,17 @@ def test_alias_table_reproduces_weights(weights):
     p = implied_probabilities(table)
     assert np.allclose(p, w / w.sum(), atol=w.size * 2.0**-31)
     assert (p[w == 0] == 0).all()
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(0).integers(-5, 1000, 100_000),           # a small range: the presence table
+    np.random.default_rng(1).integers(-2**62, 2**62, 1000),         # a wide range: np.unique
+    np.array([-2**63 + 1, 2**63 - 1]), np.array([7]), np.array([3, 3, 1]), np.zeros(0),
+])
+def test_segments_of_is_unique_with_inverse(values):
+    values = values.astype(np.int64)
+    distinct, segment = segments_of(values)
+    expected, inverse = np.unique(values, return_inverse=True)
+    np.testing.assert_array_equal(distinct, expected)
+    np.testing.assert_array_equal(segment, inverse.reshape(-1))
+    assert distinct.dtype == segment.dtype == np.int64

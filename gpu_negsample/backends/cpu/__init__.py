@@ -138,41 +138,44 @@ class CpuBackend:
                 out[name] = torch.from_numpy(dst)
             elif col.kind == RAGGED:
                 offsets = alloc(f"{name}.offsets", (n + 1,), np.dtype(np.int64))
-                values = cls.gather_ragged(col.values, col.offsets, rows, offsets,
-                                           lambda total, c=col, m=name: alloc(f"{m}.values", (total,), c.values.dtype))
-                weight = None if col.weight is None else cls.gather_ragged(
-                    col.weight, col.offsets, rows, offsets,
-                    lambda total, c=col, m=name: alloc(f"{m}.weight", (total,), c.weight.dtype), lengths_done=True)
+                starts = cls.ragged_rows(col.offsets, rows, offsets)
+                values = cls.copy_ragged(col.values, starts, offsets,
+                                         lambda total, c=col, m=name: alloc(f"{m}.values", (total,), c.values.dtype))
+                weight = None if col.weight is None else cls.copy_ragged(
+                    col.weight, starts, offsets,
+                    lambda total, c=col, m=name: alloc(f"{m}.weight", (total,), c.weight.dtype))
                 out[name] = RaggedTensor._from_parts(torch.from_numpy(values), torch.from_numpy(offsets),
                                                      None if weight is None else torch.from_numpy(weight))
             else:
                 offsets = np.empty(n + 1, dtype=np.int64)
-                data = cls.gather_ragged(col.values, col.offsets, rows, offsets,
-                                         lambda total: np.empty(total, np.uint8))
+                starts = cls.ragged_rows(col.offsets, rows, offsets)
                 width = max(1, int(np.diff(offsets).max(initial=0)))
                 fixed = alloc(name, (n,), np.dtype(f"S{width}"))
-                as_bytes = fixed.view(np.uint8).reshape(n, width)
-                as_bytes[...] = 0  # rows shorter than the width end in NULs
-                g.strings_to_fixed_width(data, offsets, as_bytes)
+                g.gather_fixed_width(col.values, starts, offsets, fixed.view(np.uint8).reshape(n, width))
                 out[name] = fixed
         return out
 
     @staticmethod
-    def gather_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, out_offsets: np.ndarray,
-                      allocate_values, lengths_done: bool = False) -> np.ndarray:
-        """Rows of a ragged column: out_offsets (n + 1) filled, values into allocate_values(total)."""
-        if not lengths_done:
-            out_offsets[0] = 0
-            g.gather_lengths(offsets, rows, out_offsets)
-            np.cumsum(out_offsets, out=out_offsets)
+    def ragged_rows(offsets: np.ndarray, rows: np.ndarray, out_offsets: np.ndarray) -> np.ndarray:
+        """Fill out_offsets (n + 1) with the offsets of the given rows of a ragged column; return
+        where each row starts in the column's values (its offsets are read here only)."""
+        starts = np.empty(rows.shape[0], dtype=np.int64)
+        out_offsets[0] = 0
+        g.gather_lengths(offsets, rows, out_offsets, starts)
+        np.cumsum(out_offsets, out=out_offsets)
+        return starts
+
+    @staticmethod
+    def copy_ragged(values: np.ndarray, starts: np.ndarray, out_offsets: np.ndarray, allocate_values) -> np.ndarray:
+        """The rows' values (laid out by ragged_rows) into allocate_values(total)."""
         words = values.view(np.dtype(f"u{values.itemsize}"))
         out = allocate_values(int(out_offsets[-1]))
-        g.gather_ragged(words, offsets, rows, out_offsets, out.view(words.dtype))
+        g.gather_ragged(words, starts, out_offsets, out.view(words.dtype))
         return out
 
     @classmethod
     def tile_ragged(cls, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, offsets) of the given rows of a ragged array (RecIS combine's tiling)."""
         out_offsets = np.empty(rows.shape[0] + 1, dtype=np.int64)
-        values = cls.gather_ragged(values, offsets, rows, out_offsets, lambda total: np.empty(total, values.dtype))
-        return values, out_offsets
+        starts = cls.ragged_rows(offsets, rows, out_offsets)
+        return cls.copy_ragged(values, starts, out_offsets, lambda total: np.empty(total, values.dtype)), out_offsets
