@@ -263,6 +263,19 @@ def _fail_row(status, why, out, lo, hi, fill_id):
     out[lo:hi] = fill_id
 
 
+@nb.njit(inline="always", cache=True)
+def _draw_block(b, n_rows, out_offsets):
+    """Block b's rows [lo, hi), its first output slot o_lo and draw count n, and the scratch
+    its draws fill: attempt-0 words, the segment a draw's tail pick is in (-1: none), the
+    speculated pick and its id."""
+    lo = b * BLOCK_ROWS
+    hi = min(lo + BLOCK_ROWS, n_rows)
+    o_lo = out_offsets[lo]
+    n = out_offsets[hi] - o_lo
+    return (lo, hi, o_lo, n, np.empty((n, 4), dtype=np.uint64), np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
+
+
 @nb.njit(parallel=True, nogil=True, cache=True)
 def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_offsets,
                     call, k0, k1, fill_id, out, status, attempts):
@@ -278,15 +291,8 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
     call = nb.uint64(call) & MASK32
     n_rows = row_total.shape[0]
     for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo = b * BLOCK_ROWS
-        hi = min(lo + BLOCK_ROWS, n_rows)
-        o_lo = out_offsets[lo]
-        n = out_offsets[hi] - o_lo
-        words = np.empty((n, 4), dtype=np.uint64)
+        lo, hi, o_lo, n, words, seg_of, first, first_id = _draw_block(b, n_rows, out_offsets)
         part = np.empty(n, dtype=np.int64)   # the part a draw takes; -1: the head scan decided it
-        seg_of = np.empty(n, dtype=np.int64)  # its segment where its tail draws by alias, else -1
-        first = np.empty(n, dtype=np.int64)
-        first_id = np.empty(n, dtype=np.int64)
         for i in range(lo, hi):
             o = out_offsets[i]
             status[i] = STATUS_OK
@@ -351,14 +357,7 @@ def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
     call = nb.uint64(call) & MASK32
     n_rows = row_total.shape[0]
     for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo = b * BLOCK_ROWS
-        hi = min(lo + BLOCK_ROWS, n_rows)
-        o_lo = out_offsets[lo]
-        n = out_offsets[hi] - o_lo
-        words = np.empty((n, 4), dtype=np.uint64)
-        seg_of = np.empty(n, dtype=np.int64)
-        first = np.empty(n, dtype=np.int64)
-        first_id = np.empty(n, dtype=np.int64)
+        lo, hi, o_lo, n, words, seg_of, first, first_id = _draw_block(b, n_rows, out_offsets)
         for i in range(lo, hi):
             o = out_offsets[i]
             seg = req_segs[req_offsets[i]] if row_total[i] > 0 else -1
