@@ -175,7 +175,8 @@ class NegativeSampler(SamplerBase):
     def __init__(self, sample_tag: str, dedup_tag: str, weight_tag: str, skey_name: str | None = None,
                  put_back: bool = True, *, seed: int | None = None, weight_exponent: float = 1.0,
                  unsatisfiable: str = "raise", fill_id: int = -1, device: str = "auto",
-                 memory_budget: int | None = None, max_negatives: int = DEFAULT_MAX_NEGATIVES, stream=None,
+                 memory_budget: int | None = None, max_negatives: int = DEFAULT_MAX_NEGATIVES,
+                 stream: torch.cuda.Stream | None = None,
                  **recis_options):
         self.config = SamplerConfig.from_arguments(
             recis_options=recis_options, owner=type(self).__name__, sample_tag=sample_tag, dedup_tag=dedup_tag,
