@@ -64,6 +64,12 @@ class DeviceEngines:
             for engine, state in zip(engines, states):
                 engine.swap(state)
 
+    def release(self) -> None:
+        """Drop the table from every device (the sampler's last user left)."""
+        with self._lock:
+            for engine in self._engines.values():
+                engine.swap(None)
+
     def _loaded(self) -> LoadedTable | None:
         for engine in self._engines.values():
             if engine.loaded:

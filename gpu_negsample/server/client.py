@@ -26,6 +26,7 @@ from ..errors import (DeviceFaultError, NegSampleError, NotLoadedError, RequestE
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
+from .rank_device import rank_device
 from .registry import settings_key
 from .endpoint import (RANK_VARIABLES, check_job_path, create_block, global_rank, job_dir, job_name,
                        local_rank, pid_alive, process_group_peers, ranks_by_process_group, remove_empty_dirs,
@@ -232,6 +233,7 @@ class ServerTransport:
             raise ValueError("results='cuda' puts answers on this rank's GPU; this process has no CUDA device")
         self.config = config.to_wire()
         self.local_rank, self.rank = local_rank(), global_rank()
+        self.device = rank_device(config.device)  # this rank's GPU: the server runs its requests there
         self.job = job_name(name)
         self._by_process_group = ranks_by_process_group(name)
         self._next_peer_check = time.monotonic() + 1.0
@@ -312,7 +314,7 @@ class ServerTransport:
         """Become a client of this sampler's hosted twin: local rank 0 opens it, another rank
         waits (up to the deadline) for rank 0 to have made it."""
         args = {"pid": os.getpid(), "rank": self.rank, "config": self.config, "open": self.local_rank == 0,
-                "slot": self._slot, "ordinal": self._ordinal}
+                "slot": self._slot, "ordinal": self._ordinal, "device": self.device}
         while True:
             try:
                 reply = self._request("hello", args, {}, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
@@ -404,7 +406,8 @@ class ServerTransport:
     def _new_block(self, size: int) -> _Block | None:
         ident = next(self._block_ids)
         if self.results == "cuda":
-            block = _CudaBlock(ident, size, torch.cuda.current_device())
+            on = self.device["ordinal"] if self.device is not None else torch.cuda.current_device()
+            block = _CudaBlock(ident, size, on)  # on the GPU the server samples this rank's requests on
             self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident}, {})
             self._blocks.append(block)
             return block
