@@ -130,3 +130,40 @@ def test_two_ranks_sample_on_their_own_emulated_gpus(job):
         for call, (ids, want) in enumerate(zip(calls, reference(rank, a, 2))):
             assert np.array_equal(ids, want.numpy()), (rank, call)
         assert np.isin(after_reload, b.ids).all(), f"rank {rank} still samples the old table"
+
+
+def test_a_rank_arriving_during_a_reload_is_not_held_up_and_gets_the_new_table():
+    """The server's one thread answers every rank: a hello that adds a device must not wait
+    for a reload's whole build (DeviceEngines builds outside its lock)."""
+    import threading
+
+    from gpu_negsample.backends.select import select_backend
+    from gpu_negsample.node import DeviceEngines
+
+    a, b = catalogue(seed=5), catalogue(seed=6)
+    engines = DeviceEngines(SamplerConfig("category", "item_id", "weight", "skey", seed=SEED),
+                            lambda n: select_backend(f"emulated:{n}"))
+    engines.engine(0)
+    engines.reload(a.table)
+    building, release = threading.Event(), threading.Event()
+    build = engines.engine(0).build_state
+
+    def held_build(data, progress=None):
+        building.set()
+        assert release.wait(60)
+        return build(data, progress)
+
+    engines.engine(0).build_state = held_build
+    reloading = threading.Thread(target=engines.reload, args=(b.table,))
+    reloading.start()
+    try:
+        assert building.wait(60)
+        added = threading.Thread(target=engines.engine, args=(1,))
+        added.start()
+        added.join(30)  # a deadlock detector, not a speed bound: it waits on nothing else
+        assert not added.is_alive(), "adding a device waited for the reload's build"
+    finally:
+        release.set()
+        reloading.join(60)
+    assert engines.engine(1).state.table is engines.engine(0).state.table
+    assert np.isin(np.asarray(engines.engine(1).sample_ids(*positives(b, 0))), b.ids).all()
