@@ -1,10 +1,12 @@
 """The node server routes each rank to its own GPU (emulated GPUs in CI): rank r's requests run
 on device r and give the single-device answers; a reload reaches every device in use; a GPU
 the server cannot use is refused."""
+import json
 import multiprocessing as mp
 import os
 import shutil
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -14,8 +16,12 @@ import torch
 pytest.importorskip("zmq", reason="the node server needs pyzmq")
 from gpu_negsample import NegativeSampler
 from gpu_negsample.backends.cuda.device import OpCounts
+from gpu_negsample.backends.select import select_backend
+from gpu_negsample.columns import read_table_input
 from gpu_negsample.config import SamplerConfig
 from gpu_negsample.errors import RequestError
+from gpu_negsample.node import DeviceEngines
+from gpu_negsample.server import protocol as p
 from gpu_negsample.server.client import ServerTransport
 from gpu_negsample.server.service import Args, SamplingServer, rank_seed
 from devices import needs_gxx
@@ -38,6 +44,7 @@ def server():
 
 
 def hello(server, rank, device, config_device="emulated"):
+    """Rank `rank` becomes a client (rank 0 opens the sampler), naming `device` as its GPU."""
     config = SamplerConfig("category", "item_id", "weight", "skey", seed=SEED, device=config_device)
     args = {"pid": os.getpid(), "rank": rank, "config": config.to_wire(), "open": rank == 0, "slot": 0,
             "ordinal": 0, "device": device}
@@ -45,6 +52,7 @@ def hello(server, rank, device, config_device="emulated"):
 
 
 def sample_ids(server, rank, cat, call):
+    """Rank `rank`'s sample_ids request for `positives(cat, call)`, as the server runs it."""
     dedup, n, tags = positives(cat, call)
     args, arrays = ServerTransport._encode(dedup=dedup, counts=n, tags=tags)
     args.update(avoid_conflict=True, avoid_all=False)
@@ -52,22 +60,21 @@ def sample_ids(server, rank, cat, call):
 
 
 def reload(server, rank, cat):
-    args, arrays = {}, {}
-    from gpu_negsample.server import protocol as p
-    from gpu_negsample.columns import read_table_input
-
-    args["columns"] = p.encode_columns(read_table_input(cat.table), arrays)
+    """Rank `rank`'s reload of `cat`, waited for; its answer must be ok."""
+    arrays = {}
+    args = {"columns": p.encode_columns(read_table_input(cat.table), arrays)}
     server._current_seq = 0
     assert server.op_reload(b"rank%d" % rank, Args("reload", args), arrays) is None
     hosted = server.clients[b"rank%d" % rank].sampler
     deadline = time.monotonic() + 60
     while hosted.reloading is not None and time.monotonic() < deadline:
         time.sleep(0.01)
-    reply = server.replies.get_nowait()
-    assert b'"ok": true' in bytes(reply[1]) or b'"ok":true' in bytes(reply[1]), bytes(reply[1])
+    header = json.loads(bytes(server.replies.get_nowait()[1]))
+    assert header["ok"], header
 
 
 def reference(rank, cat, calls):
+    """What rank `rank` gets from its first `calls` calls: an in-process CPU sampler with its seed."""
     ref = NegativeSampler("category", "item_id", "weight", "skey", seed=rank_seed(SEED, rank), device="cpu")
     ref.reload(cat.table)
     return [ref.sample_ids(*positives(cat, call)) for call in range(calls)]
@@ -135,11 +142,6 @@ def test_two_ranks_sample_on_their_own_emulated_gpus(job):
 def test_a_rank_arriving_during_a_reload_is_not_held_up_and_gets_the_new_table():
     """The server's one thread answers every rank: a hello that adds a device must not wait
     for a reload's whole build (DeviceEngines builds outside its lock)."""
-    import threading
-
-    from gpu_negsample.backends.select import select_backend
-    from gpu_negsample.node import DeviceEngines
-
     a, b = catalogue(seed=5), catalogue(seed=6)
     engines = DeviceEngines(SamplerConfig("category", "item_id", "weight", "skey", seed=SEED),
                             lambda n: select_backend(f"emulated:{n}"))
