@@ -48,6 +48,7 @@ WARM_UP_ITEMS, WARM_UP_CATEGORIES, WARM_UP_POSITIVES = 4096, 4, 64
 
 
 def make_sampler(args, **options) -> NegativeSampler:
+    """The job's sampler, as the command line configures it."""
     return NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, put_back=not args.no_put_back, seed=args.seed,
                            **options)
 

@@ -11,7 +11,8 @@ pip puts libtbb under the environment's ``lib/`` directory, which the dynamic lo
 not search; numba then reports TBB as unavailable. Loading it by its full path first
 (RTLD_GLOBAL) makes numba's own import of its TBB pool find it.
 
-``NUMBA_THREADING_LAYER`` set by the user is respected. Where TBB is missing, a sampler
+``NUMBA_THREADING_LAYER`` set by the user is respected (libtbb is loaded for the layers
+that may pick TBB). Where TBB is missing, a sampler
 used in a forked child whose parent already ran GNU OpenMP kernels refuses with an error
 (``forked_child_can_run``) instead of letting numba abort the process.
 """
@@ -53,9 +54,12 @@ def choose() -> str | None:
     TBB loads; returns the layer chosen here (None: numba's own choice stands)."""
     from numba.np.ufunc import parallel
 
-    if os.environ.get("NUMBA_THREADING_LAYER") or parallel._is_initialized:
+    if parallel._is_initialized:
         return None
-    if not _load_tbb():
+    asked = os.environ.get("NUMBA_THREADING_LAYER", "").lower()
+    if asked in ("omp", "workqueue") or not _load_tbb():  # a user's "tbb" or "safe" needs libtbb loaded too
+        return None
+    if asked:
         return None
     numba.config.THREADING_LAYER = "tbb"
     return "tbb"

@@ -17,7 +17,6 @@ import torch
 
 from . import threading_layer
 from .engine import Engine, RandomStream
-from .hashing import splitmix64
 
 
 @dataclass
@@ -138,5 +137,4 @@ def worker_seed(seed: int) -> int:
     worker, from the process id."""
     info = torch.utils.data.get_worker_info()
     salt = info.seed if info is not None else os.getpid()
-    mixed = int(splitmix64(np.int64(np.uint64(salt & (2**64 - 1)).view(np.int64))))
-    return (seed + mixed) & (2**64 - 1)
+    return int(np.random.SeedSequence([seed & (2**64 - 1), salt & (2**64 - 1)]).generate_state(1, np.uint64)[0])

@@ -12,6 +12,7 @@ import zmq
 from gpu_negsample.config import SamplerConfig
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import job_dir, socket_path
+from gpu_negsample.server.registry import SamplerRegistry
 from gpu_negsample.server.service import SamplingServer
 
 CONFIG = SamplerConfig("category", "item_id", "weight", "skey", seed=1, device="cpu")
@@ -26,7 +27,8 @@ class RawClient:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(f"ipc://{path}")
         self.seq = 0
-        self.hello = self.ask("hello", {"pid": pid or os.getpid(), "rank": 0, "config": CONFIG.to_wire()})
+        self.hello = self.ask("hello", {"pid": pid or os.getpid(), "rank": 0, "config": CONFIG.to_wire(),
+                                        "open": True, "slot": 0, "ordinal": 0})  # as local rank 0's first sampler
 
     def send_frames(self, frames: list) -> None:
         self.sock.send_multipart(frames, copy=False)
@@ -54,11 +56,12 @@ class RawClient:
 @contextmanager
 def server_on_thread(job: str, max_request_bytes: int = 1 << 20, engine=None):
     """A SamplingServer serving `job` on a thread (its parent is this process's parent, which
-    outlives the test); yields the server. `engine` replaces its Engine (a fake one)."""
+    outlives the test); yields the server. `engine` replaces the Engine of every sampler it
+    hosts (a fake one)."""
     directory = job_dir(job)
-    server = SamplingServer(str(directory), job, CONFIG, os.getppid(), max_request_bytes)
+    server = SamplingServer(str(directory), job, os.getppid(), max_request_bytes)
     if engine is not None:
-        server.engine = engine
+        server.samplers = SamplerRegistry(lambda config: engine)
     thread = threading.Thread(target=server.serve, name=f"server-{job}", daemon=True)
     thread.start()
     try:

@@ -16,3 +16,17 @@ def positives(cat, call: int, n: int = 128):
     one = torch.arange(n + 1)
     return (RaggedTensor(torch.from_numpy(cat.ids[rows]), one), 6,
             RaggedTensor(torch.from_numpy(cat.categories[rows]), one))
+
+
+def assert_same_features(got: dict, want: dict) -> None:
+    """Feature tables equal column by column (tensors, byte-string arrays, RaggedTensors)."""
+    import torch
+
+    for name, value in want.items():
+        other = got[name]
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(other, value), name
+        elif isinstance(value, np.ndarray):
+            assert np.array_equal(other, value), name
+        else:
+            assert other.to_list() == value.to_list(), name

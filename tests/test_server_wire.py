@@ -2,6 +2,7 @@
 is an error reply naming the cause, never a crash or a hang of the node's server."""
 import errno
 import itertools
+import mmap
 import os
 import struct
 import subprocess
@@ -18,9 +19,11 @@ from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
 from gpu_negsample.errors import DeviceFaultError
 from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
-from gpu_negsample.server.endpoint import SHM_DIR, create_block, pid_alive, shm_prefix, sweep_stale_blocks
+from gpu_negsample.server.endpoint import (SHM_DIR, create_block, job_name, pid_alive, shm_prefix,
+                                          sweep_stale_blocks)
+from gpu_negsample.server.service import SharedBlock
 from server_harness import raw_client, server_on_thread
-from server_tables import catalogue, positives
+from server_tables import assert_same_features, catalogue, positives
 
 _jobs = itertools.count()
 
@@ -147,7 +150,7 @@ def test_a_client_falls_back_to_the_socket_when_dev_shm_is_full(job, monkeypatch
         s.reload(cat.table)
         for call in range(2):
             assert torch.equal(s.sample_ids(*positives(cat, call)), ref.sample_ids(*positives(cat, call)))
-    assert not list(SHM_DIR.glob(f"{shm_prefix(job)}*"))
+    assert not list(SHM_DIR.glob(f"{shm_prefix(job_name(job))}*"))
 
 
 def test_map_block_accepts_only_the_jobs_own_blocks(job, tmp_path):
@@ -245,7 +248,7 @@ def test_a_request_over_the_servers_limit_is_refused_before_it_is_sent(job, monk
     silently and the caller waited forever."""
     monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
     monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
-    with server_on_thread(job, max_request_bytes=4096):
+    with server_on_thread(job_name(job), max_request_bytes=4096) as server, raw_client(server):  # rank 0's sampler
         s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
         try:
             error = outcome_within(30, lambda: s.reload(catalogue().table))
@@ -277,7 +280,7 @@ def test_errors_of_the_request_come_back_as_request_or_table_errors_with_their_c
         empty_args = {"columns": p.encode_columns(columns_of(empty), arrays)}
         cases = [
             (huge, "TableError", "weights sum to inf"),
-            (c.ask("reload", {"path": str(not_parquet)}), "TableError", "cannot read .* as Parquet"),
+            (c.ask("reload", {"path": str(not_parquet)}), "TableError", "as Parquet ("),
             (c.ask("reload", empty_args, arrays), "TableError", "has no rows"),
             (c.ask("valid_sample_ids", {"ids": p.encode("ids", cat.ids[:3], a := {}), "default": 2**70}, a),
              "RequestError", "does not fit in int64"),
@@ -297,10 +300,16 @@ def test_errors_of_the_request_come_back_as_request_or_table_errors_with_their_c
         assert lookup(c, cat)["ok"], "the server stopped serving"
 
 
-class BrokenEngine:
+class FakeEngine:
+    """What the server asks of an engine besides the request under test."""
     loaded = True
     seed = 1
 
+    def swap(self, state):
+        pass
+
+
+class BrokenEngine(FakeEngine):
     def describe(self):
         raise ZeroDivisionError("a bug")
 
@@ -315,11 +324,9 @@ def test_a_failure_of_the_server_is_logged_and_the_caller_gets_no_traceback(job,
 
 
 # ---- a dead GPU ------------------------------------------------------------------------------------
-class FaultingEngine:
+class FaultingEngine(FakeEngine):
     """An engine whose GPU context died: every call raises DeviceFaultError, as the CUDA
     backend does after an illegal address."""
-    loaded = True
-    seed = 1
 
     def describe(self):
         raise DeviceFaultError("CUDA error: an illegal memory access was encountered")
@@ -329,7 +336,7 @@ def test_a_device_fault_is_a_fatal_error_for_every_client_and_the_server_exits(j
     """Before: InternalError for this request and every later one, and the server stayed up."""
     monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
     monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
-    with server_on_thread(job, engine=FaultingEngine()) as server, raw_client(server) as other:
+    with server_on_thread(job_name(job), engine=FaultingEngine()) as server, raw_client(server) as other:
         s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
         try:
             error = outcome_within(30, s.describe)
@@ -352,3 +359,41 @@ def test_the_server_explains_itself_with_help():
                    "exits when it dies", "GPU_NEGSAMPLE_SERVER_LOG=PATH", "GPU_NEGSAMPLE_SERVER_LOG_LEVEL",
                    "exit status"):
         assert needed in out.stdout, needed
+
+
+# ---- features gathered where the client reads them ---------------------------------------------
+def test_features_are_gathered_straight_into_the_clients_block(job, monkeypatch):
+    """Before: the engine gathered into process memory and the server copied every array into
+    the block; now only the small arrays (negatives, ids, counts) are copied."""
+    cat = catalogue()
+    copied = []
+    original = SharedBlock.write
+
+    def spy(self, arrays, metas):
+        copied.extend(arrays)
+        original(self, arrays, metas)
+
+    monkeypatch.setattr(SharedBlock, "write", spy)
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        fd, path = create_block(job, os.getpid(), 0, 8 << 20)
+        try:
+            memory = mmap.mmap(fd, 8 << 20)
+            assert c.ask("map_block", {"path": str(path), "size": 8 << 20, "block": 0})["ok"]
+            arrays = {}
+            args = {"dedup": p.encode("dedup", positives(cat, 0)[0], arrays), "counts": 6,
+                    "tags": p.encode("tags", positives(cat, 0)[2], arrays), "default": int(cat.ids[0]),
+                    "avoid_conflict": True, "avoid_all": False, "log_q": False}
+            head = c.ask("sample", args, arrays, block=0)
+        finally:
+            os.close(fd)
+            path.unlink()
+    assert head["ok"] and not head["arrays"], "everything should be in the block"
+    placed = p.read_block(memory, head["placed"])
+    features = p.decode_table(head["table"], placed)
+    feature_arrays = {n for n in placed if n.startswith("f")}
+    assert feature_arrays and not feature_arrays & set(copied), copied
+    assert set(copied) == {"neg", "valid", "ids", "counts"}
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+    assert_same_features(features, ref.pack_feature(torch.from_numpy(placed["ids"].copy()), int(cat.ids[0])))

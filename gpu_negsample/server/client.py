@@ -28,9 +28,9 @@ from ..transport import SampleResult
 from . import protocol as p
 from .rank_device import rank_device
 from .registry import settings_key
-from .endpoint import (RANK_VARIABLES, check_job_path, create_block, global_rank, job_dir, job_name,
-                       local_rank, pid_alive, process_group_peers, ranks_by_process_group, remove_empty_dirs,
-                       socket_path, sweep_stale_blocks)
+from .endpoint import (EXIT_JOB_TAKEN, RANK_VARIABLES, check_job_path, create_block, global_rank, job_dir,
+                       job_name, live_server_pid, local_rank, pid_alive, process_group_peers, ranks_by_process_group,
+                       remove_empty_dirs, socket_path, sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample")
 
@@ -160,11 +160,14 @@ class _StartedServer:
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
 
     @classmethod
-    def for_job(cls, job: str, directory, max_request_bytes: int) -> "_StartedServer":
+    def for_job(cls, job: str, directory, max_request_bytes: int) -> "_StartedServer | None":
         """This process's running server of the job, else a new one (the first sampler's
-        max_request_bytes bounds the server's requests)."""
+        max_request_bytes bounds the server's requests); None where another process's server
+        already serves the job (DataLoader workers that each think they are local rank 0)."""
         server = _started.get(job)
         if server is None or server.owner != os.getpid() or server.process.poll() is not None:
+            if live_server_pid(directory) is not None:
+                return None
             server = _started[job] = cls(job, directory, max_request_bytes)
         server.users += 1
         return server
@@ -195,9 +198,12 @@ class _Release:
 
     def __init__(self, sock, ctx, blocks, started: _StartedServer | None):
         self.sock, self.ctx, self.blocks, self.started = sock, ctx, blocks, started
+        self.pid = os.getpid()
         self.wait_s = OTHER_RANKS_WAIT_S
 
     def __call__(self) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child's copy: the sockets and the server are its parent's
         self.sock.close(0)
         self.ctx.term()
         for block in self.blocks:
@@ -215,6 +221,13 @@ def _close_at_exit() -> None:
     could not outlive it anyway, so local rank 0 does not wait for other ranks here."""
     for transport in list(_live):
         transport.close(wait_for_other_ranks=0.0)
+
+
+def _worker_stream() -> int:
+    """What makes a worker's random stream its own: torch's per-worker seed in a DataLoader
+    worker (different per worker and epoch, reproducible under torch.manual_seed), else the pid."""
+    info = torch.utils.data.get_worker_info()
+    return int(info.seed) % 2**64 if info is not None else os.getpid()
 
 
 class ServerTransport:
@@ -241,39 +254,72 @@ class ServerTransport:
             self._check_rank_0_can_exist()
         self.directory = job_dir(self.job, create=self.local_rank == 0)
         self.results = results
+        self.connect_timeout = connect_timeout
         self.wait_for_table_timeout = wait_for_table_timeout
         self.max_request_bytes = int(max_request_bytes)
-        self._server_max_request_bytes = self.max_request_bytes  # until the server's hello says its own
-        self._lock = threading.Lock()  # one request at a time (a prefetch thread may share the sampler)
-        self._seq = itertools.count()
-        self._block_ids = itertools.count()
-        self._blocks: list[_Block] = []
         self._closed = False
         self._started = _StartedServer.for_job(self.job, self.directory, self.max_request_bytes) \
             if self.local_rank == 0 else None
         settings = settings_key(config)
-        self._slot, self._ordinal = _made[(self.job, settings)], _made[self.job]
+        hello = {"open": self.local_rank == 0, "slot": _made[(self.job, settings)], "ordinal": _made[self.job]}
         _made[(self.job, settings)] += 1
         _made[self.job] += 1
+        self._open_connection(hello)
+
+    def _open_connection(self, hello: dict) -> None:
+        """This process's socket, blocks and client identity on the server, for the hosted
+        sampler `hello` names. A process that got the sampler by fork or pickle (a DataLoader
+        worker) makes its own: sockets and mappings are never shared between processes."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # one request at a time (a prefetch thread may share the sampler)
+        self._seq = itertools.count()
+        self._block_ids = itertools.count()
+        self._blocks: list[_Block] = []
+        self._server_max_request_bytes = self.max_request_bytes  # until the server's hello says its own
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self.server_pid = None
         self._release = _Release(self._sock, self._ctx, self._blocks, self._started)
         self._finalizer = weakref.finalize(self, self._release)
         self._finalizer.atexit = False  # _close_at_exit closes live transports first, without waiting on others
         _live.add(self)
         try:
-            deadline = time.monotonic() + connect_timeout
+            deadline = time.monotonic() + self.connect_timeout
             self._connect(deadline)
-            hello = self._hello(deadline)
+            reply = self._hello(dict(hello, pid=os.getpid(), rank=self.rank, config=self.config, device=self.device),
+                                deadline)
         except BaseException:
             self._closed = True
             self._release.wait_s = 0.0  # nobody else will ask a server that never answered to leave
             self._finalizer()
             raise
-        self.server_pid, self._seed, self.sampler_id = hello["server_pid"], hello["seed"], hello["sampler"]
-        self._server_max_request_bytes = int(hello.get("max_request_bytes", self.max_request_bytes))
+        self.server_pid, self._seed, self.sampler_id = reply["server_pid"], reply["seed"], reply["sampler"]
+        self._server_max_request_bytes = int(reply.get("max_request_bytes", self.max_request_bytes))
+
+    def _here(self) -> None:
+        """Attach this process to the hosted sampler when the sampler came by fork or pickle."""
+        if self._closed:
+            raise ServerError(f"this sampler of job {self.job!r} is closed")
+        if self._pid != os.getpid():
+            if self._finalizer is not None:
+                self._finalizer.detach()  # a forked copy: the parent's socket and blocks are the parent's to release
+            self._started = None
+            self._open_connection({"attach": self.sampler_id, "stream": _worker_stream()})
+
+    _PICKLED = ("config", "local_rank", "rank", "device", "job", "_by_process_group", "directory", "results",
+                "connect_timeout", "wait_for_table_timeout", "max_request_bytes", "server_pid", "sampler_id")
+
+    def __getstate__(self) -> dict:
+        """A DataLoader worker's copy carries the settings and the job's hosted sampler, never
+        sockets, blocks or tables: it becomes one more client of the same server."""
+        if self._closed:
+            raise ServerError(f"a closed sampler of job {self.job!r} cannot be sent to another process")
+        return {k: self.__dict__[k] for k in self._PICKLED}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._closed, self._started, self._pid, self._finalizer = False, None, None, None  # attaches at first use
+        self._next_peer_check = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _connect(self, deadline: float) -> None:
@@ -302,7 +348,7 @@ class ServerTransport:
             self._next_peer_check = time.monotonic() + 1.0  # a scan of /proc: once a second is enough
             self._check_rank_0_can_exist()
         process = self._started.process if self._started is not None else None
-        if process is not None and process.poll() is not None:
+        if process is not None and process.poll() not in (None, EXIT_JOB_TAKEN):
             raise ServerError(f"the sampling server exited with code {process.returncode} while "
                               f"starting; its log is above (another server for job {self.job!r}?)")
         if time.monotonic() > deadline:
@@ -310,11 +356,9 @@ class ServerTransport:
                               f"connect_timeout; local rank 0 of job {self.job!r} starts it (is it running, "
                               "with the same name=?)")
 
-    def _hello(self, deadline: float) -> dict:
+    def _hello(self, args: dict, deadline: float) -> dict:
         """Become a client of this sampler's hosted twin: local rank 0 opens it, another rank
-        waits (up to the deadline) for rank 0 to have made it."""
-        args = {"pid": os.getpid(), "rank": self.rank, "config": self.config, "open": self.local_rank == 0,
-                "slot": self._slot, "ordinal": self._ordinal, "device": self.device}
+        waits (up to the deadline) for rank 0 to have made it, a worker attaches to it."""
         while True:
             try:
                 reply = self._request("hello", args, {}, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
@@ -334,6 +378,8 @@ class ServerTransport:
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():
+            return  # a forked copy that never attached: the parent's connection is the parent's
         if self._lock.acquire(timeout=min(10.0, wait_for_other_ranks + 1)):  # a prefetch thread may be mid-request
             try:
                 if self.server_pid and pid_alive(self.server_pid):
@@ -435,6 +481,7 @@ class ServerTransport:
     def _call(self, op: str, args: dict, arrays: dict) -> dict:
         """One request that returns results. Local rank 0 loads the table, so its request before
         its own reload fails at once; another rank waits (up to wait_for_table_timeout) for it."""
+        self._here()
         deadline = time.monotonic() + self.wait_for_table_timeout
         with self._lock:
             while True:
@@ -460,6 +507,8 @@ class ServerTransport:
     # ---- the sampler's operations ---------------------------------------------------------
     @property
     def seed(self) -> int:
+        """This process's stream seed (a worker's copy has its own, known once it attached)."""
+        self._here()
         return self._seed
 
     def reload(self, neg_data, progress: bool | None = None) -> None:
@@ -470,6 +519,7 @@ class ServerTransport:
         else:
             arrays = {}
             args = {"columns": p.encode_columns(read_table_input(neg_data), arrays)}
+        self._here()
         with self._lock:
             self._request("reload", args, arrays)
 
@@ -517,7 +567,9 @@ class LocalRpcDataSampler(SamplerBase):
     starts; every rank connects to it. Extra arguments:
 
     * name: the job's name on this machine (default: torchrun's run id, or MASTER_ADDR and
-      MASTER_PORT, or this process id for a single process);
+      MASTER_PORT; for ranks whose LOCAL_RANK / RANK was set by hand without those, the
+      process group, which the processes one command starts share; else this process id).
+      The server's directory holds a readable part of it and a digest of all of it;
     * results: "shm" (results arrive in shared memory and become tensors without a copy),
       "socket" (copied through the socket), or "cuda" (a server on a GPU writes them into
       buffers on this rank's current CUDA device, shared once through CUDA IPC handles; the
@@ -530,6 +582,15 @@ class LocalRpcDataSampler(SamplerBase):
     RecIS's ``rpc_*`` keyword arguments are accepted and ignored: the transport is a local
     socket. With a seed, a rank's results depend only on (seed, RANK, its own calls);
     rank 0's equal an in-process NegativeSampler's with the same seed.
+
+    One server per job hosts any number of samplers: rank r's k-th sampler of given
+    settings shares rank 0's k-th one (its table and reload); a rank whose settings match
+    none of rank 0's gets a RequestError naming both. Local rank 0 loads the table
+    (``reload``); its requests before that raise NotLoadedError at once, other ranks wait
+    up to ``wait_for_table_timeout`` for it. Handed to DataLoader workers (fork or spawn),
+    the sampler becomes one more client of the same server in each worker, with a random
+    stream of its own (from torch's per-worker seed). Every rank checks that the server's
+    directory and socket are its own user's before it connects.
     """
 
     def __init__(self, sample_tag: str, dedup_tag: str, weight_tag: str, skey_name: str | None = None,

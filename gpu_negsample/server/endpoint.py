@@ -146,11 +146,7 @@ def check_job_path(directory: Path) -> None:
 def remove_empty_dirs(directory: Path) -> None:
     """Remove the job directory and the per-user one above it where they are empty (and the
     socket and pid file a killed server left behind, unless that server still runs)."""
-    try:
-        text = pid_path(directory).read_text().strip()
-    except OSError:
-        text = ""
-    if not (text.isdigit() and pid_alive(int(text))):
+    if live_server_pid(directory) is None:
         socket_path(directory).unlink(missing_ok=True)
         pid_path(directory).unlink(missing_ok=True)
     for path in (directory, directory.parent):
@@ -170,18 +166,33 @@ def pid_path(directory: Path) -> Path:
     return directory / "server.pid"
 
 
+EXIT_JOB_TAKEN = 3  # a server's exit status when another live server already serves its job
+
+
+class JobTakenError(RuntimeError):
+    """Another live server already serves the job: this one must not bind over its socket."""
+
+
+def live_server_pid(directory: Path) -> int | None:
+    """The pid of the job's running server, from its pid file; None when there is none."""
+    try:
+        text = pid_path(directory).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and pid_alive(int(text)) else None
+
+
 def claim_job(directory: Path) -> None:
-    """Record this process as the job's server; refuse when a live server already serves it
-    (binding over its socket would silently cut its clients off)."""
+    """Record this process as the job's server; JobTakenError when a live server already serves
+    it (binding over its socket would silently cut its clients off)."""
     path = pid_path(directory)
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
-            text = path.read_text().strip()
-            if text.isdigit() and pid_alive(int(text)):
-                raise RuntimeError(f"job {directory.name!r} already has a sampling server (pid {text}); give this "
-                                   "job another name= (or MASTER_PORT), or stop that one") from None
+            pid = live_server_pid(directory)
+            if pid is not None:
+                raise JobTakenError(f"job {directory.name!r} already has a sampling server (pid {pid})") from None
             path.unlink(missing_ok=True)  # left by a server that was killed
             continue
         with os.fdopen(fd, "w") as f:

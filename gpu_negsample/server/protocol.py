@@ -187,14 +187,18 @@ def _array(meta, buffer, offset: int, end: int) -> tuple[np.ndarray, int]:
     return np.frombuffer(buffer, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape), nbytes
 
 
-def layout(arrays: dict) -> tuple[list, int]:
-    """Placement of arrays in one result block: (metas with offsets, bytes needed)."""
-    metas, offset = [], 0
+def placed_meta(name: str, a, offset: int) -> dict:
+    """The description of array a at offset in a result block."""
+    return {"name": name, "dtype": dtype_of(a).str, "shape": list(a.shape), "offset": offset}
+
+
+def layout(arrays: dict, start: int = 0) -> tuple[list, int]:
+    """Placement of arrays in one result block from offset start: (metas with offsets, bytes
+    needed up to the end of the last one)."""
+    metas, offset = [], start
     for name, a in arrays.items():
-        dtype = dtype_of(a)
-        nbytes = int(np.prod(a.shape, dtype=np.int64)) * dtype.itemsize
-        metas.append({"name": name, "dtype": dtype.str, "shape": list(a.shape), "offset": offset})
-        offset += (nbytes + ALIGN - 1) // ALIGN * ALIGN
+        metas.append(placed_meta(name, a, offset))
+        offset += _aligned(_nbytes(dtype_of(a), a.shape))
     return metas, offset
 
 

@@ -100,6 +100,8 @@ class HostedSampler:
     engines: GpuEngines | OneEngine
     clients: set = field(default_factory=set)  # the server's client identities using it
     reloading: threading.Thread | None = None
+    queued_reloads: list = field(default_factory=list)  # (client, source, seq) waiting for the running reload
+    reload_lock: threading.Lock = field(default_factory=threading.Lock)  # the queue and `reloading`, both threads
 
     @property
     def seed(self) -> int:

@@ -12,7 +12,9 @@ every client said goodbye or died; it removes its socket on the way out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import math
 import os
 import queue
 import signal
@@ -22,16 +24,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import zmq
 
+from ..backends.protocol import host_empty
 from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import DeviceFaultError, NegSampleError, RequestError
 from . import protocol as p
+from .endpoint import (EXIT_JOB_TAKEN, SHM_DIR, JobTakenError, claim_job, mapped_size, open_block, pid_alive,
+                       pid_path, socket_path, sweep_stale_blocks)
 from .registry import HostedSampler, SamplerRegistry
-from .endpoint import (SHM_DIR, claim_job, mapped_size, open_block, pid_alive, pid_path, socket_path,
-                       sweep_stale_blocks)
 
 log = logging.getLogger("gpu_negsample.server")
 
@@ -39,12 +43,20 @@ GOLDEN = 0x9E3779B97F4A7C15
 LIVENESS_PERIOD_S = 0.5
 LAST_CLIENT_GRACE_S = 2.0
 EXIT_DEVICE_FAULT = 3
-FAULT_DRAIN_S = 1.0  # after a device fault: how long requests already sent still get the fatal answer
+FAULT_DRAIN_S = 1.0
+GATHERING_OPS = ("sample", "pack_feature")  # their features are gathered straight into the client's block  # after a device fault: how long requests already sent still get the fatal answer
 
 
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of one rank's stream: rank 0 uses the seed itself, rank r a Weyl step away."""
     return (int(seed) + int(rank) * GOLDEN) % 2**64
+
+
+def worker_seed(seed: int, salt: int) -> int:
+    """The seed of a worker's stream: a digest of its rank's seed and the worker's own number,
+    so no two workers (or a worker and its rank) share a stream."""
+    digest = hashlib.blake2b(f"{seed}:{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 class RemoteCudaBlock:
@@ -80,16 +92,54 @@ class SharedBlock:
     def __init__(self, job: str, client_pid: int, path: str, size: int):
         self.memory = open_block(job, client_pid, path, size)
         self.size = size
+        self.bytes = np.frombuffer(self.memory, dtype=np.uint8)
+        self.base = self.bytes.ctypes.data
 
     def intact(self) -> bool:
         """Whether the file still has its size (the client may have truncated it)."""
         return mapped_size(self.memory) >= self.size
 
+    def offset_of(self, a) -> int | None:
+        """Where host array / tensor a lies in this block (written there by a BlockAllocator), else None."""
+        if isinstance(a, torch.Tensor):
+            if a.device.type != "cpu" or not a.is_contiguous():
+                return None
+            address, nbytes = a.data_ptr(), a.numel() * a.element_size()
+        elif isinstance(a, np.ndarray) and a.flags.c_contiguous:
+            address, nbytes = a.ctypes.data, a.nbytes
+        else:
+            return None
+        offset = address - self.base
+        return offset if nbytes and 0 <= offset and offset + nbytes <= self.size else None
+
     def write(self, arrays: dict, metas: list) -> None:
         p.write_block(memoryview(self.memory), arrays, metas)
 
     def close(self) -> None:
-        self.memory.close()
+        self.bytes = None
+        try:
+            self.memory.close()
+        except BufferError:
+            pass  # an array still views it: the mapping goes when that array does
+
+
+class BlockAllocator:
+    """An Allocator (backends.protocol) that carves a request's host outputs out of the
+    client's block, one after the other at 64-byte aligned offsets, so the engine gathers
+    features straight into the memory the client reads; what does not fit comes from
+    process memory (and is copied or sent afterwards)."""
+
+    def __init__(self, block: SharedBlock):
+        self.block, self.used = block, 0
+
+    def __call__(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if self.used + nbytes > self.block.size:
+            return host_empty(name, shape, dtype)
+        a = self.block.bytes[self.used:self.used + nbytes].view(dtype).reshape(shape)
+        self.used = p.layout({name: a}, self.used)[1]
+        return a
 
 
 class Args(dict):
@@ -139,6 +189,7 @@ class SamplingServer:
         self.fault: str | None = None  # set once the GPU context is unusable: every answer is this error
         self._stop_at: float | None = None
         self._current_seq = None
+        self._alloc: BlockAllocator | None = None  # where the request's features are gathered
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -207,6 +258,7 @@ class SamplingServer:
     def _answer(self, frames: list) -> None:
         identity, body = frames[0].bytes, frames[1:]
         header = {"seq": p.request_seq(body)}  # read first: an unreadable request is still answered
+        self._alloc = None
         try:
             if self.fault is not None:
                 raise DeviceFaultError(self.fault)
@@ -219,6 +271,8 @@ class SamplingServer:
             if op != "hello" and identity not in self.clients:
                 raise RequestError("this client has not said hello (or was dropped); reconnect")
             self._current_seq = header.get("seq")
+            block = self._offered_block(identity, header) if op in GATHERING_OPS else None
+            self._alloc = BlockAllocator(block) if isinstance(block, SharedBlock) else None
             result = handler(identity, Args(op, header.get("args", {})), arrays)
             if result is None:  # answered later (reload)
                 return
@@ -248,12 +302,8 @@ class SamplingServer:
     def _error(header: dict, kind: str, message: str) -> list:
         return p.pack({"ok": False, "seq": header.get("seq"), "error": kind, "message": message}, {})
 
-    def _reply(self, identity: bytes, request: dict, header: dict, arrays: dict) -> list:
-        """Frames of a reply. Arrays go into the block the client offered when they fit (a
-        shared-memory block takes every array; a CUDA block the ones on the GPU); the rest,
-        and everything when nothing fits, go through the socket, with the size that would
-        have fitted ("needed") so the client can map a bigger block."""
-        header["seq"] = request.get("seq")
+    def _offered_block(self, identity: bytes, request: dict):
+        """The result block the request offers (None if none, or if its client truncated it)."""
         client = self.clients.get(identity)
         block_id = request.get("block")
         block = client.blocks.get(block_id) if client and isinstance(block_id, int) else None
@@ -262,15 +312,32 @@ class SamplingServer:
                         client.pid, block_id)
             client.blocks.pop(block_id).close()
             block = None
-        if block is not None and arrays:
-            cuda = isinstance(block, RemoteCudaBlock)
-            placed = {n: a for n, a in arrays.items() if p.on_gpu(a)} if cuda else arrays
+        return block
+
+    def _reply(self, identity: bytes, request: dict, header: dict, arrays: dict) -> list:
+        """Frames of a reply. Arrays go into the block the client offered when they fit (a
+        shared-memory block takes every array, and already holds those gathered into it
+        through self._alloc; a CUDA block the ones on the GPU); the rest, and everything when
+        nothing fits, go through the socket, with the size that would have fitted ("needed")
+        so the client can map a bigger block."""
+        header["seq"] = request.get("seq")
+        block = self._offered_block(identity, request) if arrays else None
+        if isinstance(block, SharedBlock):
+            in_place = {n: block.offset_of(a) for n, a in arrays.items()}
+            header["placed"] = [p.placed_meta(n, arrays[n], o) for n, o in in_place.items() if o is not None]
+            arrays = {n: a for n, a in arrays.items() if in_place[n] is None}
+            metas, needed = p.layout(arrays, self._alloc.used if self._alloc else 0)
+            if arrays and needed <= block.size:
+                block.write(arrays, metas)
+                header["placed"] += metas
+                arrays = {}
+            elif arrays:
+                header["needed"] = needed
+        elif block is not None:
+            placed = {n: a for n, a in arrays.items() if p.on_gpu(a)}
             metas, needed = p.layout(placed)
             if placed and needed <= block.size:
-                if cuda:
-                    with client.engine.backend.device.active():
-                        block.write(placed, metas)
-                else:
+                with self._engine(identity).backend.device.active():
                     block.write(placed, metas)
                 header["placed"] = metas
                 arrays = {n: a for n, a in arrays.items() if n not in placed}
@@ -295,6 +362,8 @@ class SamplingServer:
         rank = args.int("rank")
         engine = hosted.engines.engine_for(args.get("device"))  # the rank's own GPU: its requests run there
         seed = rank_seed(hosted.seed if theirs.seed is None else theirs.seed, rank)
+        if args.get("stream") is not None:  # a DataLoader worker: a stream of its own, beside its rank's
+            seed = worker_seed(seed, int(args["stream"]))
         hosted.clients.add(identity)
         self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed), engine=engine)
         self.had_clients = True
@@ -336,29 +405,37 @@ class SamplingServer:
         return {}, {}
 
     def op_reload(self, identity, args, arrays):
+        """Build the new table on a thread and swap it in; a reload asked for during another one
+        of the same sampler (each DataLoader worker loading the table) runs after it."""
         hosted = self.clients[identity].sampler
-        if hosted.reloading is not None:
-            raise RequestError("a reload of this sampler is already in progress on this node's server; wait for it")
         source = args["path"] if args.get("path") else p.decode_columns(args["columns"], arrays)
-        request = {"seq": self._current_seq}
-
-        def build():
-            try:
-                hosted.engines.reload(source, progress=False)  # on every device in use, then switched together
-                reply = p.pack({"ok": True, "seq": request["seq"]}, {})
-            except DeviceFaultError as e:
-                reply = self._error(request, "DeviceFaultError", self._device_fault(e))
-            except NegSampleError as e:
-                reply = self._error(request, type(e).__name__, str(e))
-            except Exception as e:
-                log.exception("reload failed")
-                reply = self._error(request, "InternalError", _internal(e))
-            self.replies.put([identity, *reply])
-            hosted.reloading = None
-
-        hosted.reloading = threading.Thread(target=build, name="reload", daemon=True)
+        with hosted.reload_lock:
+            hosted.queued_reloads.append((identity, source, self._current_seq))
+            if hosted.reloading is not None:
+                return None
+            hosted.reloading = threading.Thread(target=self._reload, args=(hosted,), name="reload", daemon=True)
         hosted.reloading.start()
         return None
+
+    def _reload(self, hosted: HostedSampler) -> None:
+        """The reload thread of one sampler: its queued reloads in order, each answered when done."""
+        while True:
+            with hosted.reload_lock:
+                if not hosted.queued_reloads:
+                    hosted.reloading = None
+                    return
+                identity, source, seq = hosted.queued_reloads.pop(0)
+            try:
+                hosted.engines.reload(source, progress=False)  # on every device in use, then switched together
+                reply = p.pack({"ok": True, "seq": seq}, {})
+            except DeviceFaultError as e:
+                reply = self._error({"seq": seq}, "DeviceFaultError", self._device_fault(e))
+            except NegSampleError as e:
+                reply = self._error({"seq": seq}, type(e).__name__, str(e))
+            except Exception as e:
+                log.exception("reload failed")
+                reply = self._error({"seq": seq}, "InternalError", _internal(e))
+            self.replies.put([identity, *reply])
 
     def op_describe(self, identity, args, arrays):
         return {"text": self._engine(identity).describe()}, {}
@@ -387,7 +464,9 @@ class SamplingServer:
 
     def op_pack_feature(self, identity, args, arrays):
         out = {}
-        table = p.encode_table("f", self._engine(identity).pack_feature(p.decode(args["ids"], arrays), args["default"]), out)
+        features = self._engine(identity).pack_feature(p.decode(args["ids"], arrays), args["default"],
+                                                       self._alloc or host_empty)
+        table = p.encode_table("f", features, out)
         return {"table": table}, out
 
     def op_log_q(self, identity, args, arrays):
@@ -398,7 +477,8 @@ class SamplingServer:
     def op_sample(self, identity, args, arrays):
         neg, valid, ids, features, counts, log_q = self._engine(identity).fused_sample(
             p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays), p.decode(args["tags"], arrays),
-            args["default"], args["avoid_conflict"], args["avoid_all"], args["log_q"], self._stream(identity))
+            args["default"], args["avoid_conflict"], args["avoid_all"], args["log_q"], self._stream(identity),
+            self._alloc or host_empty)
         out = {"neg": neg, "valid": valid, "ids": ids, "counts": counts}
         if log_q is not None:
             out["log_q"] = log_q
@@ -457,7 +537,11 @@ serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unus
     args = ap.parse_args(argv)
     _configure_logging()
     os.umask(0o077)  # the socket is 0600 from the moment it exists: a client refuses any other mode
-    server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
+    try:
+        server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
+    except JobTakenError as e:  # processes that each think they are local rank 0 (DataLoader workers)
+        log.debug("%s: this one exits; its starter joins that one", e)  # normal: nothing to print
+        sys.exit(EXIT_JOB_TAKEN)
 
     def stop(signum, frame):
         server.stopping = True
@@ -466,6 +550,8 @@ serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unus
     if not pid_alive(args.parent):  # the parent died while the server started
         server.close()
         return
-    server.serve()
-    if server.fault is not None:
-        sys.exit(EXIT_DEVICE_FAULT)
+    server.serve()  # returns after close(): socket, directory and blocks are gone
+    logging.shutdown()
+    # Skip the interpreter's teardown (torch, numba: seconds on a loaded machine) that the
+    # starter may be waiting on at its own exit; there is nothing left to flush.
+    os._exit(EXIT_DEVICE_FAULT if server.fault is not None else 0)
