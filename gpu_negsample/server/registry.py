@@ -38,10 +38,11 @@ def settings_key(config: SamplerConfig) -> str:
 
 
 class OneEngine:
-    """A CPU sampler's one engine, shared by every rank (DeviceEngines' methods, one device)."""
+    """A CPU sampler's one engine, shared by every rank (DeviceEngines' methods, one device).
+    ``engine``: the one to hold (tests pass a fake); default a CPU Engine for ``config``."""
 
-    def __init__(self, config: SamplerConfig):
-        self._engine = Engine(config, select_backend("cpu"))
+    def __init__(self, config: SamplerConfig, engine: Engine | None = None):
+        self._engine = engine if engine is not None else Engine(config, select_backend("cpu"))
         self.config = dataclasses.replace(config, seed=self._engine.seed)
 
     def engine_for(self, device) -> Engine:
