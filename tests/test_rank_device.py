@@ -52,3 +52,16 @@ def test_emulated_gpus_are_numbered_alike_on_both_sides():
 def test_a_gpu_the_server_cannot_find_is_refused_with_the_reason(device, here, message):
     with pytest.raises(RequestError, match=message):
         server_ordinal("cuda", device, here)
+
+
+def test_a_dataloader_workers_copy_samples_on_its_ranks_gpu():
+    """A worker's pickled copy carries its rank's GPU (not the worker's torch current device),
+    so the server routes the worker's requests where its rank's go."""
+    from gpu_negsample.server.client import ServerTransport
+
+    transport = ServerTransport.__new__(ServerTransport)
+    transport.__dict__.update({k: None for k in ServerTransport._PICKLED}, _closed=False,
+                              device={"ordinal": 3, "visible": None})
+    copy = ServerTransport.__new__(ServerTransport)
+    copy.__setstate__(transport.__getstate__())
+    assert copy.device == {"ordinal": 3, "visible": None}
