@@ -58,11 +58,21 @@ class DeviceEngines:
         with self._lock:
             if not self._engines:
                 raise RuntimeError("DeviceEngines.reload: no device in use yet; call engine(ordinal) first")
+            first = next(iter(self._engines.values()))
+        # Built outside the lock: a device added meanwhile (a rank's hello on the node server,
+        # whose one thread answers every rank) is not held up for the whole build.
+        built = first.build_state(data, progress)
+        with self._lock:  # every device in use now, those added during the build included
             engines = list(self._engines.values())
-            built = engines[0].build_state(data, progress)
-            states = [built] + [self._place(built, e) for e in engines[1:]]
+            states = [built if e is first else self._place(built, e) for e in engines]
             for engine, state in zip(engines, states):
                 engine.swap(state)
+
+    def release(self) -> None:
+        """Drop the table from every device (the sampler's last user left)."""
+        with self._lock:
+            for engine in self._engines.values():
+                engine.swap(None)
 
     def _loaded(self) -> LoadedTable | None:
         for engine in self._engines.values():

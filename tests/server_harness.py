@@ -12,7 +12,7 @@ import zmq
 from gpu_negsample.config import SamplerConfig
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import job_dir, socket_path
-from gpu_negsample.server.registry import SamplerRegistry
+from gpu_negsample.server.registry import OneEngine, SamplerRegistry
 from gpu_negsample.server.service import SamplingServer
 
 CONFIG = SamplerConfig("category", "item_id", "weight", "skey", seed=1, device="cpu")
@@ -61,7 +61,7 @@ def server_on_thread(job: str, max_request_bytes: int = 1 << 20, engine=None):
     directory = job_dir(job)
     server = SamplingServer(str(directory), job, os.getppid(), max_request_bytes)
     if engine is not None:
-        server.samplers = SamplerRegistry(lambda config: engine)
+        server.samplers = SamplerRegistry(lambda config: OneEngine(config, engine))
     thread = threading.Thread(target=server.serve, name=f"server-{job}", daemon=True)
     thread.start()
     try:

@@ -172,3 +172,29 @@ def second_rank_0(rank: int, job: str, results) -> None:
             results.put((rank, (s.server_pid, started_one, s.sample_ids(*positives(catalogue(), 0)).numel())))
     except BaseException:
         results.put((rank, (traceback.format_exc(), None, None)))
+
+
+def ranks_on_their_devices(rank: int, job: str, seed: int, barrier, results) -> None:
+    """A rank sampling on its own emulated GPU (device='emulated:RANK', as torch users write
+    'cuda:LOCAL_RANK'): two calls on table A, what describe() says, then a call after rank 0
+    reloaded table B."""
+    try:
+        as_rank(rank, job)
+        from gpu_negsample import LocalRpcDataSampler
+        from server_tables import catalogue, positives
+
+        a, b = catalogue(seed=5), catalogue(seed=6)
+        with LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=seed, device=f"emulated:{rank}") as s:
+            if rank == 0:
+                s.reload(a.table)
+            calls = [s.sample_ids(*positives(a, call)).numpy() for call in range(2)]
+            described = s.describe()
+            barrier.wait(120)
+            if rank == 0:
+                s.reload(b.table)
+            barrier.wait(120)
+            after = s.sample_ids(*positives(b, 0)).numpy()
+            results.put((rank, (calls, described, after)))
+            barrier.wait(120)  # both answered before either leaves
+    except BaseException:
+        results.put((rank, traceback.format_exc()))

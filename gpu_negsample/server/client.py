@@ -26,6 +26,7 @@ from ..errors import (DeviceFaultError, NegSampleError, NotLoadedError, RequestE
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
+from .rank_device import rank_device
 from .registry import settings_key
 from .endpoint import (EXIT_JOB_TAKEN, RANK_VARIABLES, check_job_path, create_block, global_rank, job_dir,
                        job_name, live_server_pid, local_rank, pid_alive, process_group_peers, ranks_by_process_group,
@@ -245,6 +246,7 @@ class ServerTransport:
             raise ValueError("results='cuda' puts answers on this rank's GPU; this process has no CUDA device")
         self.config = config.to_wire()
         self.local_rank, self.rank = local_rank(), global_rank()
+        self.device = rank_device(config.device)  # this rank's GPU: the server runs its requests there
         self.job = job_name(name)
         self._by_process_group = ranks_by_process_group(name)
         self._next_peer_check = time.monotonic() + 1.0
@@ -284,7 +286,8 @@ class ServerTransport:
         try:
             deadline = time.monotonic() + self.connect_timeout
             self._connect(deadline)
-            reply = self._hello(dict(hello, pid=os.getpid(), rank=self.rank, config=self.config), deadline)
+            reply = self._hello(dict(hello, pid=os.getpid(), rank=self.rank, config=self.config, device=self.device),
+                                deadline)
         except BaseException:
             self._closed = True
             self._release.wait_s = 0.0  # nobody else will ask a server that never answered to leave
@@ -303,7 +306,7 @@ class ServerTransport:
             self._started = None
             self._open_connection({"attach": self.sampler_id, "stream": _worker_stream()})
 
-    _PICKLED = ("config", "local_rank", "rank", "job", "_by_process_group", "directory", "results",
+    _PICKLED = ("config", "local_rank", "rank", "device", "job", "_by_process_group", "directory", "results",
                 "connect_timeout", "wait_for_table_timeout", "max_request_bytes", "server_pid", "sampler_id")
 
     def __getstate__(self) -> dict:
@@ -449,7 +452,8 @@ class ServerTransport:
     def _new_block(self, size: int) -> _Block | None:
         ident = next(self._block_ids)
         if self.results == "cuda":
-            block = _CudaBlock(ident, size, torch.cuda.current_device())
+            on = self.device["ordinal"] if self.device is not None else torch.cuda.current_device()
+            block = _CudaBlock(ident, size, on)  # on the GPU the server samples this rank's requests on
             self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident}, {})
             self._blocks.append(block)
             return block

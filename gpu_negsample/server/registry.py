@@ -9,18 +9,27 @@ pickled or forked from).
 
 Settings are ``SamplerConfig.table_identity()``: what decides the table and how it is
 sampled (not ``device`` or ``seed``, which are each rank's own).
+
+A sampler on a GPU (or an emulated one) holds a ``DeviceEngines``: one table for the node,
+an Engine per GPU that serves a rank, so each rank's requests run on its own GPU. A CPU
+sampler holds one Engine for every rank.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..backends.select import _auto_choice, _ordinal, select_backend
 from ..config import SamplerConfig
 from ..engine import Engine
 from ..errors import RequestError
+from ..node import DeviceEngines
+from .rank_device import server_ordinal
 
 
 def settings_key(config: SamplerConfig) -> str:
@@ -28,14 +37,68 @@ def settings_key(config: SamplerConfig) -> str:
     return json.dumps(config.table_identity(), sort_keys=True)
 
 
+class OneEngine:
+    """A CPU sampler's one engine, shared by every rank (DeviceEngines' methods, one device).
+    ``engine``: the one to hold (tests pass a fake); default a CPU Engine for ``config``."""
+
+    def __init__(self, config: SamplerConfig, engine: Engine | None = None):
+        self._engine = engine if engine is not None else Engine(config, select_backend("cpu"))
+        self.config = dataclasses.replace(config, seed=self._engine.seed)
+
+    def engine_for(self, device) -> Engine:
+        return self._engine
+
+    def reload(self, data, progress: bool | None = None) -> None:
+        self._engine.reload(data, progress)
+
+    def release(self) -> None:
+        self._engine.swap(None)
+
+
+class GpuEngines(DeviceEngines):
+    """A GPU (or emulated) sampler's engines: one per GPU that serves a rank."""
+
+    def __init__(self, config: SamplerConfig, kind: str, default_ordinal: int):
+        super().__init__(config, lambda n: select_backend(f"{kind}:{n}", config.memory_budget))
+        self.kind, self.default_ordinal = kind, default_ordinal
+
+    def engine_for(self, device) -> Engine:
+        """The engine of the GPU a rank's hello names (``device``: wire data, checked); a rank
+        that names none gets the sampler's own device. A RequestError when the server
+        cannot use that GPU."""
+        ordinal = server_ordinal(self.kind, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        ordinal = self.default_ordinal if ordinal is None else ordinal
+        try:
+            return self.engine(ordinal)
+        except ValueError as e:
+            raise RequestError(f"this rank samples on {self.kind}:{ordinal} (the server's numbering), which the "
+                               f"node's sampling server cannot use: {e}") from None
+
+
+def make_engines(config: SamplerConfig) -> GpuEngines | OneEngine:
+    """The engines of a hosted sampler: an Engine per GPU of the node for a GPU (or emulated)
+    device, made as ranks ask for their GPU; one Engine for a CPU one."""
+    device = _auto_choice() if config.device == "auto" else config.device
+    if device == "cpu":
+        return OneEngine(config)
+    kind = device.partition(":")[0]
+    try:
+        if kind not in ("cuda", "emulated"):
+            select_backend(device)  # raises: says which devices there are
+        return GpuEngines(config, kind, _ordinal(device))
+    except ValueError as e:  # the setting came from a rank's hello: its error, not the server's
+        raise RequestError(str(e)) from None
+
+
 @dataclass
 class HostedSampler:
-    """One sampler of the job: its engine (table, index, backend), who uses it, its reload."""
+    """One sampler of the job: its engines (table, index, a backend per device), who uses it,
+    its reload."""
 
     ident: int
     config: SamplerConfig
     slot: int
-    engine: Engine
+    engines: GpuEngines | OneEngine
     clients: set = field(default_factory=set)  # the server's client identities using it
     reloading: threading.Thread | None = None
     queued_reloads: list = field(default_factory=list)  # (client, source, seq) waiting for the running reload
@@ -44,7 +107,7 @@ class HostedSampler:
     @property
     def seed(self) -> int:
         """The seed of ranks that gave none: the opener's, or one drawn for the sampler."""
-        return self.engine.seed
+        return self.engines.config.seed
 
     def describe_settings(self) -> str:
         return f"sampler #{self.ident} ({self.slot}-th of its settings) {self.config.table_identity()}"
@@ -53,8 +116,8 @@ class HostedSampler:
 class SamplerRegistry:
     """Hosted samplers by (settings, k) and by id; dropped when their last client leaves."""
 
-    def __init__(self, make_engine: Callable[[SamplerConfig], Engine]):
-        self._make_engine = make_engine
+    def __init__(self, make_engines: Callable[[SamplerConfig], GpuEngines | OneEngine] = make_engines):
+        self._make_engines = make_engines
         self._ids = itertools.count()
         self._by_key: dict[tuple[str, int], HostedSampler] = {}
         self._by_id: dict[int, HostedSampler] = {}
@@ -72,7 +135,7 @@ class SamplerRegistry:
         key = (settings_key(config), slot)
         hosted = self._by_key.get(key)
         if hosted is None:
-            hosted = HostedSampler(next(self._ids), config, slot, self._make_engine(config))
+            hosted = HostedSampler(next(self._ids), config, slot, self._make_engines(config))
             self._by_key[key], self._by_id[hosted.ident] = hosted, hosted
             self._opened.append(config.table_identity())
         return hosted
@@ -131,4 +194,4 @@ class SamplerRegistry:
         self._by_id.pop(hosted.ident, None)
         if self._by_key.get((settings_key(hosted.config), hosted.slot)) is hosted:
             del self._by_key[(settings_key(hosted.config), hosted.slot)]
-        hosted.engine.swap(None)
+        hosted.engines.release()

@@ -29,7 +29,6 @@ import torch
 import zmq
 
 from ..backends.protocol import host_empty
-from ..backends.select import select_backend
 from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import DeviceFaultError, NegSampleError, RequestError
@@ -169,6 +168,7 @@ class Client:
     sampler: HostedSampler
     stream: RandomStream
     blocks: dict = field(default_factory=dict)  # block id -> SharedBlock | RemoteCudaBlock
+    engine: Engine | None = None  # the sampler's engine on this client's device
 
     def close(self) -> None:
         for block in self.blocks.values():
@@ -180,8 +180,7 @@ class SamplingServer:
     def __init__(self, directory: str, job: str, parent_pid: int, max_request_bytes: int):
         self.directory, self.job, self.parent_pid = directory, job, parent_pid
         self.max_request_bytes = max_request_bytes
-        self.samplers = SamplerRegistry(lambda config: Engine(config, select_backend(config.device,
-                                                                                     config.memory_budget)))
+        self.samplers = SamplerRegistry()
         self.clients: dict[bytes, Client] = {}
         self.had_clients = False
         self.last_client_left = None
@@ -361,13 +360,14 @@ class SamplingServer:
             if hosted is None:
                 return {"pending": self.samplers.mismatch(theirs, args.int("slot"), None)}, {}
         rank = args.int("rank")
+        engine = hosted.engines.engine_for(args.get("device"))  # the rank's own GPU: its requests run there
         seed = rank_seed(hosted.seed if theirs.seed is None else theirs.seed, rank)
         if args.get("stream") is not None:  # a DataLoader worker: a stream of its own, beside its rank's
             seed = worker_seed(seed, int(args["stream"]))
         hosted.clients.add(identity)
-        self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed))
+        self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed), engine=engine)
         self.had_clients = True
-        return {"server_pid": os.getpid(), "loaded": hosted.engine.loaded, "max_request_bytes": self.max_request_bytes,
+        return {"server_pid": os.getpid(), "loaded": engine.loaded, "max_request_bytes": self.max_request_bytes,
                 "seed": seed, "sampler": hosted.ident}, {}
 
     def op_bye(self, identity, args, arrays):
@@ -426,7 +426,7 @@ class SamplingServer:
                     return
                 identity, source, seq = hosted.queued_reloads.pop(0)
             try:
-                hosted.engine.swap(hosted.engine.build_state(source, progress=False))
+                hosted.engines.reload(source, progress=False)  # on every device in use, then switched together
                 reply = p.pack({"ok": True, "seq": seq}, {})
             except DeviceFaultError as e:
                 reply = self._error({"seq": seq}, "DeviceFaultError", self._device_fault(e))
@@ -444,7 +444,7 @@ class SamplingServer:
         return self.clients[identity].stream
 
     def _engine(self, identity) -> Engine:
-        return self.clients[identity].sampler.engine
+        return self.clients[identity].engine
 
     def op_sample_ids(self, identity, args, arrays):
         neg = self._engine(identity).sample_ids(p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays),
