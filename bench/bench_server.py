@@ -42,14 +42,22 @@ def five_calls(s, items, cats, default_id):
     return s.pack_feature(ids, default_id)
 
 
-def timed(fn, iters) -> list[float]:
-    fn()  # warm-up
-    out = []
+def interleaved(fns: dict, iters) -> dict[str, list[float]]:
+    """Each of `fns` timed once per round, in turn, for `iters` rounds: what the machine does
+    meanwhile falls on all of them alike, so their ratio holds where absolute figures move."""
+    for fn in fns.values():
+        fn()  # warm-up
+    out = {name: [] for name in fns}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
     return out
+
+
+def timed(fn, iters) -> list[float]:
+    return interleaved({"": fn}, iters)[""]
 
 
 def summary(latencies: list[float], negatives_per_call: int, wall: float | None = None) -> dict:
@@ -151,6 +159,11 @@ def main(argv=None):
     job = f"bench{os.getpid()}"
     with LocalRpcDataSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device="cpu", name=job) as starter:
         starter.reload(cat.table)
+        pair = interleaved({"in_process": lambda: local.sample(items, K, tags, default_value=default_id),
+                            "server": lambda: starter.sample(items, K, tags, default_value=default_id)}, args.iters)
+        results["fused_interleaved"] = {name: summary(lat, negatives) for name, lat in pair.items()}
+        results["fused_interleaved"]["overhead_p50_ms"] = float(np.median(
+            (np.asarray(pair["server"]) - np.asarray(pair["in_process"])) * 1e3))
         results["server"] = [run_clients(job, n, batch, default_id, args.iters, "shm")
                              for n in map(int, args.clients.split(","))]
         results["server_socket_results"] = run_clients(job, 1, batch, default_id, args.iters, "socket")
@@ -169,6 +182,10 @@ def main(argv=None):
     print(f"batch {args.batch_size} x {K}; request {request_bytes / 1e3:.0f} kB, response {response_bytes / 1e6:.1f} MB")
     ip = results["in_process"]
     print(f"in-process         fused p50 {ip['fused']['p50_ms']:.1f} ms   5 calls p50 {ip['five_calls']['p50_ms']:.1f} ms")
+    il = results["fused_interleaved"]
+    print(f"fused, one process, in-process and server calls interleaved: in-process p50 "
+          f"{il['in_process']['p50_ms']:.1f} ms, server p50 {il['server']['p50_ms']:.1f} ms, "
+          f"median overhead {il['overhead_p50_ms']:.1f} ms")
     for r in results["server"]:
         f, c = r["fused"], r["five_calls"]
         print(f"server {r['clients']} client(s)  fused p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms, "
