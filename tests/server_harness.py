@@ -27,8 +27,9 @@ class RawClient:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(f"ipc://{path}")
         self.seq = 0
-        self.hello = self.ask("hello", {"pid": pid or os.getpid(), "rank": 0, "config": CONFIG.to_wire(),
-                                        "open": True, "slot": 0, "ordinal": 0})  # as local rank 0's first sampler
+        self.hello_args = {"pid": pid or os.getpid(), "rank": 0, "config": CONFIG.to_wire(),
+                           "open": True, "slot": 0, "ordinal": 0}  # as local rank 0's first sampler
+        self.hello = self.ask("hello", self.hello_args)
 
     def send_frames(self, frames: list) -> None:
         self.sock.send_multipart(frames, copy=False)

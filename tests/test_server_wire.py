@@ -293,6 +293,8 @@ def test_errors_of_the_request_come_back_as_request_or_table_errors_with_their_c
              "RequestError", "d: not a valid RaggedTensor"),
             (c.ask("unmap_block", {"block": "x"}), "RequestError", "'block' must be an integer"),
             (c.ask("describe", []), "RequestError", "'args' must be a JSON object"),
+            (c.ask("hello", dict(c.hello_args, attach=c.hello["sampler"], stream="worker 1")), "RequestError",
+             "'stream' must be an integer"),
         ]
         for head, kind, message in cases:
             assert head.get("error") == kind and message in head["message"], (kind, message, head)

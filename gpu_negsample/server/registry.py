@@ -105,6 +105,16 @@ class HostedSampler:
     reload_lock: threading.Lock = field(default_factory=threading.Lock)  # the queue and `reloading`, both threads
 
     @property
+    def key(self) -> tuple[str, int]:
+        """Where the registry finds it: (settings, k)."""
+        return settings_key(self.config), self.slot
+
+    def unused(self) -> bool:
+        """No client and no reload running or queued (read under the reload thread's lock)."""
+        with self.reload_lock:
+            return not self.clients and self.reloading is None
+
+    @property
     def seed(self) -> int:
         """The seed of ranks that gave none: the opener's, or one drawn for the sampler."""
         return self.engines.config.seed
@@ -181,17 +191,17 @@ class SamplerRegistry:
     def leave(self, hosted: HostedSampler, identity: bytes) -> None:
         """A client stops using `hosted`; the last one to leave drops it (and its table)."""
         hosted.clients.discard(identity)
-        if not hosted.clients and hosted.reloading is None:
+        if hosted.unused():
             self._drop(hosted)
 
     def drop_idle(self) -> None:
         """Drop the samplers whose last client left during their reload."""
         for hosted in self:
-            if not hosted.clients and hosted.reloading is None:
+            if hosted.unused():
                 self._drop(hosted)
 
     def _drop(self, hosted: HostedSampler) -> None:
         self._by_id.pop(hosted.ident, None)
-        if self._by_key.get((settings_key(hosted.config), hosted.slot)) is hosted:
-            del self._by_key[(settings_key(hosted.config), hosted.slot)]
+        if self._by_key.get(hosted.key) is hosted:
+            del self._by_key[hosted.key]
         hosted.engines.release()

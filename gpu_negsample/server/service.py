@@ -189,6 +189,7 @@ class SamplingServer:
         self.fault: str | None = None  # set once the GPU context is unusable: every answer is this error
         self._stop_at: float | None = None
         self._current_seq = None
+        self._block = None  # the result block the current request offers, checked once
         self._alloc: BlockAllocator | None = None  # where the request's features are gathered
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -257,13 +258,14 @@ class SamplingServer:
     # ---- one request -----------------------------------------------------------------------
     def _answer(self, frames: list) -> None:
         identity, body = frames[0].bytes, frames[1:]
-        header = {"seq": p.request_seq(body)}  # read first: an unreadable request is still answered
-        self._alloc = None
+        seq = p.request_seq(body)  # read first: an unreadable request is still answered
+        header = {"seq": seq}
+        self._alloc, self._block = None, None
         try:
             if self.fault is not None:
                 raise DeviceFaultError(self.fault)
             header, arrays = p.unpack_request(body, self.max_request_bytes)
-            header["seq"] = p.request_seq(body)
+            header["seq"] = seq
             op = header.get("op")
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
@@ -271,8 +273,9 @@ class SamplingServer:
             if op != "hello" and identity not in self.clients:
                 raise RequestError("this client has not said hello (or was dropped); reconnect")
             self._current_seq = header.get("seq")
-            block = self._offered_block(identity, header) if op in GATHERING_OPS else None
-            self._alloc = BlockAllocator(block) if isinstance(block, SharedBlock) else None
+            self._block = self._offered_block(identity, header)
+            if op in GATHERING_OPS and isinstance(self._block, SharedBlock):
+                self._alloc = BlockAllocator(self._block)
             result = handler(identity, Args(op, header.get("args", {})), arrays)
             if result is None:  # answered later (reload)
                 return
@@ -321,7 +324,7 @@ class SamplingServer:
         nothing fits, go through the socket, with the size that would have fitted ("needed")
         so the client can map a bigger block."""
         header["seq"] = request.get("seq")
-        block = self._offered_block(identity, request) if arrays else None
+        block = self._block if arrays else None
         if isinstance(block, SharedBlock):
             in_place = {n: block.offset_of(a) for n, a in arrays.items()}
             header["placed"] = [p.placed_meta(n, arrays[n], o) for n, o in in_place.items() if o is not None]
@@ -363,7 +366,7 @@ class SamplingServer:
         engine = hosted.engines.engine_for(args.get("device"))  # the rank's own GPU: its requests run there
         seed = rank_seed(hosted.seed if theirs.seed is None else theirs.seed, rank)
         if args.get("stream") is not None:  # a DataLoader worker: a stream of its own, beside its rank's
-            seed = worker_seed(seed, int(args["stream"]))
+            seed = worker_seed(seed, args.int("stream"))
         hosted.clients.add(identity)
         self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed), engine=engine)
         self.had_clients = True
