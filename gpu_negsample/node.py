@@ -52,6 +52,14 @@ class DeviceEngines:
                 self._engines[ordinal] = engine
             return engine
 
+    def ordinal_of(self, engine: Engine) -> int:
+        """The device of one of these engines."""
+        with self._lock:
+            for ordinal, mine in self._engines.items():
+                if mine is engine:
+                    return ordinal
+        raise ValueError("DeviceEngines.ordinal_of: not one of these engines")
+
     def reload(self, data, progress: bool | None = None) -> None:
         """Build the table once (on the first device's backend: its host arena is the node's one
         copy), place it on every device in use, then switch them all."""
@@ -59,8 +67,8 @@ class DeviceEngines:
             if not self._engines:
                 raise RuntimeError("DeviceEngines.reload: no device in use yet; call engine(ordinal) first")
             first = next(iter(self._engines.values()))
-        # Built outside the lock: a device added meanwhile (a rank's hello on the node server,
-        # whose one thread answers every rank) is not held up for the whole build.
+        # Built outside the lock: a device added meanwhile (a rank's hello, answered by the
+        # node server's loop thread) is not held up for the whole build.
         built = first.build_state(data, progress)
         with self._lock:  # every device in use now, those added during the build included
             engines = list(self._engines.values())

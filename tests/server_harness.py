@@ -21,7 +21,7 @@ CONFIG = SamplerConfig("category", "item_id", "weight", "skey", seed=1, device="
 class RawClient:
     """A DEALER that says hello and then sends whatever frames a test gives it."""
 
-    def __init__(self, path, pid: int | None = None):
+    def __init__(self, path, pid: int | None = None, **hello):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -29,7 +29,14 @@ class RawClient:
         self.seq = 0
         self.hello_args = {"pid": pid or os.getpid(), "rank": 0, "config": CONFIG.to_wire(),
                            "open": True, "slot": 0, "ordinal": 0}  # as local rank 0's first sampler
+        self.hello_args.update(hello)  # e.g. another rank, another device
         self.hello = self.ask("hello", self.hello_args)
+
+    def send(self, op: str, args: dict) -> int:
+        """Send one request without waiting for its answer; its sequence number."""
+        self.seq += 1
+        self.send_frames(p.pack_request(self.seq, {"op": op, "args": args}, {}))
+        return self.seq
 
     def send_frames(self, frames: list) -> None:
         self.sock.send_multipart(frames, copy=False)
@@ -74,8 +81,8 @@ def server_on_thread(job: str, max_request_bytes: int = 1 << 20, engine=None):
 
 
 @contextmanager
-def raw_client(server, pid: int | None = None):
-    c = RawClient(socket_path(Path(server.directory)), pid)
+def raw_client(server, pid: int | None = None, **hello):
+    c = RawClient(socket_path(Path(server.directory)), pid, **hello)
     try:
         yield c
     finally:

@@ -48,6 +48,13 @@ class OneEngine:
     def engine_for(self, device) -> Engine:
         return self._engine
 
+    @staticmethod
+    def lane(engine: Engine) -> str:
+        """The server's worker thread for this engine's requests: one for every CPU sampler,
+        since numba's parallel kernels already use every core (two at once would only
+        contend for them)."""
+        return "cpu"
+
     def reload(self, data, progress: bool | None = None) -> None:
         self._engine.reload(data, progress)
 
@@ -73,6 +80,12 @@ class GpuEngines(DeviceEngines):
         except ValueError as e:
             raise RequestError(f"this rank samples on {self.kind}:{ordinal} (the server's numbering), which the "
                                f"node's sampling server cannot use: {e}") from None
+
+
+    def lane(self, engine: Engine) -> str:
+        """The server's worker thread for this engine's requests: one per device ("cuda:1"),
+        so ranks on different GPUs are answered at the same time."""
+        return f"{self.kind}:{self.ordinal_of(engine)}"
 
 
 def make_engines(config: SamplerConfig) -> GpuEngines | OneEngine:

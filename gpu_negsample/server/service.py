@@ -2,9 +2,12 @@
 every training process of the machine.
 
 Started by local rank 0's LocalRpcDataSampler (``python -m gpu_negsample.server``); serves a
-ROUTER socket in the job's 0700 directory. One thread answers requests in arrival order
-(the kernels inside are parallel); a reload builds the new table on a second thread and
-swaps it in, so requests keep running on the old table meanwhile. It exits when the
+ROUTER socket in the job's 0700 directory. The loop thread owns the socket; each GPU's
+requests run on that GPU's own worker thread (a ``Lane``), so ranks on different GPUs are
+answered concurrently, and every CPU sampler's on one shared lane (numba's kernels already
+use every core). A client's requests are answered one after the other, in order. A reload
+builds the new table on a thread of its own and swaps it in, so requests keep running on
+the old table meanwhile. It exits when the
 process that started it dies (polled every 0.5 s: not PR_SET_PDEATHSIG, which fires when the
 starting *thread* ends, so a sampler made in a worker thread would lose its server), or when
 every client said goodbye or died; it removes its socket on the way out.
@@ -12,6 +15,7 @@ every client said goodbye or died; it removes its socket on the way out.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import logging
 import math
@@ -43,8 +47,12 @@ GOLDEN = 0x9E3779B97F4A7C15
 LIVENESS_PERIOD_S = 0.5
 LAST_CLIENT_GRACE_S = 2.0
 EXIT_DEVICE_FAULT = 3
-FAULT_DRAIN_S = 1.0
-GATHERING_OPS = ("sample", "pack_feature")  # their features are gathered straight into the client's block  # after a device fault: how long requests already sent still get the fatal answer
+FAULT_DRAIN_S = 1.0  # after a device fault: how long requests already sent still get the fatal answer
+GATHERING_OPS = ("sample", "pack_feature")  # their features are gathered straight into the client's block
+# Requests that change the server's own state (clients, blocks, reload queues) run on the
+# loop thread; every other one on its client's device lane.
+LOOP_OPS = ("hello", "bye", "map_block", "map_cuda_block", "unmap_block", "reload")
+LANE_STOP_S = 5.0  # at exit: how long the lanes get to finish the request they are running
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -169,11 +177,54 @@ class Client:
     stream: RandomStream
     blocks: dict = field(default_factory=dict)  # block id -> SharedBlock | RemoteCudaBlock
     engine: Engine | None = None  # the sampler's engine on this client's device
+    lane: str = "cpu"  # the lane (worker thread) of that device
+    # Read and written by the loop thread only:
+    in_flight: bool = False  # a request of this client is being answered (on a lane or a reload thread)
+    waiting: collections.deque = field(default_factory=collections.deque)  # its requests received meanwhile
+    dead: bool = False  # its process died while a request was in flight: dropped once that is answered
 
     def close(self) -> None:
         for block in self.blocks.values():
             block.close()
         self.blocks.clear()
+
+
+class Lane:
+    """A worker thread that runs one device's requests, one after the other in the order
+    they were submitted: requests of ranks on different devices run at the same time, while
+    a device never runs two (its engine's kernels already fill it)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"lane {name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, job) -> None:
+        """Run job() on this lane after those submitted before it; job handles its own errors."""
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # a job answers its own errors; this is a bug of the server, logged
+                log.exception("lane %s: a request's job failed", self.name)
+
+    def stop(self) -> None:
+        """Let the lane end after the jobs already submitted."""
+        self._jobs.put(None)
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the lane to end; whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def _per_thread(name: str, doc: str) -> property:
+    """An attribute of the request the current thread answers: each lane answers its own."""
+    return property(lambda self: getattr(self._call, name, None), lambda self, v: setattr(self._call, name, v),
+                    doc=doc)
 
 
 class SamplingServer:
@@ -184,13 +235,18 @@ class SamplingServer:
         self.clients: dict[bytes, Client] = {}
         self.had_clients = False
         self.last_client_left = None
-        self.replies: queue.Queue = queue.Queue()  # (identity, frames) from the reload threads
+        self.replies: queue.Queue = queue.Queue()  # [identity, *frames] from the lanes and reload threads
+        self.lanes: dict[str, Lane] = {}  # a worker thread per device, by lane name
         self.stopping = False
         self.fault: str | None = None  # set once the GPU context is unusable: every answer is this error
+        self._fault_lock = threading.Lock()  # lanes may fault at the same time
         self._stop_at: float | None = None
-        self._current_seq = None
-        self._block = None  # the result block the current request offers, checked once
-        self._alloc: BlockAllocator | None = None  # where the request's features are gathered
+        self._call = threading.local()  # the request a thread is answering: seq, offered block, allocator
+        # Lanes wake the loop through a pipe it polls beside the socket (zmq sockets are not
+        # thread-safe, so only the loop thread sends).
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -199,16 +255,26 @@ class SamplingServer:
         self.path = socket_path(Path(directory))
         self.sock.bind(f"ipc://{self.path}")
         os.chmod(self.path, 0o600)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self._wake_read, zmq.POLLIN)
+
+    _current_seq = _per_thread("seq", "the sequence number of the request this thread answers")
+    _block = _per_thread("block", "the result block that request offers, checked once")
+    _alloc = _per_thread("alloc", "where that request's features are gathered (a BlockAllocator) or None")
 
     # ---- the loop --------------------------------------------------------------------------
     def serve(self) -> None:
         next_check = 0.0
         try:
             while not self.stopping:
-                if self.sock.poll(50 if self.samplers.reloading else 200):
-                    self._answer(self.sock.recv_multipart(copy=False))
+                events = dict(self.poller.poll(200))
+                if self._wake_read in events:
+                    self._drain_wake_ups()
+                if self.sock in events:
+                    self._receive(self.sock.recv_multipart(copy=False))
                 while not self.replies.empty():
-                    self.sock.send_multipart(self.replies.get_nowait(), copy=False)
+                    self._answered(self.replies.get_nowait())
                 now = time.monotonic()
                 if self._stop_at is not None and now >= self._stop_at:
                     log.critical("exiting after a device fault: %s", self.fault)
@@ -219,14 +285,32 @@ class SamplingServer:
         finally:
             self.close()
 
+    def _drain_wake_ups(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _post(self, reply: list) -> None:
+        """A reply ([identity, *frames]) made on another thread: the loop sends it."""
+        self.replies.put(reply)
+        try:
+            os.write(self._wake_write, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups the loop has not read yet: it will wake anyway
+
     def _check_liveness(self, now: float) -> None:
         if not pid_alive(self.parent_pid) or os.getppid() != self.parent_pid:
             log.info("the process that started the server (pid %d) is gone: exiting", self.parent_pid)
             self.stopping = True
         for identity, client in list(self.clients.items()):
-            if not pid_alive(client.pid):
+            if not client.dead and not pid_alive(client.pid):
                 log.info("client pid %d (rank %d) died: dropping its state", client.pid, client.rank)
-                self._drop(identity)
+                if client.in_flight:  # a lane may be writing into its blocks: drop it once answered
+                    client.dead = True
+                else:
+                    self._drop(identity)
         self.samplers.drop_idle()
         if self.had_clients and not self.clients and not self.samplers.reloading:
             self.last_client_left = self.last_client_left or now
@@ -243,10 +327,18 @@ class SamplingServer:
             self.samplers.leave(client.sampler, identity)
 
     def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.stop()
+        deadline = time.monotonic() + LANE_STOP_S
+        for lane in self.lanes.values():  # a lane still writing into a block must finish before it is unmapped
+            if not lane.join(max(0.0, deadline - time.monotonic())):
+                log.warning("lane %s still runs a request at exit", lane.name)
         for identity in list(self.clients):
             self._drop(identity)
         self.sock.close(0)
         self.ctx.term()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
         self.path.unlink(missing_ok=True)
         pid_path(Path(self.directory)).unlink(missing_ok=True)
         try:
@@ -256,11 +348,19 @@ class SamplingServer:
         sweep_stale_blocks(self.job)
 
     # ---- one request -----------------------------------------------------------------------
-    def _answer(self, frames: list) -> None:
+    def _receive(self, frames: list) -> None:
+        """A request from the socket: started now, or after its client's request in flight."""
+        client = self.clients.get(frames[0].bytes)
+        if client is not None and (client.in_flight or client.waiting):
+            client.waiting.append(frames)
+        else:
+            self._start(frames)
+
+    def _start(self, frames: list) -> None:
+        """Parse a request and answer it: on the loop thread when it changes the server's state
+        (LOOP_OPS), else on its client's lane; the answer is sent by the loop (_answered)."""
         identity, body = frames[0].bytes, frames[1:]
         seq = p.request_seq(body)  # read first: an unreadable request is still answered
-        header = {"seq": seq}
-        self._alloc, self._block = None, None
         try:
             if self.fault is not None:
                 raise DeviceFaultError(self.fault)
@@ -272,33 +372,86 @@ class SamplingServer:
                 raise RequestError(f"unknown request {op!r}")
             if op != "hello" and identity not in self.clients:
                 raise RequestError("this client has not said hello (or was dropped); reconnect")
-            self._current_seq = header.get("seq")
+        except Exception as e:
+            self.sock.send_multipart([identity, *self._failure(seq, e)], copy=False)
+            return
+        client = self.clients.get(identity)
+        if op in LOOP_OPS:
+            reply = self._run(identity, op, handler, header, arrays)
+            if reply is not None:
+                self.sock.send_multipart(reply, copy=False)
+            elif identity in self.clients:  # answered later (a reload): its next request waits for that
+                self.clients[identity].in_flight = True
+            return
+        client.in_flight = True
+        self._lane(client.lane).submit(lambda: self._post(self._run(identity, op, handler, header, arrays)))
+
+    def _lane(self, name: str) -> Lane:
+        lane = self.lanes.get(name)
+        if lane is None:
+            lane = self.lanes[name] = Lane(name)
+        return lane
+
+    def _run(self, identity: bytes, op: str, handler, header: dict, arrays: dict) -> list | None:
+        """Answer one parsed request on this thread: the reply's frames, or None when it is answered
+        later (reload)."""
+        self._current_seq, self._alloc, self._block = header["seq"], None, None
+        try:
+            if self.fault is not None:  # a lane's queue may hold requests sent before the fault
+                raise DeviceFaultError(self.fault)
             self._block = self._offered_block(identity, header)
             if op in GATHERING_OPS and isinstance(self._block, SharedBlock):
                 self._alloc = BlockAllocator(self._block)
             result = handler(identity, Args(op, header.get("args", {})), arrays)
-            if result is None:  # answered later (reload)
-                return
+            if result is None:
+                return None
             reply_header, reply_arrays = result
             reply = self._reply(identity, header, dict(reply_header, ok=True), reply_arrays)
-        except DeviceFaultError as e:
-            reply = self._error(header, "DeviceFaultError", self._device_fault(e))
-        except NegSampleError as e:
-            reply = self._error(header, type(e).__name__, str(e))
-        except Exception as e:  # a bug must not take the node's sampling down: report it to the caller
-            log.exception("request %r failed", header.get("op"))
-            reply = self._error(header, "InternalError", _internal(e))
-        self.sock.send_multipart([identity, *reply], copy=False)
+        except Exception as e:
+            reply = self._failure(header["seq"], e, op)
+        finally:
+            self._alloc, self._block = None, None  # the client's block is not held past its answer
+        return [identity, *reply]
+
+    def _answered(self, reply: list) -> None:
+        """Send a reply made on a lane or reload thread, then start its client's next request."""
+        identity = reply[0]
+        self.sock.send_multipart(reply, copy=False)
+        client = self.clients.get(identity)
+        if client is None:
+            return
+        client.in_flight = False
+        if client.dead:
+            self._drop(identity)
+            return
+        while client.waiting and not client.in_flight:
+            self._start(client.waiting.popleft())
+            if self.clients.get(identity) is not client:  # it said bye: the rest are a stranger's
+                for frames in client.waiting:
+                    self._start(frames)
+                client.waiting.clear()
+
+    def _failure(self, seq, error: Exception, op: str | None = None) -> list:
+        """The reply frames of request `seq` (`op`, where known) that failed with `error`."""
+        header = {"seq": seq}
+        if isinstance(error, DeviceFaultError):
+            return self._error(header, "DeviceFaultError", self._device_fault(error))
+        if isinstance(error, NegSampleError):
+            return self._error(header, type(error).__name__, str(error))
+        # A bug must not take the node's sampling down: report it to the caller.
+        log.error("request %r (seq %s) failed", op, seq, exc_info=error)
+        return self._error(header, "InternalError", _internal(error))
 
     def _device_fault(self, error: DeviceFaultError) -> str:
         """Record a dead GPU context: from now on every request is answered with it, and the
         server exits after FAULT_DRAIN_S (its clients then see it gone, not InternalError
         forever). Returns what callers are told."""
-        if self.fault is None:
-            self.fault = (f"the node's sampling server (pid {os.getpid()}) lost its GPU: {error}; it is exiting. "
-                          "Restart the job (check the GPU with nvidia-smi first)")
-            log.critical("%s", self.fault)
-            self._stop_at = time.monotonic() + FAULT_DRAIN_S
+        with self._fault_lock:
+            if self.fault is None:
+                self.fault = (f"the node's sampling server (pid {os.getpid()}) lost its GPU: {error}; it is exiting. "
+                              "Restart the job (check the GPU with nvidia-smi first)")
+                log.critical("%s", self.fault)
+                self._stop_at = time.monotonic() + FAULT_DRAIN_S
         return self.fault
 
     @staticmethod
@@ -368,7 +521,8 @@ class SamplingServer:
         if args.get("stream") is not None:  # a DataLoader worker: a stream of its own, beside its rank's
             seed = worker_seed(seed, args.int("stream"))
         hosted.clients.add(identity)
-        self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed), engine=engine)
+        self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed), engine=engine,
+                                        lane=hosted.engines.lane(engine))
         self.had_clients = True
         return {"server_pid": os.getpid(), "loaded": engine.loaded, "max_request_bytes": self.max_request_bytes,
                 "seed": seed, "sampler": hosted.ident}, {}
@@ -431,14 +585,9 @@ class SamplingServer:
             try:
                 hosted.engines.reload(source, progress=False)  # on every device in use, then switched together
                 reply = p.pack({"ok": True, "seq": seq}, {})
-            except DeviceFaultError as e:
-                reply = self._error({"seq": seq}, "DeviceFaultError", self._device_fault(e))
-            except NegSampleError as e:
-                reply = self._error({"seq": seq}, type(e).__name__, str(e))
             except Exception as e:
-                log.exception("reload failed")
-                reply = self._error({"seq": seq}, "InternalError", _internal(e))
-            self.replies.put([identity, *reply])
+                reply = self._failure(seq, e, "reload")
+            self._post([identity, *reply])
 
     def op_describe(self, identity, args, arrays):
         return {"text": self._engine(identity).describe()}, {}
@@ -520,8 +669,9 @@ every training process (LocalRpcDataSampler) of the node over a private local so
 
 You do not start it yourself: local rank 0's LocalRpcDataSampler starts it with these
 arguments, every rank connects to it, and it exits when that process dies or when every
-client has said goodbye (or died). It answers requests one at a time, in arrival order;
-a reload builds the new table aside while requests keep using the old one.""",
+client has said goodbye (or died). Requests of ranks on different GPUs run at the same
+time, each on its own GPU; one client's requests are answered in order; a reload builds
+the new table aside while requests keep using the old one.""",
         epilog=f"""\
 environment:
   {LOG_FILE_ENV}=PATH
