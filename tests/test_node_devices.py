@@ -115,3 +115,15 @@ def test_device_numbers_are_checked():
     assert select_backend("emulated:3").device.ordinal == 3
     with pytest.raises(ValueError, match="must be a device number"):
         select_backend("emulated:x")
+
+
+def test_a_kernel_given_another_devices_memory_is_refused(table, loaded):
+    """Were a request routed to one device with the table placed on another, a GPU without
+    peer access would read an illegal address; the emulation refuses it, naming both, so
+    the routing above is checked in CI (every test here runs with this check)."""
+    ids, cats, _ = table
+    engines, _ = loaded
+    wrong = engines.engine(1)
+    wrong.swap(engines.engine(0).state)  # device 0's placement, given to device 1's engine
+    with pytest.raises(RuntimeError, match="on emulated device 1 was given .* memory of emulated device 0"):
+        wrong.sample_ids(*request(ids, cats, 1), stream=RandomStream(1))

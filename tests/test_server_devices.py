@@ -169,3 +169,22 @@ def test_a_rank_arriving_during_a_reload_is_not_held_up_and_gets_the_new_table()
         reloading.join(60)
     assert engines.engine(1).state.table is engines.engine(0).state.table
     assert np.isin(np.asarray(engines.engine(1).sample_ids(*positives(b, 0))), b.ids).all()
+
+
+def test_a_cuda_result_block_on_a_gpu_without_peer_access_is_refused(server, monkeypatch):
+    """A rank whose result block lies on a GPU other than the one its requests run on (it
+    allocates on its current device, its sampler names another) is refused when that pair
+    has no peer access, naming both GPUs; with peer access only the emulation's lack of
+    CUDA IPC stops it."""
+    hello(server, 0, {"ordinal": 0, "visible": None})
+    args = {"handle": "00" * 64, "size": 1 << 20, "block": 1, "device": {"ordinal": 1, "visible": None}}
+    monkeypatch.setenv("GPU_NEGSAMPLE_EMU_NO_PEER", "0-1")
+    with pytest.raises(RequestError, match=r"block is on emulated:1 but its requests run on emulated:0 .*no peer "
+                                           r"access to emulated:1.*results='shm'"):
+        server.op_map_cuda_block(b"rank0", Args("map_cuda_block", args), {})
+    monkeypatch.setenv("GPU_NEGSAMPLE_EMU_NO_PEER", "2-3")
+    with pytest.raises(RequestError, match="runs the CPU emulation"):
+        server.op_map_cuda_block(b"rank0", Args("map_cuda_block", args), {})
+    monkeypatch.setenv("GPU_NEGSAMPLE_EMU_NO_PEER", "0-0")
+    with pytest.raises(ValueError, match="GPU_NEGSAMPLE_EMU_NO_PEER='0-0': each entry must be two different"):
+        server.op_map_cuda_block(b"rank0", Args("map_cuda_block", args), {})

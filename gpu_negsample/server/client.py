@@ -26,7 +26,7 @@ from ..errors import (DeviceFaultError, NegSampleError, NotLoadedError, RequestE
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
-from .rank_device import rank_device
+from .rank_device import VISIBLE, rank_device
 from .registry import settings_key
 from .endpoint import (EXIT_JOB_TAKEN, RANK_VARIABLES, check_job_path, create_block, global_rank, job_dir,
                        job_name, live_server_pid, local_rank, pid_alive, process_group_peers, ranks_by_process_group,
@@ -454,7 +454,9 @@ class ServerTransport:
         if self.results == "cuda":
             on = self.device["ordinal"] if self.device is not None else torch.cuda.current_device()
             block = _CudaBlock(ident, size, on)  # on the GPU the server samples this rank's requests on
-            self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident}, {})
+            where = {"ordinal": on, "visible": os.environ.get(VISIBLE)}  # in this process's numbering
+            self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident,
+                                             "device": where}, {})
             self._blocks.append(block)
             return block
         try:

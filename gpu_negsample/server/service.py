@@ -39,6 +39,7 @@ from ..errors import DeviceFaultError, NegSampleError, RequestError
 from . import protocol as p
 from .endpoint import (EXIT_JOB_TAKEN, SHM_DIR, JobTakenError, claim_job, mapped_size, open_block, pid_alive,
                        pid_path, socket_path, sweep_stale_blocks)
+from .rank_device import VISIBLE, server_ordinal
 from .registry import HostedSampler, SamplerRegistry
 
 log = logging.getLogger("gpu_negsample.server")
@@ -547,10 +548,28 @@ class SamplingServer:
         return {}, {}
 
     def op_map_cuda_block(self, identity, args, arrays):
+        """Open a rank's CUDA result block. It is written by the GPU that runs the rank's requests:
+        one on another GPU (the rank allocates on its current device, its sampler names
+        another) is refused when that GPU has no peer access to it, rather than failing at
+        the first answer."""
+        engines = self.clients[identity].sampler.engines
         device = getattr(self._engine(identity).backend, "device", None)
-        if getattr(device, "cp", None) is None:
+        if device is None:
             raise RequestError("results='cuda' needs the node's server on a GPU: start it with device='cuda' "
                                "(or 'auto' on a GPU node, with cupy installed), or use results='shm'")
+        where = server_ordinal(engines.kind, args["device"], os.environ.get(VISIBLE))
+        if where is None:
+            raise RequestError("map_cuda_block: argument 'device' must name the GPU the block is on")
+        if not device.can_access_peer(where):
+            raise RequestError(
+                f"this rank's CUDA result block is on {engines.kind}:{where} but its requests run on "
+                f"{engines.kind}:{device.ordinal} (the server's numbering), which has no peer access to "
+                f"{engines.kind}:{where} (see nvidia-smi topo -m), so answers cannot be written there. Sample on the "
+                "GPU the rank allocates on: torch.cuda.set_device(local_rank) and device='cuda' (or "
+                "device='cuda:N' with that N), or use results='shm'")
+        if getattr(device, "cp", None) is None:
+            raise RequestError("results='cuda' needs the node's server on a GPU (this one runs the CPU emulation); "
+                               "use results='shm'")
         block = RemoteCudaBlock(device.cp, device.ordinal, bytes.fromhex(args["handle"]), args.int("size"))
         self.clients[identity].blocks[args.int("block")] = block
         return {}, {}

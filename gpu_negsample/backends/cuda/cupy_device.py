@@ -47,6 +47,9 @@ class CupyDevice(DeviceBase):
     def free_memory(self) -> int:
         return int(torch.cuda.mem_get_info(self.ordinal)[0])
 
+    def can_access_peer(self, ordinal: int) -> bool:
+        return ordinal == self.ordinal or bool(self.cp.cuda.runtime.deviceCanAccessPeer(self.ordinal, ordinal))
+
     @contextlib.contextmanager
     def active(self):
         outer = getattr(self._callers, "stream", None)

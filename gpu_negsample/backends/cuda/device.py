@@ -61,6 +61,11 @@ class Device(Protocol):
 
     def free_memory(self) -> int: ...
 
+    def can_access_peer(self, ordinal: int) -> bool:
+        """Whether this device's kernels and copies can reach device `ordinal`'s memory
+        directly (peer access; True for itself). Kernels never read another GPU's memory:
+        only a result buffer a rank shares through CUDA IPC may lie on another GPU."""
+
     def compile_all(self) -> None:
         """Load every kernel now (at reload), so no request pays for compiling."""
 

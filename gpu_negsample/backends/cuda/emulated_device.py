@@ -12,9 +12,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import subprocess
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from . import kernel_sources as ks
 from .device import DeviceBase
 
 _CTYPES = {"i64": ctypes.c_int64, "u64": ctypes.c_uint64, "u32": ctypes.c_uint32}
+NO_PEER_ENV = "GPU_NEGSAMPLE_EMU_NO_PEER"  # e.g. "0-1,2-3": those pairs of emulated GPUs have no peer access
 CXX_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-fno-strict-aliasing")
 
 
@@ -65,6 +69,53 @@ def build_library(extra_flags: tuple[str, ...] = ()) -> Path:
     return target
 
 
+def no_peer_pairs(text: str | None) -> set[frozenset]:
+    """The pairs of emulated GPUs without peer access that GPU_NEGSAMPLE_EMU_NO_PEER names."""
+    pairs = set()
+    for item in (text or "").replace(" ", "").split(","):
+        a, sep, b = item.partition("-")
+        if not item:
+            continue
+        if not (sep and a.isdigit() and b.isdigit() and a != b):
+            raise ValueError(f"{NO_PEER_ENV}={text!r}: each entry must be two different device numbers, "
+                             "as in '0-1,2-3'")
+        pairs.add(frozenset((int(a), int(b))))
+    return pairs
+
+
+class _Owners:
+    """Which emulated GPU allocated each piece of "device memory" (by its storage's address),
+    so that a kernel given another GPU's memory fails in CI as it would on GPUs, where no
+    peer access is enabled for kernels. Memory no emulated GPU allocated (pinned host
+    memory, a caller's tensors) is not checked."""
+
+    def __init__(self):
+        self._by_address: dict[int, tuple[int, int]] = {}  # address -> (ordinal, claim token)
+        self._tokens = itertools.count()
+        self._lock = threading.Lock()
+
+    def claim(self, t: torch.Tensor, ordinal: int) -> torch.Tensor:
+        address = t.untyped_storage().data_ptr()
+        if address:  # empty tensors share address 0
+            token = next(self._tokens)
+            with self._lock:
+                self._by_address[address] = (ordinal, token)
+            weakref.finalize(t, self._release, address, token)
+        return t
+
+    def _release(self, address: int, token: int) -> None:
+        with self._lock:
+            if self._by_address.get(address, (None, None))[1] == token:  # not since claimed by a newer tensor
+                del self._by_address[address]
+
+    def owner(self, t: torch.Tensor) -> int | None:
+        address = t.untyped_storage().data_ptr()
+        return self._by_address.get(address, (None,))[0] if address else None
+
+
+_OWNERS = _Owners()
+
+
 class EmulatedDevice(DeviceBase):
     """CPU tensors as "device memory", g++-built kernels as launches; uploads, downloads,
     launches and waits are counted as on a GPU."""
@@ -88,6 +139,11 @@ class EmulatedDevice(DeviceBase):
 
     def free_memory(self) -> int:
         return self._memory_bytes
+
+    def can_access_peer(self, ordinal: int) -> bool:
+        """True unless GPU_NEGSAMPLE_EMU_NO_PEER names the pair (read at each call, so a test
+        or a server started with it stands for a node whose GPUs lack peer access)."""
+        return frozenset((self.ordinal, ordinal)) not in no_peer_pairs(os.environ.get(NO_PEER_ENV))
 
     def _function(self, name: str):
         fn = self._functions.get(name)
@@ -113,6 +169,13 @@ class EmulatedDevice(DeviceBase):
             return
         grid = max(1, min(-(-int(n_items) // self.BLOCK), self.MAX_BLOCKS))
         params = ks.kernels()[name].params
+        for p, a in zip(params, args, strict=True):
+            owner = _OWNERS.owner(a) if p.is_pointer else None
+            if owner is not None and owner != self.ordinal:
+                raise RuntimeError(f"kernel {name} on emulated device {self.ordinal} was given {p.name} in the "
+                                   f"memory of emulated device {owner}: a kernel reads only its own GPU's memory "
+                                   "and pinned host memory (no peer access is enabled between GPUs); place the "
+                                   "data on this device first")
         values = [a.data_ptr() if p.is_pointer else int(a) for p, a in zip(params, args, strict=True)]
         self._function(name)(grid, self.BLOCK, *values)
 
@@ -123,7 +186,10 @@ class EmulatedDevice(DeviceBase):
 
     def upload(self, host: np.ndarray) -> torch.Tensor:
         self._op("uploads")
-        return torch.from_numpy(np.array(host, copy=True, order="C"))
+        return _OWNERS.claim(torch.from_numpy(np.array(host, copy=True, order="C")), self.ordinal)
+
+    def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        return _OWNERS.claim(super().empty(shape, dtype), self.ordinal)
 
     def fetch(self, tensors) -> list[np.ndarray]:
         self._op("downloads", len(tensors))
