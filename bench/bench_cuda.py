@@ -22,13 +22,11 @@ its figures mean nothing).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import statistics
 import time
-import traceback
 
 import numpy as np
 import torch
@@ -38,7 +36,7 @@ from gpu_negsample.engine import RandomStream
 from gpu_negsample.backends.cuda.gather import TableKernels, gather_table
 from gpu_negsample.backends.protocol import host_empty
 from gpu_negsample.columns import DENSE, Column
-from report import save
+from report import Figures, Run, save
 
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
 
@@ -46,44 +44,6 @@ K = 10
 MULTINOMIAL_CAP = 2**24  # torch.multinomial on CUDA refuses more categories than this
 TARGETS = {"sample_1Mx10_per_s": 1e10, "sample_1Mx10_call_per_s": 3e9, "sample_4096x10_call_s": 100e-6,
            "fused_4096x10_call_s": 300e-6, "gather_gpu_fraction_of_copy": 0.7, "gather_uva_fraction_of_h2d": 0.7}
-
-
-class Figures(dict):
-    """One section of the results: every figure stored in it is written to disk at once."""
-
-    def __init__(self, flush):
-        super().__init__()
-        self._flush = flush
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self._flush()
-
-
-class Run:
-    """The results of one run, kept in <out>/bench_cuda.json as they grow."""
-
-    def __init__(self, out: str):
-        os.makedirs(out, exist_ok=True)
-        self.path = os.path.join(out, "bench_cuda.json")
-        self.results: dict = {}
-
-    def flush(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.results, f, indent=2)
-        os.replace(tmp, self.path)  # a reader (or a kill) never sees half a file
-
-    @contextlib.contextmanager
-    def section(self, name: str):
-        figures = self.results[name] = Figures(self.flush)
-        try:
-            yield figures
-        except Exception as e:  # one failing benchmark must not cost the others' figures
-            traceback.print_exc()
-            figures["error"] = f"{type(e).__name__}: {e}"
-        finally:
-            self.flush()
 
 
 class Clock:
@@ -312,7 +272,7 @@ def main(argv=None):
     on_gpu = args.device.startswith("cuda")
     sizes = [int(s) for s in args.sizes.split(",")]
     rng = np.random.default_rng(0)
-    run = Run(args.out)
+    run = Run(args.out, "bench_cuda")
     results = run.results
     cat = make_catalogue(args.items, args.categories, seed=0)
     sampler = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, device=args.device)

@@ -7,10 +7,17 @@ bare round trip of torch.distributed.rpc (what RecIS uses) carrying the same req
 response bytes. JSON + PNG to --out.
 
     python bench/bench_server.py [--items 1000000] [--batch-size 4096] [--iters 40] [--out bench/results]
+
+--node is bench/device_check.sh's step: only the server on --device (default cuda) with
+--results (default cuda: answers written into each rank's GPU buffers), fused requests
+from 1 and 4 client processes (--clients), p50/p99 and negatives/s, each client count
+written to --out/bench_server_node.json as soon as it is measured; without pyzmq it says so
+there and exits 0.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -20,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from report import save
+from report import Run, load_average, save
 
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RaggedTensor
 from gpu_negsample.server import protocol
@@ -69,37 +76,89 @@ def summary(latencies: list[float], negatives_per_call: int, wall: float | None 
     return out
 
 
-def client_loop(rank, job, ids, cats, default_id, iters, results_mode, start, results) -> None:
-    """One training process: `iters` fused requests, then `iters` 5-call sequences."""
+def client_loop(rank, job, ids, cats, default_id, iters, results_mode, device, sequences, start, results) -> None:
+    """One training process: `iters` fused requests, then (`sequences`) `iters` 5-call sequences.
+    Puts (rank, fused, calls5, fused wall, calls5 wall), or (rank, error) when it fails."""
     os.environ.update(LOCAL_PROCESS_RANK=str(rank), RANK=str(rank))
-    with LocalRpcDataSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=rank, device="cpu", name=job,
-                             results=results_mode) as s:
-        items, tags = ragged(ids), ragged(cats)
-        s.sample(items, K, tags, default_value=default_id)  # connect and warm up
-        start.wait()
-        t0 = time.perf_counter()
-        fused = timed(lambda: s.sample(items, K, tags, default_value=default_id), iters)
-        mid = time.perf_counter()
-        calls5 = timed(lambda: five_calls(s, items, tags, default_id), iters)
-        results.put((rank, fused, calls5, mid - t0, time.perf_counter() - mid))
+    try:
+        with LocalRpcDataSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=rank, device=device, name=job,
+                                 results=results_mode) as s:
+            items, tags = ragged(ids), ragged(cats)
+            s.sample(items, K, tags, default_value=default_id)  # connect and warm up
+            start.wait()
+            t0 = time.perf_counter()
+            fused = timed(lambda: s.sample(items, K, tags, default_value=default_id), iters)
+            mid = time.perf_counter()
+            calls5 = timed(lambda: five_calls(s, items, tags, default_id), iters) if sequences else []
+            results.put((rank, fused, calls5, mid - t0, time.perf_counter() - mid))
+    except Exception as e:  # the parent reports it instead of waiting for figures that never come
+        results.put((rank, f"client rank {rank}: {type(e).__name__}: {e}"))
 
 
-def run_clients(job, n, batch, default_id, iters, results_mode) -> dict:
+def run_clients(job, n, batch, default_id, iters, results_mode, device="cpu", sequences=True,
+                timeout_s=600.0) -> dict:
     start, results = SPAWN.Event(), SPAWN.Queue()
     procs = [SPAWN.Process(target=client_loop, args=(rank, job, batch[0], batch[1], default_id, iters, results_mode,
-                                                     start, results)) for rank in range(1, n + 1)]
+                                                     device, sequences, start, results))
+             for rank in range(1, n + 1)]
     for p in procs:
         p.start()
     time.sleep(1.0)
     start.set()
-    got = [results.get(timeout=600) for _ in procs]
+    got = [results.get(timeout=timeout_s) for _ in procs]
     for p in procs:
         p.join(60)
+    failed = [g[1] for g in got if len(g) == 2]
+    if failed:
+        raise RuntimeError("; ".join(failed))
     negatives = batch[0].shape[0] * K
     fused = [t for _, f, _, _, _ in got for t in f]
-    calls5 = [t for _, _, c, _, _ in got for t in c]
-    return {"clients": n, "fused": summary(fused, negatives, max(g[3] for g in got)),
-            "five_calls": summary(calls5, negatives, max(g[4] for g in got))}
+    out = {"clients": n, "fused": summary(fused, negatives, max(g[3] for g in got))}
+    if sequences:
+        out["five_calls"] = summary([t for _, _, c, _, _ in got for t in c], negatives, max(g[4] for g in got))
+    return out
+
+
+def node_step(args) -> dict:
+    """device_check.sh's step (--node): the server on args.device answering 1 and 4 (args.clients)
+    client processes' fused requests, results in args.results; each client count's figures
+    are on disk as soon as they are measured, and one that fails does not stop the next."""
+    run = Run(args.out, "bench_server_node")
+    run.results.update(settings=vars(args), machine={"host": platform.node(), "cpus": os.cpu_count(),
+                                                     "torch": torch.__version__, "load_average": load_average()})
+    if importlib.util.find_spec("zmq") is None:
+        run.results["skipped"] = "pyzmq is not installed here: the node server cannot run (pip install pyzmq)"
+        run.flush()
+        print(f"node server: SKIPPED, {run.results['skipped']}")
+        return run.results
+    cat = make_catalogue(args.items, args.categories, seed=0)
+    default_id = int(cat.ids[0])
+    b = positive_batch(cat, args.batch_size, np.random.default_rng(0))[0]
+    batch = (b[DEDUP_TAG].values().numpy().copy(), b[SAMPLE_TAG].values().numpy().copy())
+    job = f"benchnode{os.getpid()}"
+    starter = None
+    with run.section("start") as figures:
+        t0 = time.perf_counter()
+        starter = LocalRpcDataSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device=args.device, name=job,
+                                      results=args.results)
+        starter.reload(cat.table)
+        figures["reload_s"] = time.perf_counter() - t0
+        figures["placement"] = starter.describe()
+    if "error" in run.results["start"]:
+        return run.results
+    try:
+        for n in map(int, args.clients.split(",")):
+            with run.section(f"clients_{n}") as figures:
+                figures.update(run_clients(job, n, batch, default_id, args.iters, args.results, args.device,
+                                           sequences=False, timeout_s=args.client_timeout))
+                f = figures["fused"]
+                print(f"node server on {args.device}, results={args.results}, {n} client(s), {args.batch_size}x{K} "
+                      f"fused: p50 {f['p50_ms']:.3f} ms, p99 {f['p99_ms']:.3f} ms, {f['negatives_per_s']:.3e} neg/s")
+    finally:
+        starter.close()
+        run.results["machine"]["load_average_after"] = load_average()
+        run.flush()
+    return run.results
 
 
 def rpc_echo_worker(response_bytes, ready) -> None:
@@ -139,7 +198,13 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--clients", default=",".join(map(str, CLIENTS)))
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--node", action="store_true", help="only the server on --device with --results (device_check)")
+    ap.add_argument("--device", default="cuda", help="--node: the server's device")
+    ap.add_argument("--results", default="cuda", help="--node: where answers go (cuda, shm or socket)")
+    ap.add_argument("--client-timeout", type=float, default=600.0, help="seconds to wait for a client's figures")
     args = ap.parse_args(argv)
+    if args.node:
+        return node_step(args)
     cat = make_catalogue(args.items, args.categories, seed=0)
     default_id = int(cat.ids[0])
     b = positive_batch(cat, args.batch_size, np.random.default_rng(0))[0]

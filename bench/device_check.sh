@@ -6,7 +6,9 @@
 #      per-rank streams, the caller's stream, CUDA IPC results with two processes on one GPU
 #      and hot reload on a GPU server; the server tests skip themselves without pyzmq);
 #   3. runs the parity tests again under compute-sanitizer memcheck, when it is there;
-#   4. runs bench/bench_cuda.py (every figure written to JSON as soon as it is measured).
+#   4. runs bench/bench_cuda.py (every figure written to JSON as soon as it is measured);
+#   5. runs the node server on the GPU with results="cuda": 1 and 4 client processes, fused
+#      4096x10 p50/p99 (bench/bench_server.py --node; it records "skipped" without pyzmq).
 # Every step has its own time limit (SIGINT first, so pytest still writes its report), and a
 # failing step does not stop the next. Results: $OUT when set, else bench/results/<card>/;
 # summary.txt lists each step's exit status (124: it ran out of time).
@@ -58,23 +60,26 @@ EOF
 }
 
 export -f machine; export py
-step machine 20 bash -c machine
+step machine 15 bash -c machine
 cp "$out/machine.log" "$out/device_info.txt"
-step gpu_tests 70 "$py" -m pytest -q -rA -m gpu -p no:cacheprovider --continue-on-collection-errors \
+step gpu_tests 65 "$py" -m pytest -q -rA -m gpu -p no:cacheprovider --continue-on-collection-errors \
   --junitxml="$out/gpu_tests.xml" "${GPU_TESTS[@]}"
 grep -q "no CUDA device with cupy here" "$out/gpu_tests.log" && echo "gpu_tests: SKIPPED, no usable GPU" | tee -a "$summary"
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$sanitizer" ]; then
   # Memcheck slows kernels by 10-100x: the parity tests only, bounded.
-  step memcheck 50 "$sanitizer" --tool memcheck --error-exitcode 97 --report-api-errors no \
+  step memcheck 40 "$sanitizer" --tool memcheck --error-exitcode 97 --report-api-errors no \
     "$py" -m pytest -q -rA -m gpu -p no:cacheprovider --junitxml="$out/memcheck.xml" tests/test_cuda_parity.py
 else
   echo "memcheck: skipped (no compute-sanitizer)" | tee -a "$summary"
 fi
 
-step bench 85 "$py" bench/bench_cuda.py --repeats 10 --out "$out"
+step bench 75 "$py" bench/bench_cuda.py --repeats 10 --out "$out"
+step server 40 "$py" bench/bench_server.py --node --device cuda --results cuda --clients 1,4 --batch-size 4096 \
+  --iters 20 --client-timeout 25 --out "$out"
+grep -q "node server: SKIPPED" "$out/server.log" && echo "server: SKIPPED, no pyzmq on this machine" | tee -a "$summary"
 
 echo "=== summary ($out)"
 cat "$summary"
-! grep -v -e ": exit 0 in" -e "no compute-sanitizer" "$summary" | grep -q .
+! grep -v -e ": exit 0 in" -e "no compute-sanitizer" -e "server: SKIPPED" "$summary" | grep -q .

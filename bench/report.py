@@ -1,9 +1,11 @@
 """What every benchmark does with its results: a JSON file and a PNG plot in the output folder."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import traceback
 
 
 def save(results: dict, out_dir: str, name: str, plot) -> None:
@@ -47,3 +49,41 @@ def describe_machine() -> dict:
 def load_average() -> list[float]:
     """1, 5 and 15-minute load averages (what else ran on the machine meanwhile)."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+class Figures(dict):
+    """One section of the results: every figure stored in it is written to disk at once."""
+
+    def __init__(self, flush):
+        super().__init__()
+        self._flush = flush
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._flush()
+
+
+class Run:
+    """The results of one run, kept in <out>/<name>.json as they grow."""
+
+    def __init__(self, out: str, name: str):
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, f"{name}.json")
+        self.results: dict = {}
+
+    def flush(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.results, f, indent=2)
+        os.replace(tmp, self.path)  # a reader (or a kill) never sees half a file
+
+    @contextlib.contextmanager
+    def section(self, name: str):
+        figures = self.results[name] = Figures(self.flush)
+        try:
+            yield figures
+        except Exception as e:  # one failing benchmark must not cost the others' figures
+            traceback.print_exc()
+            figures["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            self.flush()

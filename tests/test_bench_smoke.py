@@ -1,10 +1,13 @@
 """The benchmarks run end to end at toy sizes: bench_cuda.py on the CPU emulation (its GPU-only
-peers are skipped there) and bench/device_check.sh parses, so the check a GPU machine runs is
-known to work before it gets there; bench_cpu.py reports only figures of its own run."""
+peers are skipped there), device_check.sh's node server step with its own arguments on the
+emulation, and bench/device_check.sh parses, so the check a GPU machine runs is known to work
+before it gets there; bench_cpu.py reports only figures of its own run."""
 import importlib.util
 import json
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,42 @@ def test_bench_cpu_reports_only_what_it_measured(tmp_path, monkeypatch):
     assert results["random_access"]["dependent_1t_loads_per_s"] > 0
     assert len(results["machine"]["load_average"]) == 3
     assert (tmp_path / "bench_cpu.png").stat().st_size > 0
+
+
+def node_step_args(out) -> list[str]:
+    """bench_server.py's arguments in device_check.sh's server step, with "$out" given."""
+    text = CHECK.read_text().replace("\\\n", " ")
+    (line,) = [ln for ln in text.splitlines() if "bench/bench_server.py" in ln and ln.startswith("step ")]
+    words = shlex.split(line.replace('"$out"', str(out)))
+    return words[words.index("bench/bench_server.py") + 1:]
+
+
+TINY_ON_THE_EMULATION = ["--device", "emulated", "--results", "shm", "--items", "3000", "--categories", "10",
+                         "--batch-size", "64", "--iters", "2", "--clients", "1,2", "--client-timeout", "300"]
+
+
+@needs_gxx
+def test_device_checks_node_server_step_runs_on_the_emulation(tmp_path, monkeypatch):
+    """The step's own arguments (a typo there fails here), at toy sizes on the emulated GPU with
+    shared-memory results (results='cuda' needs a GPU), 1 and 2 client processes."""
+    pytest.importorskip("zmq", reason="the node server needs pyzmq")
+    args = node_step_args(tmp_path)
+    assert {"--node", "--results", "--clients"} <= set(args) and args[args.index("--clients") + 1] == "1,4"
+    bench = load_bench(monkeypatch, "bench_server")
+    monkeypatch.setitem(sys.modules, "bench_server", bench)  # spawned clients find client_loop by this name
+    bench.main(args + TINY_ON_THE_EMULATION)
+    results = json.loads((tmp_path / "bench_server_node.json").read_text())
+    assert "error" not in results["start"], results["start"]
+    for n in (1, 2):
+        fused = results[f"clients_{n}"]["fused"]
+        assert fused["calls"] == 2 * n and 0 < fused["p50_ms"] <= fused["p99_ms"], results
+    assert results["settings"]["device"] == "emulated" and len(results["machine"]["load_average"]) == 3
+
+
+def test_device_checks_node_server_step_says_it_skipped_without_pyzmq(tmp_path, monkeypatch):
+    bench = load_bench(monkeypatch, "bench_server")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name, *a: None if name == "zmq" else real(name, *a))
+    bench.main(node_step_args(tmp_path))
+    results = json.loads((tmp_path / "bench_server_node.json").read_text())
+    assert "pyzmq is not installed" in results["skipped"] and "start" not in results
