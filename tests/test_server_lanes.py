@@ -1,6 +1,9 @@
 """The node server answers ranks on different GPUs at the same time (a worker thread per
 device, emulated GPUs in CI), and one client's requests in the order it sent them."""
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -78,3 +81,37 @@ def test_one_clients_requests_are_answered_in_the_order_it_sent_them(job, monkey
         answers = [client.receive(2 * WAIT_S)[0] for _ in range(2)]
         assert [a["seq"] for a in answers] == [first, second], answers
         assert answers[0]["ok"] and answers[0]["text"] == "first" and answers[1]["ok"], answers
+
+
+def until(predicate, what: str, limit_s: float = 30.0) -> None:
+    """Wait for a state of the server (not a timing assertion: the limit only bounds a failure)."""
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def test_a_client_that_dies_mid_request_is_dropped_once_answered(job):
+    """A lane may be writing into a dead client's blocks: its state goes only after the answer."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    release = threading.Event()
+
+    def describe():
+        if not release.wait(WAIT_S):
+            raise RuntimeError("never released")
+        return "late"
+    try:
+        with server_on_thread(job) as server, raw_client(server, pid=process.pid) as client:
+            (identity,) = server.clients
+            server.clients[identity].engine.describe = describe
+            client.send("describe", {})
+            until(lambda: server.clients[identity].in_flight, "the request is on its lane")
+            process.kill()
+            process.wait()
+            until(lambda: server.clients[identity].dead, "the server noticed the client died")
+            assert identity in server.clients, "dropped (its blocks unmapped) while its request still ran"
+            release.set()
+            until(lambda: identity not in server.clients, "the dead client was dropped after its answer")
+    finally:
+        release.set()
+        process.kill()
