@@ -13,10 +13,14 @@ Which to use when (README "Feeding a model"):
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Callable, Iterable, Iterator
 
+import torch
 import torch.utils.data
+
+from .ragged import RaggedTensor
 
 
 class SampledBatches(torch.utils.data.IterableDataset):
@@ -41,5 +45,36 @@ class SampledBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
-        share = iter(self.batches) if info is None else itertools.islice(self.batches, info.id, None, info.num_workers)
-        return map(self.transform, share)
+        if info is None:
+            return map(self.transform, self.batches)
+        share = itertools.islice(self.batches, info.id, None, info.num_workers)
+        return (_in_shared_memory(self.transform(batch)) for batch in share)
+
+
+def _in_shared_memory(value):
+    """value, with its CPU tensors moved to shared memory here, in the worker's own thread.
+
+    A worker hands its result to a queue whose feeder thread pickles it later, and pickling
+    moves a tensor's storage into shared memory in place, freeing the old memory. A result
+    that holds a tensor the worker reads again (the batch's own ids handed back, one tensor
+    in several batches, a transform's cached buffer) would be freed under the next
+    transform's kernel. Moved here, before the hand-over, the feeder finds it shared already
+    and leaves it where it is. Tensors inside tuples, lists, dicts, dataclasses (SampleResult)
+    and RaggedTensors are found.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cpu":
+            value.share_memory_()  # a no-op for a tensor in shared memory already
+    elif isinstance(value, RaggedTensor):
+        for part in (value.values(), *value.offsets(), value.weight()):
+            _in_shared_memory(part)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _in_shared_memory(item)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _in_shared_memory(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _in_shared_memory(getattr(value, f.name))
+    return value
