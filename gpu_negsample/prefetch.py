@@ -2,10 +2,13 @@
 model trains on the current one (RecIS's ``prefetch_transform=True``)."""
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator
+
+import torch
 
 _DONE = object()
 
@@ -26,6 +29,11 @@ class Prefetcher(Iterator):
     the Prefetcher is collected, and releases what it computed ahead. The samplers release
     the GIL in their kernels and answer one request at a time, so a prefetch thread and the
     training thread can share one.
+
+    The transform runs on the CUDA device and stream current where the Prefetcher is made
+    (CUDA's current device and torch's current stream are per thread; a new thread starts
+    on device 0's default stream): its ``.cuda()`` tensors land on the rank's GPU, and the
+    samplers hand their results over to the stream the training loop uses.
     """
 
     def __init__(self, iterable: Iterable, transform: Callable[[Any], Any], depth: int = 2):
@@ -34,7 +42,8 @@ class Prefetcher(Iterator):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._finished = False
-        self._thread = threading.Thread(target=_produce, args=(iter(iterable), transform, self._queue, self._stop),
+        stream = torch.cuda.current_stream() if torch.cuda.is_initialized() else None
+        self._thread = threading.Thread(target=_produce, args=(iter(iterable), transform, self._queue, self._stop, stream),
                                         name="gpu_negsample-prefetch", daemon=True)
         self._thread.start()
         # Runs at close() or when the Prefetcher is collected; it holds only the queue and the event.
@@ -73,12 +82,14 @@ class Prefetcher(Iterator):
         return False
 
 
-def _produce(items: Iterator, transform: Callable, out: queue.Queue, stop: threading.Event) -> None:
-    """The background thread: transformed items, then _DONE or the _Failure, into ``out``."""
+def _produce(items: Iterator, transform: Callable, out: queue.Queue, stop: threading.Event, stream) -> None:
+    """The background thread: transformed items, then _DONE or the _Failure, into ``out``,
+    on the caller's CUDA ``stream`` (and its device) when the caller had one."""
     try:
-        for item in items:
-            if not _put(out, stop, transform(item)):
-                return
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for item in items:
+                if not _put(out, stop, transform(item)):
+                    return
     except BaseException as e:  # handed to the consumer, raised there
         _put(out, stop, _Failure(e))
         return
