@@ -13,6 +13,7 @@ Which to use when (README "Feeding a model"):
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import itertools
 from typing import Any, Callable, Iterable, Iterator
@@ -28,10 +29,12 @@ class SampledBatches(torch.utils.data.IterableDataset):
 
     Worker ``w`` of ``n`` takes batches ``w, w + n, w + 2n, ...``, so each batch is
     transformed once per epoch, by one worker; without workers the loading process takes
-    them all. ``batches`` is iterated again each epoch (a list, a Dataset, or any iterable
-    that can be iterated more than once). ``transform`` is typically a function that calls
-    a sampler (``sampler.sample(...)`` and ``sampler.combine(...)``); under the spawn start
-    method it is pickled, so make it a module-level function or a ``functools.partial``.
+    them all. ``batches`` is read again each epoch: a list or a map-style Dataset (its
+    ``len`` and ``[i]``: each worker loads only its own batches), or any iterable that can
+    be iterated more than once (each worker iterates all of it, skipping the others').
+    ``transform`` is typically a function that calls a sampler (``sampler.sample(...)``
+    and ``sampler.combine(...)``); under the spawn start method it is pickled, so make it
+    a module-level function or a ``functools.partial``.
     Use the loader with ``batch_size=None``: the batches are already batches::
 
         loader = DataLoader(SampledBatches(batches, with_negatives), batch_size=None,
@@ -46,9 +49,22 @@ class SampledBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
         if info is None:
-            return map(self.transform, self.batches)
-        share = itertools.islice(self.batches, info.id, None, info.num_workers)
+            return map(self.transform, _share(self.batches, 0, 1))
+        share = _share(self.batches, info.id, info.num_workers)
         return (_in_shared_memory(self.transform(batch)) for batch in share)
+
+
+def _share(batches, first: int, step: int) -> Iterator[Any]:
+    """Batches first, first + step, ... of ``batches``. A map-style Dataset or a sequence is
+    indexed: only the worker's own batches are loaded (``iter()`` of a Dataset would load
+    every batch in every worker, and run on until an IndexError its __getitem__ may never
+    raise); any other iterable is iterated, skipping the other workers' batches."""
+    indexable = isinstance(batches, collections.abc.Sequence) or (
+        isinstance(batches, torch.utils.data.Dataset) and not isinstance(batches, torch.utils.data.IterableDataset)
+        and hasattr(batches, "__len__"))
+    if indexable:
+        return (batches[i] for i in range(first, len(batches), step))
+    return itertools.islice(batches, first, None, step)
 
 
 def _in_shared_memory(value):

@@ -136,3 +136,27 @@ def test_a_tensor_shared_by_batches_is_not_moved_while_a_worker_reads_it():
                         multiprocessing_context="fork")
     unmoved = [bool(same) for _, same in loader]
     assert unmoved == [True] * 4, "a batch's storage was freed while a transform read it"
+
+
+class CountingBatches(torch.utils.data.Dataset):
+    """A map-style dataset of positive batches that counts the batches it loads (reading a
+    batch from disk is the loading process's real cost)."""
+
+    def __init__(self, n):
+        self.n, self.loaded = n, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise KeyError(i)  # as a dict- or frame-backed dataset does; no IndexError to stop iter()
+        self.loaded.append(i)
+        return i
+
+
+def test_a_worker_loads_only_its_own_share_of_a_map_style_dataset(monkeypatch):
+    batches = CountingBatches(12)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: type("Info", (), {"id": 1, "num_workers": 4}))
+    assert list(SampledBatches(batches, lambda b: b * 10)) == [10, 50, 90]
+    assert batches.loaded == [1, 5, 9]
