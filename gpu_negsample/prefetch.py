@@ -73,6 +73,7 @@ class Prefetcher(Iterator):
         self._finished = True
         self._stop_thread()
         self._thread.join(timeout=30)
+        _drain(self._queue)  # a result the thread handed over into the room the first drain made
 
     def __enter__(self) -> "Prefetcher":
         return self
@@ -87,9 +88,14 @@ def _produce(items: Iterator, transform: Callable, out: queue.Queue, stop: threa
     on the caller's CUDA ``stream`` (and its device) when the caller had one."""
     try:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            for item in items:
+            while not stop.is_set():  # checked before each item: none is taken or transformed after close()
+                item = next(items, _DONE)
+                if item is _DONE:
+                    break
                 if not _put(out, stop, transform(item)):
                     return
+            else:
+                return
     except BaseException as e:  # handed to the consumer, raised there
         _put(out, stop, _Failure(e))
         return
@@ -110,6 +116,11 @@ def _put(out: queue.Queue, stop: threading.Event, value) -> bool:
 def _stop(out: queue.Queue, stop: threading.Event) -> None:
     """Tell the thread to stop and drop what it computed ahead."""
     stop.set()
+    _drain(out)
+
+
+def _drain(out: queue.Queue) -> None:
+    """Drop every value waiting in the queue."""
     while True:
         try:
             out.get_nowait()

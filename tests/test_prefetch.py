@@ -103,3 +103,27 @@ def test_on_a_gpu_the_transform_runs_on_the_callers_stream():
     with torch.cuda.stream(side):
         seen = list(prefetch(range(3), lambda x: (torch.cuda.current_stream(), torch.cuda.current_device())))
     assert seen == [(side, side.device.index)] * 3
+
+
+def test_close_starts_no_further_transform_and_keeps_nothing_computed_ahead():
+    """close() while the thread waits to hand over a result: the room the drain makes must
+    not let it hand that result over (held until the Prefetcher goes: a batch of GPU memory)
+    and go on to transform (sample) one more batch."""
+    class Result:
+        pass
+
+    started, results = [], []
+
+    def transform(x):
+        started.append(x)
+        results.append(weakref.ref(r := Result()))
+        return r
+
+    it = prefetch(iter(range(100)), transform, depth=1)
+    taken = next(it)
+    time.sleep(0.3)  # the thread fills the queue and waits with the next result in hand
+    before = len(started)
+    it.close()
+    assert len(started) == before, "close() let the thread start another transform"
+    gc.collect()
+    assert [r() for r in results] == [taken] + [None] * (len(results) - 1), "close() kept a result computed ahead"
