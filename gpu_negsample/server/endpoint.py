@@ -174,12 +174,28 @@ class JobTakenError(RuntimeError):
 
 
 def live_server_pid(directory: Path) -> int | None:
-    """The pid of the job's running server, from its pid file; None when there is none."""
+    """The pid of the job's running server, from its pid file ("pid start-time"); None when
+    there is none: that pid is gone, or now names a process that started at another time
+    (the pid of a killed server, reused)."""
     try:
-        text = pid_path(directory).read_text().strip()
+        fields = pid_path(directory).read_text().split()
     except OSError:
         return None
-    return int(text) if text.isdigit() and pid_alive(int(text)) else None
+    if not fields or not fields[0].isdigit() or not pid_alive(int(fields[0])):
+        return None
+    pid = int(fields[0])
+    started = start_time(pid)
+    return None if len(fields) > 1 and started is not None and started != fields[1] else pid
+
+
+def start_time(pid: int) -> str | None:
+    """When pid started (field 22 of /proc/<pid>/stat, clock ticks since boot): with the
+    pid it names one process, never a later one given the same pid. None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
 
 
 def claim_job(directory: Path) -> None:
@@ -196,7 +212,7 @@ def claim_job(directory: Path) -> None:
             path.unlink(missing_ok=True)  # left by a server that was killed
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(f"{os.getpid()} {start_time(os.getpid()) or ''}".strip())
         return
     raise RuntimeError(f"could not claim {path}")
 
