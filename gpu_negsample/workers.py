@@ -79,8 +79,8 @@ def _in_shared_memory(value):
     and RaggedTensors are found.
     """
     if isinstance(value, torch.Tensor):
-        if value.device.type == "cpu":
-            value.share_memory_()  # a no-op for a tensor in shared memory already
+        if value.device.type == "cpu" and value.layout == torch.strided and not value.is_nested:
+            value.share_memory_()  # a no-op in shared memory already; sparse and nested ones are sent by parts
     elif isinstance(value, RaggedTensor):
         for part in (value.values(), *value.offsets(), value.weight()):
             _in_shared_memory(part)
