@@ -43,8 +43,8 @@ class Prefetcher(Iterator):
         self._stop = threading.Event()
         self._finished = False
         stream = torch.cuda.current_stream() if torch.cuda.is_initialized() else None
-        self._thread = threading.Thread(target=_produce, args=(iter(iterable), transform, self._queue, self._stop, stream),
-                                        name="gpu_negsample-prefetch", daemon=True)
+        self._thread = threading.Thread(target=_produce, name="gpu_negsample-prefetch", daemon=True,
+                                        args=(iter(iterable), transform, self._queue, self._stop, stream))
         self._thread.start()
         # Runs at close() or when the Prefetcher is collected; it holds only the queue and the event.
         self._stop_thread = weakref.finalize(self, _stop, self._queue, self._stop)
