@@ -153,3 +153,14 @@ def test_a_killed_servers_pid_file_does_not_hold_the_job_once_its_pid_is_reused(
     assert live_server_pid(tmp_path) is None, f"pid {dead}, reused by another process, still counts as the server"
     claim_job(tmp_path)
     assert live_server_pid(tmp_path) == os.getpid()
+
+
+@pytest.mark.parametrize("var", ["LOCAL_RANK", "RANK"])
+def test_a_rank_variable_that_is_not_a_number_is_named_in_the_error(monkeypatch, var):
+    from gpu_negsample.server.endpoint import global_rank, local_rank
+
+    monkeypatch.delenv("LOCAL_PROCESS_RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv(var, "rank-1")
+    with pytest.raises(ValueError, match=f"{var}='rank-1'.*a number"):
+        local_rank(), global_rank()

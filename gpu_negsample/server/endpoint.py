@@ -19,18 +19,31 @@ JOB_PREFIX_CHARS = 40
 JOB_DIGEST_CHARS = 16
 
 
+def _rank_variable(var: str) -> int | None:
+    """The rank an environment variable gives (None when unset or empty); ValueError naming
+    the variable when it is not a number."""
+    value = os.environ.get(var, "").strip()
+    if not value:
+        return None
+    if not (value.isdigit() and value.isascii()):
+        raise ValueError(f"{var}={value!r} is not a rank: the launcher sets it to a number (0, 1, ...); "
+                         "set it so, or unset it")
+    return int(value)
+
+
 def local_rank() -> int:
     """RecIS's LOCAL_PROCESS_RANK, else torchrun's LOCAL_RANK, else 0."""
     for var in ("LOCAL_PROCESS_RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").strip():
-            return int(os.environ[var])
+        rank = _rank_variable(var)
+        if rank is not None:
+            return rank
     return 0
 
 
 def global_rank() -> int:
     """RANK where the launcher sets it (the rank a client's random stream is derived from)."""
-    value = os.environ.get("RANK", "").strip()
-    return int(value) if value else local_rank()
+    rank = _rank_variable("RANK")
+    return local_rank() if rank is None else rank
 
 
 RANK_VARIABLES = ("LOCAL_PROCESS_RANK", "LOCAL_RANK", "RANK")
