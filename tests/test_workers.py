@@ -160,3 +160,13 @@ def test_a_worker_loads_only_its_own_share_of_a_map_style_dataset(monkeypatch):
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: type("Info", (), {"id": 1, "num_workers": 4}))
     assert list(SampledBatches(batches, lambda b: b * 10)) == [10, 50, 90]
     assert batches.loaded == [1, 5, 9]
+
+
+def test_a_threading_layer_the_user_chose_in_numbas_config_is_kept():
+    """numba.config.THREADING_LAYER set in code (numba's documented alternative to the
+    environment variable) is the user's choice too: importing the package must not replace it."""
+    script = ("import numba\nnumba.config.THREADING_LAYER = 'workqueue'\nimport gpu_negsample\n"
+              "print('layer', numba.config.THREADING_LAYER)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "layer workqueue" in run.stdout, run.stdout + run.stderr[-2000:]
