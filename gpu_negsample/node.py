@@ -25,7 +25,8 @@ class DeviceEngines:
     ``make_backend(ordinal)`` builds the backend of one device (``select_backend(f"cuda:{n}")``
     on a node, ``"emulated:{n}"`` in tests). Devices are added on first use (``engine``), and
     a reload places the new table on every device in use before any of them switches to it,
-    so every rank sees the new table from the same moment on.
+    so every rank sees the new table from the same moment on. A device already in use is
+    found without waiting for a reload's placement; a new one waits for it.
     """
 
     def __init__(self, config: SamplerConfig, make_backend: Callable[[int], object]):
@@ -42,6 +43,9 @@ class DeviceEngines:
 
     def engine(self, ordinal: int) -> Engine:
         """The engine of device ``ordinal``, with the current table placed on it."""
+        engine = self._engines.get(ordinal)  # devices are never removed: one in use needs no lock,
+        if engine is not None:  # so the server's look-up at a hello never waits for a reload's placement
+            return engine
         with self._lock:
             engine = self._engines.get(ordinal)
             if engine is None:

@@ -2,10 +2,13 @@
 model trains on the current one (RecIS's ``prefetch_transform=True``)."""
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator
+
+import torch
 
 _DONE = object()
 
@@ -26,6 +29,11 @@ class Prefetcher(Iterator):
     the Prefetcher is collected, and releases what it computed ahead. The samplers release
     the GIL in their kernels and answer one request at a time, so a prefetch thread and the
     training thread can share one.
+
+    The transform runs on the CUDA device and stream current where the Prefetcher is made
+    (CUDA's current device and torch's current stream are per thread; a new thread starts
+    on device 0's default stream): its ``.cuda()`` tensors land on the rank's GPU, and the
+    samplers hand their results over to the stream the training loop uses.
     """
 
     def __init__(self, iterable: Iterable, transform: Callable[[Any], Any], depth: int = 2):
@@ -34,8 +42,9 @@ class Prefetcher(Iterator):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._finished = False
-        self._thread = threading.Thread(target=_produce, args=(iter(iterable), transform, self._queue, self._stop),
-                                        name="gpu_negsample-prefetch", daemon=True)
+        stream = torch.cuda.current_stream() if torch.cuda.is_initialized() else None
+        self._thread = threading.Thread(target=_produce, name="gpu_negsample-prefetch", daemon=True,
+                                        args=(iter(iterable), transform, self._queue, self._stop, stream))
         self._thread.start()
         # Runs at close() or when the Prefetcher is collected; it holds only the queue and the event.
         self._stop_thread = weakref.finalize(self, _stop, self._queue, self._stop)
@@ -64,6 +73,7 @@ class Prefetcher(Iterator):
         self._finished = True
         self._stop_thread()
         self._thread.join(timeout=30)
+        _drain(self._queue)  # a result the thread handed over into the room the first drain made
 
     def __enter__(self) -> "Prefetcher":
         return self
@@ -73,11 +83,18 @@ class Prefetcher(Iterator):
         return False
 
 
-def _produce(items: Iterator, transform: Callable, out: queue.Queue, stop: threading.Event) -> None:
-    """The background thread: transformed items, then _DONE or the _Failure, into ``out``."""
+def _produce(items: Iterator, transform: Callable, out: queue.Queue, stop: threading.Event, stream) -> None:
+    """The background thread: transformed items, then _DONE or the _Failure, into ``out``,
+    on the caller's CUDA ``stream`` (and its device) when the caller had one."""
     try:
-        for item in items:
-            if not _put(out, stop, transform(item)):
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            while not stop.is_set():  # checked before each item: none is taken or transformed after close()
+                item = next(items, _DONE)
+                if item is _DONE:
+                    break
+                if not _put(out, stop, transform(item)):
+                    return
+            else:
                 return
     except BaseException as e:  # handed to the consumer, raised there
         _put(out, stop, _Failure(e))
@@ -99,6 +116,11 @@ def _put(out: queue.Queue, stop: threading.Event, value) -> bool:
 def _stop(out: queue.Queue, stop: threading.Event) -> None:
     """Tell the thread to stop and drop what it computed ahead."""
     stop.set()
+    _drain(out)
+
+
+def _drain(out: queue.Queue) -> None:
+    """Drop every value waiting in the queue."""
     while True:
         try:
             out.get_nowait()

@@ -11,8 +11,8 @@ pip puts libtbb under the environment's ``lib/`` directory, which the dynamic lo
 not search; numba then reports TBB as unavailable. Loading it by its full path first
 (RTLD_GLOBAL) makes numba's own import of its TBB pool find it.
 
-``NUMBA_THREADING_LAYER`` set by the user is respected (libtbb is loaded for the layers
-that may pick TBB). Where TBB is missing, a sampler
+A layer the user chose (``NUMBA_THREADING_LAYER``, or ``numba.config.THREADING_LAYER``
+set in code) is respected (libtbb is loaded for the layers that may pick TBB). Where TBB is missing, a sampler
 used in a forked child whose parent already ran GNU OpenMP kernels refuses with an error
 (``forked_child_can_run``) instead of letting numba abort the process.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import logging
-import os
 
 import numba
 
@@ -56,7 +55,9 @@ def choose() -> str | None:
 
     if parallel._is_initialized:
         return None
-    asked = os.environ.get("NUMBA_THREADING_LAYER", "").lower()
+    # numba's config holds NUMBA_THREADING_LAYER, or what the user set there in code
+    asked = str(numba.config.THREADING_LAYER).lower()
+    asked = "" if asked == "default" else asked
     if asked in ("omp", "workqueue") or not _load_tbb():  # a user's "tbb" or "safe" needs libtbb loaded too
         return None
     if asked:

@@ -127,3 +127,31 @@ def test_a_kernel_given_another_devices_memory_is_refused(table, loaded):
     wrong.swap(engines.engine(0).state)  # device 0's placement, given to device 1's engine
     with pytest.raises(RuntimeError, match="on emulated device 1 was given .* memory of emulated device 0"):
         wrong.sample_ids(*request(ids, cats, 1), stream=RandomStream(1))
+
+
+def test_a_device_in_use_is_found_while_a_reload_places_the_table(table, loaded):
+    """The node server's one thread looks a rank's device up at every hello (a DataLoader
+    worker attaching each epoch): while a reload places the new table on the devices, that
+    look-up must not wait for the placement, or every rank's requests stall behind it."""
+    import threading
+
+    engines, _ = loaded
+    placing, go_on, found = threading.Event(), threading.Event(), threading.Event()
+    place, last = engines._place, engines.engine(3)
+
+    def slow_place(state, engine):  # the placement on device 3 takes as long as the test wants
+        if engine is last:
+            placing.set()
+            go_on.wait()
+        return place(state, engine)
+
+    engines._place = slow_place
+    reload = threading.Thread(target=engines.reload, args=(table[2],))
+    reload.start()
+    try:
+        assert placing.wait(timeout=120)
+        threading.Thread(target=lambda: (engines.engine(1), found.set()), daemon=True).start()
+        assert found.wait(timeout=30), "engine(1) waited for the reload's placement on device 3"
+    finally:
+        go_on.set()
+        reload.join()

@@ -135,3 +135,32 @@ def test_a_hand_started_rank_that_no_rank_0_can_join_fails_at_once_saying_what_t
                           text=True, timeout=90)
     assert "ServerError" in proc.stderr and "no other process is in that group" in proc.stderr, proc.stderr
     assert "name=" in proc.stderr and "MASTER_ADDR and MASTER_PORT" in proc.stderr
+
+
+def test_a_killed_servers_pid_file_does_not_hold_the_job_once_its_pid_is_reused(tmp_path):
+    """A server killed with SIGKILL (the OOM killer) leaves its pid file. Once another
+    process gets that pid, the job must not count as served: rank 0 would start no server,
+    a new server would refuse the job, and every rank would wait connect_timeout for a
+    server that is not there, run after run, for as long as that process lives."""
+    from gpu_negsample.server.endpoint import claim_job, live_server_pid, pid_path
+
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from gpu_negsample.server.endpoint import claim_job; claim_job(Path(sys.argv[1]))", str(tmp_path)],
+                   check=True, timeout=120)
+    dead, *rest = pid_path(tmp_path).read_text().split(maxsplit=1)
+    assert live_server_pid(tmp_path) is None  # the server is gone
+    pid_path(tmp_path).write_text(" ".join([str(os.getpid()), *rest]))  # its pid now names this live process
+    assert live_server_pid(tmp_path) is None, f"pid {dead}, reused by another process, still counts as the server"
+    claim_job(tmp_path)
+    assert live_server_pid(tmp_path) == os.getpid()
+
+
+@pytest.mark.parametrize("var", ["LOCAL_RANK", "RANK"])
+def test_a_rank_variable_that_is_not_a_number_is_named_in_the_error(monkeypatch, var):
+    from gpu_negsample.server.endpoint import global_rank, local_rank
+
+    monkeypatch.delenv("LOCAL_PROCESS_RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv(var, "rank-1")
+    with pytest.raises(ValueError, match=f"{var}='rank-1'.*a number"):
+        local_rank(), global_rank()

@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -112,3 +113,60 @@ def test_a_user_asking_numba_for_tbb_gets_it():
     env = dict(os.environ, NUMBA_THREADING_LAYER="tbb", PYTHONPATH=os.getcwd())
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert "layer tbb" in run.stdout, run.stderr[-2000:]
+
+
+class ReadsWhileTheLastResultIsSent:
+    """A transform that reads its batch for a while (as a sampling kernel does) and hands its
+    input tensor back, as a transform returning ``(ids, negatives)`` does."""
+
+    def __call__(self, batch):
+        ids = batch[0]
+        before = ids.data_ptr()
+        time.sleep(0.2)  # widens the window in which the feeder thread sends the previous result
+        return ids, torch.tensor(ids.data_ptr() == before)
+
+
+def test_a_tensor_shared_by_batches_is_not_moved_while_a_worker_reads_it():
+    """The same tensor in every batch (a list made with ``[batch] * n``, a dataset caching
+    its tensors): a worker's queue feeder thread moves a returned tensor's storage into
+    shared memory, freeing the old memory, while the worker's next transform still reads it
+    (use after free). SampledBatches moves results to shared memory before handing them on."""
+    ids = torch.arange(1000, 1064)
+    loader = DataLoader(SampledBatches([(ids,)] * 4, ReadsWhileTheLastResultIsSent()), batch_size=None, num_workers=1,
+                        multiprocessing_context="fork")
+    unmoved = [bool(same) for _, same in loader]
+    assert unmoved == [True] * 4, "a batch's storage was freed while a transform read it"
+
+
+class CountingBatches(torch.utils.data.Dataset):
+    """A map-style dataset of positive batches that counts the batches it loads (reading a
+    batch from disk is the loading process's real cost)."""
+
+    def __init__(self, n):
+        self.n, self.loaded = n, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise KeyError(i)  # as a dict- or frame-backed dataset does; no IndexError to stop iter()
+        self.loaded.append(i)
+        return i
+
+
+def test_a_worker_loads_only_its_own_share_of_a_map_style_dataset(monkeypatch):
+    batches = CountingBatches(12)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: type("Info", (), {"id": 1, "num_workers": 4}))
+    assert list(SampledBatches(batches, lambda b: b * 10)) == [10, 50, 90]
+    assert batches.loaded == [1, 5, 9]
+
+
+def test_a_threading_layer_the_user_chose_in_numbas_config_is_kept():
+    """numba.config.THREADING_LAYER set in code (numba's documented alternative to the
+    environment variable) is the user's choice too: importing the package must not replace it."""
+    script = ("import numba\nnumba.config.THREADING_LAYER = 'workqueue'\nimport gpu_negsample\n"
+              "print('layer', numba.config.THREADING_LAYER)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "layer workqueue" in run.stdout, run.stdout + run.stderr[-2000:]

@@ -19,18 +19,31 @@ JOB_PREFIX_CHARS = 40
 JOB_DIGEST_CHARS = 16
 
 
+def _rank_variable(var: str) -> int | None:
+    """The rank an environment variable gives (None when unset or empty); ValueError naming
+    the variable when it is not a number."""
+    value = os.environ.get(var, "").strip()
+    if not value:
+        return None
+    if not (value.isdigit() and value.isascii()):
+        raise ValueError(f"{var}={value!r} is not a rank: the launcher sets it to a number (0, 1, ...); "
+                         "set it so, or unset it")
+    return int(value)
+
+
 def local_rank() -> int:
     """RecIS's LOCAL_PROCESS_RANK, else torchrun's LOCAL_RANK, else 0."""
     for var in ("LOCAL_PROCESS_RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").strip():
-            return int(os.environ[var])
+        rank = _rank_variable(var)
+        if rank is not None:
+            return rank
     return 0
 
 
 def global_rank() -> int:
     """RANK where the launcher sets it (the rank a client's random stream is derived from)."""
-    value = os.environ.get("RANK", "").strip()
-    return int(value) if value else local_rank()
+    rank = _rank_variable("RANK")
+    return local_rank() if rank is None else rank
 
 
 RANK_VARIABLES = ("LOCAL_PROCESS_RANK", "LOCAL_RANK", "RANK")
@@ -174,12 +187,28 @@ class JobTakenError(RuntimeError):
 
 
 def live_server_pid(directory: Path) -> int | None:
-    """The pid of the job's running server, from its pid file; None when there is none."""
+    """The pid of the job's running server, from its pid file ("pid start-time"); None when
+    there is none: that pid is gone, or now names a process that started at another time
+    (the pid of a killed server, reused)."""
     try:
-        text = pid_path(directory).read_text().strip()
+        fields = pid_path(directory).read_text().split()
     except OSError:
         return None
-    return int(text) if text.isdigit() and pid_alive(int(text)) else None
+    if not fields or not fields[0].isdigit() or not pid_alive(int(fields[0])):
+        return None
+    pid = int(fields[0])
+    started = start_time(pid)
+    return None if len(fields) > 1 and started is not None and started != fields[1] else pid
+
+
+def start_time(pid: int) -> str | None:
+    """When pid started (field 22 of /proc/<pid>/stat, clock ticks since boot): with the
+    pid it names one process, never a later one given the same pid. None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
 
 
 def claim_job(directory: Path) -> None:
@@ -196,7 +225,7 @@ def claim_job(directory: Path) -> None:
             path.unlink(missing_ok=True)  # left by a server that was killed
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(f"{os.getpid()} {start_time(os.getpid()) or ''}".strip())
         return
     raise RuntimeError(f"could not claim {path}")
 

@@ -67,6 +67,9 @@ class DeviceRequest:
             staging[layout[name]:layout[name] + a.nbytes] = a.reshape(-1).view(np.uint8)
         self._staging.append(staging)
         buffer = self.device.upload(staging)
+        # Handed over with the outputs: a request may return a staged input (fused sample's
+        # counts), and memory the caller's stream still reads must not go to the next upload.
+        self._outputs.append(buffer)
         for name, a in host.items():
             part = buffer[layout[name]:layout[name] + a.nbytes]
             out[name] = part.view(_torch_dtype(a.dtype)).reshape(a.shape)
@@ -79,7 +82,8 @@ class DeviceRequest:
         return self.counters[int(first):]
 
     def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        """A device output of this request (handed over to the caller's stream at its end)."""
+        """A device output of this request (handed over to the caller's stream at its end, as
+        are the staged inputs)."""
         t = self.device.empty(shape, dtype)
         self._outputs.append(t)
         return t
