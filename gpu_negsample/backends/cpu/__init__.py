@@ -29,6 +29,18 @@ from .log_q import log_q_rows
 from .request import HostRequest
 
 
+class CpuColumns(dict):
+    """A table's columns with the per-table half of the ragged descriptors (gather.py's
+    MEASURE_* table: where each ragged or string column's offsets are, and the one length
+    all its rows have, or -1), built once per table as the CUDA backend places its own."""
+
+    def __init__(self, columns: dict):
+        super().__init__(columns)
+        self.measured = [name for name, col in columns.items() if col.kind != DENSE]
+        self.measure = np.array([(g.address(columns[name].offsets), g.fixed_row_length(columns[name].offsets))
+                                 for name in self.measured], dtype=np.int64).reshape(-1, g.MEASURE_FIELDS)
+
+
 class CpuBackend:
     """numba kernels over the table's own numpy arrays; the reference the CUDA backend matches."""
 
@@ -46,11 +58,11 @@ class CpuBackend:
         return index.arrays
 
     @staticmethod
-    def place_table(table) -> tuple[dict, Placement]:
+    def place_table(table) -> tuple[CpuColumns, Placement]:
         placement = Placement("cpu")
         for col in table.columns.values():
             placement.add(col.name, col.kind, col.nbytes, "host")
-        return table.columns, placement
+        return CpuColumns(table.columns), placement
 
     @staticmethod
     def to_torch(a: np.ndarray) -> torch.Tensor:
@@ -121,7 +133,7 @@ class CpuBackend:
         return out
 
     @staticmethod
-    def gather_table(rq: HostRequest, columns: dict, rows: np.ndarray, alloc: Allocator = host_empty) -> dict:
+    def gather_table(rq: HostRequest, columns: CpuColumns, rows: np.ndarray, alloc: Allocator = host_empty) -> dict:
         n = rows.shape[0]
         table_rows = next(iter(columns.values())).row_count if columns else 0
         out, dense = {}, []
@@ -135,31 +147,30 @@ class CpuBackend:
                 out[name] = torch.from_numpy(dst)
         if dense and n:
             g.gather_dense(np.array(dense, dtype=np.int64), rows, table_rows)
-        measured = [name for name, col in columns.items() if col.kind != DENSE]
-        if measured:
-            out.update(_gather_ragged_columns({name: columns[name] for name in measured}, rows, table_rows, alloc))
+        if columns.measured:
+            out.update(_gather_ragged_columns(columns, rows, table_rows, alloc))
         return out
 
     @staticmethod
     def tile_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, offsets) of the given rows of a ragged array (RecIS combine's tiling)."""
         col = Column("tiled", RAGGED, np.ascontiguousarray(values), np.ascontiguousarray(offsets, dtype=np.int64))
-        tiled = _gather_ragged_columns({"tiled": col}, rows, offsets.shape[0] - 1, host_empty)["tiled"]
+        tiled = _gather_ragged_columns(CpuColumns({"tiled": col}), rows, offsets.shape[0] - 1, host_empty)["tiled"]
         return tiled.values().numpy(), tiled.offsets()[0].numpy()
 
 
-def _gather_ragged_columns(columns: dict, rows: np.ndarray, table_rows: int, alloc: Allocator) -> dict:
+def _gather_ragged_columns(columns: CpuColumns, rows: np.ndarray, table_rows: int, alloc: Allocator) -> dict:
     """The ragged and string columns at rows: one ragged_lengths and one gather_ragged for all."""
     n = rows.shape[0]
     n_blocks = (n + g.BLOCK_ROWS - 1) // g.BLOCK_ROWS
-    m = len(columns)
-    measure = np.array([(g.address(col.offsets), col.kind == STRING) for col in columns.values()], dtype=np.int64)
+    m = len(columns.measured)
     starts, lengths = np.empty((m, n), np.int64), np.empty((m, n), np.int64)
     block_base = np.empty((m, n_blocks), np.int64)
     totals, longest = np.zeros(m, np.int64), np.zeros(m, np.int64)
-    g.ragged_lengths(measure, rows, table_rows, starts, lengths, block_base, totals, longest)
+    g.ragged_lengths(columns.measure, rows, table_rows, starts, lengths, block_base, totals, longest)
     out, copies = {}, []
-    for j, (name, col) in enumerate(columns.items()):
+    for j, name in enumerate(columns.measured):
+        col = columns[name]
         if col.kind == STRING:
             width = max(1, int(longest[j]))
             fixed = alloc(name, (n,), np.dtype(f"S{width}"))

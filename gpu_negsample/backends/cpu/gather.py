@@ -7,7 +7,8 @@ blocks, every column of the table per block.
 
     gather_dense    every dense column (rows copied as 8-, 4-, 2- or 1-byte words)
     ragged_lengths  every ragged and string column: each row's offsets read once (its start
-                    and length kept), block sums scanned into block bases, totals and the
+                    and length kept; not read at all where every row has one length, as
+                    single-valued id and category columns do), block sums scanned into block bases, totals and the
                     longest string row: these size the outputs
     gather_ragged   every ragged, weight and string column: out offsets written and values
                     copied from the kept starts (each row's values are the only random read
@@ -34,7 +35,7 @@ BLOCK_ROWS = 1024
 # Columns of the descriptor tables (int64 each).
 DENSE_SRC, DENSE_DST, DENSE_ROW_WORDS, DENSE_WORD_BYTES = range(4)
 DENSE_FIELDS = 4
-MEASURE_OFFSETS, MEASURE_IS_STRING = range(2)
+MEASURE_OFFSETS, MEASURE_FIXED_LENGTH = range(2)
 MEASURE_FIELDS = 2
 COPY_SRC, COPY_DST, COPY_VALUE_BYTES, COPY_MEASURED, COPY_WIDTH, COPY_OUT_OFFSETS = range(6)
 COPY_FIELDS = 6
@@ -58,6 +59,19 @@ def address(a: np.ndarray) -> int:
 def word_bytes(row_bytes: int, *arrays: np.ndarray) -> int:
     """The widest word (8, 4, 2 or 1 bytes) that divides a row and every array's alignment."""
     return next(w for w in (8, 4, 2, 1) if row_bytes % w == 0 and all(address(a) % w == 0 for a in arrays))
+
+
+@nb.njit(nogil=True, cache=True)
+def fixed_row_length(offsets):
+    """The length every row of a ragged column has, or -1 when lengths differ."""
+    n = offsets.shape[0] - 1
+    if n <= 0:
+        return -1
+    length = offsets[1] - offsets[0]
+    for r in range(1, n):
+        if offsets[r + 1] - offsets[r] != length:
+            return -1
+    return length
 
 
 @nb.njit(inline="always", cache=True)
@@ -103,6 +117,14 @@ def ragged_lengths(measured, rows, table_rows, starts, lengths, block_base, tota
         lo = b * BLOCK_ROWS
         hi = min(n, lo + BLOCK_ROWS)
         for m in range(measured.shape[0]):
+            fixed = measured[m, MEASURE_FIXED_LENGTH]
+            if fixed >= 0:  # every row this long: no offsets to read
+                for i in range(lo, hi):
+                    starts[m, i] = rows[i] * fixed
+                    lengths[m, i] = fixed
+                block_base[m, b] = (hi - lo) * fixed
+                block_max[m, b] = fixed if hi > lo else 0
+                continue
             offsets = nb.carray(_pointer(measured[m, MEASURE_OFFSETS]), table_rows + 1, np.int64)
             total = 0
             most = 0
