@@ -99,6 +99,16 @@ def test_pack_feature_over_several_blocks_and_fixed_length_columns():
             assert got.tolist() == [value[0][r].encode() for r in rows], name
 
 
+def test_arena_views_start_on_a_cache_line():
+    """numpy's memory starts 16 bytes into a line; the arena must not inherit that, or
+    every 64-byte dense row would straddle two lines."""
+    from gpu_negsample.arena import ALIGN, Arena
+
+    arena = Arena([np.ones(n, np.uint8) for n in (3, 64, 1000, 5)])
+    assert all(v.ctypes.data % ALIGN == 0 for v in arena.views)
+    assert [int(v.sum()) for v in arena.views] == [3, 64, 1000, 5]
+
+
 def test_recis_combine_tiles_group_id_and_indicators():
     s = make_sampler(small_table([1], [1], [1.0]))
     batch = [
