@@ -99,6 +99,24 @@ def test_pack_feature_over_several_blocks_and_fixed_length_columns():
             assert got.tolist() == [value[0][r].encode() for r in rows], name
 
 
+def test_stores_through_a_carray_in_a_parallel_function_are_kept():
+    """numba's parallel passes dropped a store to a pointer's carray that nothing read back;
+    the CPU gather writes its outputs that way."""
+    import numba as nb
+
+    from gpu_negsample.backends.cpu.gather import _pointer, address
+
+    @nb.njit(parallel=True)
+    def write(out_address, scratch, n):
+        for b in nb.prange(scratch.shape[0]):
+            scratch[b] = b
+        nb.carray(_pointer(out_address), n + 1, np.int64)[n] = 77
+
+    out = np.zeros(6, np.int64)
+    write(address(out), np.zeros(2), 5)
+    assert out.tolist() == [0, 0, 0, 0, 0, 77]
+
+
 def test_arena_views_start_on_a_cache_line():
     """numpy's memory starts 16 bytes into a line; the arena must not inherit that, or
     every 64-byte dense row would straddle two lines."""

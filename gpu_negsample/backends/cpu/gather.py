@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba.core import types
+from numba.core import ir_utils, types
 from numba.extending import intrinsic
 
 # Rows per block of a parallel loop: fixed, so the block bases (and thus every output) do
@@ -39,6 +39,20 @@ MEASURE_OFFSETS, MEASURE_FIXED_LENGTH = range(2)
 MEASURE_FIELDS = 2
 COPY_SRC, COPY_DST, COPY_VALUE_BYTES, COPY_MEASURED, COPY_WIDTH, COPY_OUT_OFFSETS = range(6)
 COPY_FIELDS = 6
+
+
+def _carray_escapes(lhs, args, alias_map, arg_aliases) -> None:
+    """numba's alias analysis takes an nb.carray for a local array, so inside a parallel
+    function it removes stores to one that are never read back as dead (a store of an
+    out offset vanished). A carray here always views memory outside the function: mark
+    it as aliasing an argument. (arg_aliases is a set, or a dict inside parfor lowering.)"""
+    if isinstance(arg_aliases, set):
+        arg_aliases.add(lhs)
+    else:
+        arg_aliases[lhs] = None
+
+
+ir_utils.alias_func_extensions[("carray", "numba")] = _carray_escapes
 
 
 @intrinsic
