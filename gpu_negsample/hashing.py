@@ -36,7 +36,7 @@ def capacity_for(n_keys: int) -> int:
     return 1 << max(1, int(2 * max(n_keys, 1) - 1).bit_length())
 
 
-@nb.njit(cache=True)
+@nb.njit(nogil=True, cache=True)
 def _insert_all(slots, keys):
     """Insert keys[i] -> i in order; return (-1, -1) or the first duplicate pair (first, second)."""
     mask = np.uint64(slots.shape[0] - 1)

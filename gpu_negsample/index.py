@@ -113,7 +113,7 @@ def segments_of(categories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(present).astype(np.int64) + np.int64(lo), segment[local]
 
 
-@nb.njit(cache=True)
+@nb.njit(nogil=True, cache=True)
 def _bucket_by_segment(pair_seg, pair_weights, cat_offsets, ids, n_seg):
     """Counting sort of (item, category) pairs by segment, rows ascending inside each."""
     n_pairs = pair_seg.shape[0]

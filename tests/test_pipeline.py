@@ -68,6 +68,65 @@ def test_valid_ids_and_pack_feature_against_brute_force():
             assert got.tolist() == [value[0][r].encode() for r in rows], name
 
 
+def test_pack_feature_over_several_blocks_and_fixed_length_columns():
+    """Rows span several of the gather's blocks; single-valued and fixed-length ragged
+    columns take the path that reads no offsets, and must agree with brute force too."""
+    from gpu_negsample.backends.cpu import gather
+
+    cat = make_catalogue(3000, 20, n_dense=2, n_ragged=2, seed=4)
+    rng = np.random.default_rng(1)
+    pairs = rng.integers(0, 100, (3000, 2))
+    cat.table["pairs"] = RaggedTensor(torch.from_numpy(pairs.reshape(-1)), torch.arange(0, 6001, 2))
+    cat.table["codes"] = [np.char.add("c", (np.arange(3000) % 900 + 100).astype("U"))]  # all 4 bytes
+    s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device="cpu")
+    s.reload(cat.table)
+    columns = s.engine.state.columns
+    fixed = dict(zip(columns.measured, columns.measure[:, gather.MEASURE_FIXED_LENGTH].tolist()))
+    assert fixed[DEDUP_TAG] == fixed[SAMPLE_TAG] == 1 and fixed["pairs"] == 2 and fixed["codes"] == 4
+    assert fixed["ragged_0"] == fixed[SKEY] == -1
+    n = 3 * gather.BLOCK_ROWS + 17
+    rows = rng.integers(0, 3000, n)
+    tab = s.pack_feature(torch.from_numpy(cat.ids[rows]))
+    for name, value in cat.table.items():
+        got = tab[name]
+        if isinstance(value, RaggedTensor):
+            want = [value.to_list()[r] for r in rows]
+            assert got.to_list() == want, name
+            assert got.offsets()[0][-1] == sum(map(len, want)), name
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(got, value[rows]), name
+        else:
+            assert got.tolist() == [value[0][r].encode() for r in rows], name
+
+
+def test_stores_through_a_carray_in_a_parallel_function_are_kept():
+    """numba's parallel passes dropped a store to a pointer's carray that nothing read back;
+    the CPU gather writes its outputs that way."""
+    import numba as nb
+
+    from gpu_negsample.backends.cpu.gather import _pointer, address
+
+    @nb.njit(parallel=True)
+    def write(out_address, scratch, n):
+        for b in nb.prange(scratch.shape[0]):
+            scratch[b] = b
+        nb.carray(_pointer(out_address), n + 1, np.int64)[n] = 77
+
+    out = np.zeros(6, np.int64)
+    write(address(out), np.zeros(2), 5)
+    assert out.tolist() == [0, 0, 0, 0, 0, 77]
+
+
+def test_arena_views_start_on_a_cache_line():
+    """numpy's memory starts 16 bytes into a line; the arena must not inherit that, or
+    every 64-byte dense row would straddle two lines."""
+    from gpu_negsample.arena import ALIGN, Arena
+
+    arena = Arena([np.ones(n, np.uint8) for n in (3, 64, 1000, 5)])
+    assert all(v.ctypes.data % ALIGN == 0 for v in arena.views)
+    assert [int(v.sum()) for v in arena.views] == [3, 64, 1000, 5]
+
+
 def test_recis_combine_tiles_group_id_and_indicators():
     s = make_sampler(small_table([1], [1], [1.0]))
     batch = [

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ...arena import default_allocate
-from ...columns import DENSE, RAGGED
+from ...columns import DENSE, RAGGED, STRING, Column
 from ...index import Index, IndexArrays
 from ...ragged import RaggedTensor
 from ..common import Placement
@@ -29,11 +29,16 @@ from .log_q import log_q_rows
 from .request import HostRequest
 
 
-def _word_view(a: np.ndarray) -> np.ndarray:
-    """2-D view of a contiguous row-major array as the widest unsigned word that divides a row."""
-    row_bytes = a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
-    size = next(w for w in (8, 4, 2, 1) if row_bytes % w == 0)
-    return a.reshape(-1).view(np.uint8).view(np.dtype(f"u{size}")).reshape(a.shape[0], row_bytes // size)
+class CpuColumns(dict):
+    """A table's columns with the per-table half of the ragged descriptors (gather.py's
+    MEASURE_* table: where each ragged or string column's offsets are, and the one length
+    all its rows have, or -1), built once per table as the CUDA backend places its own."""
+
+    def __init__(self, columns: dict):
+        super().__init__(columns)
+        self.measured = [name for name, col in columns.items() if col.kind != DENSE]
+        self.measure = np.array([(g.address(columns[name].offsets), g.fixed_row_length(columns[name].offsets))
+                                 for name in self.measured], dtype=np.int64).reshape(-1, g.MEASURE_FIELDS)
 
 
 class CpuBackend:
@@ -53,11 +58,11 @@ class CpuBackend:
         return index.arrays
 
     @staticmethod
-    def place_table(table) -> tuple[dict, Placement]:
+    def place_table(table) -> tuple[CpuColumns, Placement]:
         placement = Placement("cpu")
         for col in table.columns.values():
             placement.add(col.name, col.kind, col.nbytes, "host")
-        return table.columns, placement
+        return CpuColumns(table.columns), placement
 
     @staticmethod
     def to_torch(a: np.ndarray) -> torch.Tensor:
@@ -127,55 +132,61 @@ class CpuBackend:
         log_q_rows(ix, req_offsets, req_segs, item_offsets, ids, out)
         return out
 
-    @classmethod
-    def gather_table(cls, rq: HostRequest, columns: dict, rows: np.ndarray, alloc: Allocator = host_empty) -> dict:
+    @staticmethod
+    def gather_table(rq: HostRequest, columns: CpuColumns, rows: np.ndarray, alloc: Allocator = host_empty) -> dict:
         n = rows.shape[0]
-        out = {}
+        table_rows = next(iter(columns.values())).row_count if columns else 0
+        out, dense = {}, []
         for name, col in columns.items():
             if col.kind == DENSE:
                 dst = alloc(name, (n,) + col.values.shape[1:], col.values.dtype)
-                g.gather_words(_word_view(col.values), rows, _word_view(dst))
+                row_bytes = col.values.itemsize * int(np.prod(col.values.shape[1:], dtype=np.int64))
+                if row_bytes:
+                    word = g.word_bytes(row_bytes, col.values, dst)
+                    dense.append((g.address(col.values), g.address(dst), row_bytes // word, word))
                 out[name] = torch.from_numpy(dst)
-            elif col.kind == RAGGED:
-                offsets = alloc(f"{name}.offsets", (n + 1,), np.dtype(np.int64))
-                starts = cls.ragged_rows(col.offsets, rows, offsets)
-                values = cls.copy_ragged(col.values, starts, offsets,
-                                         lambda total, c=col, m=name: alloc(f"{m}.values", (total,), c.values.dtype))
-                weight = None if col.weight is None else cls.copy_ragged(
-                    col.weight, starts, offsets,
-                    lambda total, c=col, m=name: alloc(f"{m}.weight", (total,), c.weight.dtype))
-                out[name] = RaggedTensor._from_parts(torch.from_numpy(values), torch.from_numpy(offsets),
-                                                     None if weight is None else torch.from_numpy(weight))
-            else:
-                offsets = np.empty(n + 1, dtype=np.int64)
-                starts = cls.ragged_rows(col.offsets, rows, offsets)
-                width = max(1, int(np.diff(offsets).max(initial=0)))
-                fixed = alloc(name, (n,), np.dtype(f"S{width}"))
-                g.gather_fixed_width(col.values, starts, offsets, fixed.view(np.uint8).reshape(n, width))
-                out[name] = fixed
+        if dense and n:
+            g.gather_dense(np.array(dense, dtype=np.int64), rows, table_rows)
+        if columns.measured:
+            out.update(_gather_ragged_columns(columns, rows, table_rows, alloc))
         return out
 
     @staticmethod
-    def ragged_rows(offsets: np.ndarray, rows: np.ndarray, out_offsets: np.ndarray) -> np.ndarray:
-        """Fill out_offsets (n + 1) with the offsets of the given rows of a ragged column; return
-        where each row starts in the column's values (its offsets are read here only)."""
-        starts = np.empty(rows.shape[0], dtype=np.int64)
-        out_offsets[0] = 0
-        g.gather_lengths(offsets, rows, out_offsets, starts)
-        np.cumsum(out_offsets, out=out_offsets)
-        return starts
-
-    @staticmethod
-    def copy_ragged(values: np.ndarray, starts: np.ndarray, out_offsets: np.ndarray, allocate_values) -> np.ndarray:
-        """The rows' values (laid out by ragged_rows) into allocate_values(total)."""
-        words = values.view(np.dtype(f"u{values.itemsize}"))
-        out = allocate_values(int(out_offsets[-1]))
-        g.gather_ragged(words, starts, out_offsets, out.view(words.dtype))
-        return out
-
-    @classmethod
-    def tile_ragged(cls, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def tile_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, offsets) of the given rows of a ragged array (RecIS combine's tiling)."""
-        out_offsets = np.empty(rows.shape[0] + 1, dtype=np.int64)
-        starts = cls.ragged_rows(offsets, rows, out_offsets)
-        return cls.copy_ragged(values, starts, out_offsets, lambda total: np.empty(total, values.dtype)), out_offsets
+        col = Column("tiled", RAGGED, np.ascontiguousarray(values), np.ascontiguousarray(offsets, dtype=np.int64))
+        tiled = _gather_ragged_columns(CpuColumns({"tiled": col}), rows, offsets.shape[0] - 1, host_empty)["tiled"]
+        return tiled.values().numpy(), tiled.offsets()[0].numpy()
+
+
+def _gather_ragged_columns(columns: CpuColumns, rows: np.ndarray, table_rows: int, alloc: Allocator) -> dict:
+    """The ragged and string columns at rows: one ragged_lengths and one gather_ragged for all."""
+    n = rows.shape[0]
+    n_blocks = (n + g.BLOCK_ROWS - 1) // g.BLOCK_ROWS
+    m = len(columns.measured)
+    starts, lengths = np.empty((m, n), np.int64), np.empty((m, n), np.int64)
+    block_base = np.empty((m, n_blocks), np.int64)
+    totals, longest = np.zeros(m, np.int64), np.zeros(m, np.int64)
+    g.ragged_lengths(columns.measure, rows, table_rows, starts, lengths, block_base, totals, longest)
+    out, copies = {}, []
+    for j, name in enumerate(columns.measured):
+        col = columns[name]
+        if col.kind == STRING:
+            width = max(1, int(longest[j]))
+            fixed = alloc(name, (n,), np.dtype(f"S{width}"))
+            copies.append((g.address(col.values), g.address(fixed), 1, j, width, 0))
+            out[name] = fixed
+            continue
+        offsets = alloc(f"{name}.offsets", (n + 1,), np.dtype(np.int64))
+        offsets[n] = totals[j]
+        parts = [alloc(f"{name}.values", (int(totals[j]),), col.values.dtype)]
+        if col.weight is not None:
+            parts.append(alloc(f"{name}.weight", (int(totals[j]),), col.weight.dtype))
+        for src, dst in zip((col.values, col.weight), parts):
+            copies.append((g.address(src), g.address(dst), src.itemsize, j, 0,
+                           g.address(offsets) if dst is parts[0] else 0))
+        out[name] = RaggedTensor._from_parts(torch.from_numpy(parts[0]), torch.from_numpy(offsets),
+                                             torch.from_numpy(parts[1]) if len(parts) > 1 else None)
+    if n:
+        g.gather_ragged(np.array(copies, dtype=np.int64), starts, lengths, block_base, totals)
+    return out

@@ -1,57 +1,228 @@
-"""Feature gather on the CPU: the numba twin of kernels/gather.cu.
+"""Feature gather on the CPU: the numba twin of kernels/gather.cu, kernel for kernel.
 
-A ragged column is gathered in two passes over the rows, not three: ``gather_lengths``
-reads each row's two offsets once (one random read per row) and keeps where the row
-starts; after the scan of the lengths, ``gather_ragged`` and ``gather_fixed_width`` copy
-from those starts, read in order, so each row's values are the only random read left and
-the rows' reads are independent of each other (the CPU keeps many in flight). A column's
-weights reuse the same starts and offsets.
+A pack request gathers every column of a kind in one parallel region, as the CUDA path
+does in one launch: the host writes a descriptor table (one int64 row per column: where
+its arrays are, how wide a row is) and each kernel walks the request's rows in fixed
+blocks, every column of the table per block.
+
+    gather_dense    every dense column (rows copied as 8-, 4-, 2- or 1-byte words)
+    ragged_lengths  every ragged and string column: each row's offsets read once (its start
+                    and length kept; not read at all where every row has one length, as
+                    single-valued id and category columns do), block sums scanned into block bases, totals and the
+                    longest string row: these size the outputs
+    gather_ragged   every ragged, weight and string column: out offsets written and values
+                    copied from the kept starts (each row's values are the only random read
+                    left, independent of the other rows', so the CPU keeps many in flight);
+                    strings to fixed width, zero padded
+
+So a request costs three parallel regions whatever its columns, not two or three per
+column (each region ends in a barrier that waits for the slowest thread). Outputs come
+from the caller's allocator, so descriptors hold addresses, not arrays: numba cannot hold
+a list of arrays of different dtypes. Every address is of an array the caller keeps alive
+for the call, and every size was checked against the column's own offsets at reload.
 """
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
+from numba.core import ir_utils, types
+from numba.extending import intrinsic
+
+# Rows per block of a parallel loop: fixed, so the block bases (and thus every output) do
+# not depend on the thread count.
+BLOCK_ROWS = 1024
+
+# Columns of the descriptor tables (int64 each).
+DENSE_SRC, DENSE_DST, DENSE_ROW_WORDS, DENSE_WORD_BYTES = range(4)
+DENSE_FIELDS = 4
+MEASURE_OFFSETS, MEASURE_FIXED_LENGTH = range(2)
+MEASURE_FIELDS = 2
+COPY_SRC, COPY_DST, COPY_VALUE_BYTES, COPY_MEASURED, COPY_WIDTH, COPY_OUT_OFFSETS = range(6)
+COPY_FIELDS = 6
 
 
-@nb.njit(parallel=True, nogil=True, cache=True)
-def gather_words(values, rows, out):
-    """out[i, :] = values[rows[i], :] for 2-D arrays of one machine word type."""
-    width = values.shape[1]
-    for i in nb.prange(rows.shape[0]):
+def _carray_escapes(lhs, args, alias_map, arg_aliases) -> None:
+    """numba's alias analysis takes an nb.carray for a local array, so inside a parallel
+    function it removes stores to one that are never read back as dead (a store of an
+    out offset vanished). A carray here always views memory outside the function: mark
+    it as aliasing an argument. (arg_aliases is a set, or a dict inside parfor lowering.)"""
+    if isinstance(arg_aliases, set):
+        arg_aliases.add(lhs)
+    else:
+        arg_aliases[lhs] = None
+
+
+ir_utils.alias_func_extensions[("carray", "numba")] = _carray_escapes
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """The int64 address as a void pointer (for nb.carray)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+    return types.voidptr(types.int64), codegen
+
+
+def address(a: np.ndarray) -> int:
+    """Where a C-contiguous array's data starts; the descriptors' way of naming an array."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"gather: array of shape {a.shape} is not C-contiguous; outputs and columns must be")
+    return a.__array_interface__["data"][0]
+
+
+def word_bytes(row_bytes: int, *arrays: np.ndarray) -> int:
+    """The widest word (8, 4, 2 or 1 bytes) that divides a row and every array's alignment."""
+    return next(w for w in (8, 4, 2, 1) if row_bytes % w == 0 and all(address(a) % w == 0 for a in arrays))
+
+
+@nb.njit(nogil=True, cache=True)
+def fixed_row_length(offsets):
+    """The length every row of a ragged column has, or -1 when lengths differ."""
+    n = offsets.shape[0] - 1
+    if n <= 0:
+        return -1
+    length = offsets[1] - offsets[0]
+    for r in range(1, n):
+        if offsets[r + 1] - offsets[r] != length:
+            return -1
+    return length
+
+
+@nb.njit(inline="always", cache=True)
+def _copy_rows(src, dst, rows, lo, hi):
+    """dst[i, :] = src[rows[i], :] for i in lo:hi (2-D views: numba's 2-D indexing lets LLVM
+    move a row in wide loads, where 1-D index arithmetic measured 2-3x slower)."""
+    for i in range(lo, hi):
         r = rows[i]
-        for c in range(width):
-            out[i, c] = values[r, c]
+        for q in range(src.shape[1]):
+            dst[i, q] = src[r, q]
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def gather_lengths(offsets, rows, out_offsets, starts):
-    """out_offsets[i + 1] = length of row rows[i] (out_offsets[0] untouched); starts[i] = where
-    it begins in the column's values."""
-    for i in nb.prange(rows.shape[0]):
-        r = rows[i]
-        start = offsets[r]
-        starts[i] = start
-        out_offsets[i + 1] = offsets[r + 1] - start
+def gather_dense(cols, rows, table_rows):
+    """Every dense column: dst[i, :] = src[rows[i], :], rows of row_words words of word_bytes."""
+    n = rows.shape[0]
+    for b in nb.prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
+        lo = b * BLOCK_ROWS
+        hi = min(n, lo + BLOCK_ROWS)
+        for c in range(cols.shape[0]):
+            src, dst = _pointer(cols[c, DENSE_SRC]), _pointer(cols[c, DENSE_DST])
+            width, word = cols[c, DENSE_ROW_WORDS], cols[c, DENSE_WORD_BYTES]
+            src_shape, dst_shape = (table_rows, width), (n, width)
+            if word == 8:
+                _copy_rows(nb.carray(src, src_shape, np.uint64), nb.carray(dst, dst_shape, np.uint64), rows, lo, hi)
+            elif word == 4:
+                _copy_rows(nb.carray(src, src_shape, np.uint32), nb.carray(dst, dst_shape, np.uint32), rows, lo, hi)
+            elif word == 2:
+                _copy_rows(nb.carray(src, src_shape, np.uint16), nb.carray(dst, dst_shape, np.uint16), rows, lo, hi)
+            else:
+                _copy_rows(nb.carray(src, src_shape, np.uint8), nb.carray(dst, dst_shape, np.uint8), rows, lo, hi)
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def gather_ragged(values, starts, out_offsets, out):
-    """out[out_offsets[i]:out_offsets[i + 1]] = the values of row i, which begin at starts[i]."""
-    for i in nb.prange(starts.shape[0]):
-        src = starts[i]
-        dst = out_offsets[i]
-        for q in range(out_offsets[i + 1] - dst):
-            out[dst + q] = values[src + q]
+def ragged_lengths(measured, rows, table_rows, starts, lengths, block_base, totals, longest):
+    """For every measured column m and row i: starts[m, i] and lengths[m, i] of row rows[i];
+    block_base[m, b] = where block b's values begin in the output; totals[m] = all values;
+    longest[m] = the longest row (strings' fixed width)."""
+    n = rows.shape[0]
+    n_blocks = block_base.shape[1]
+    block_max = np.zeros_like(block_base)
+    for b in nb.prange(n_blocks):
+        lo = b * BLOCK_ROWS
+        hi = min(n, lo + BLOCK_ROWS)
+        for m in range(measured.shape[0]):
+            fixed = measured[m, MEASURE_FIXED_LENGTH]
+            if fixed >= 0:  # every row this long: no offsets to read
+                for i in range(lo, hi):
+                    starts[m, i] = rows[i] * fixed
+                    lengths[m, i] = fixed
+                block_base[m, b] = (hi - lo) * fixed
+                block_max[m, b] = fixed if hi > lo else 0
+                continue
+            offsets = nb.carray(_pointer(measured[m, MEASURE_OFFSETS]), table_rows + 1, np.int64)
+            total = 0
+            most = 0
+            for i in range(lo, hi):
+                r = rows[i]
+                start = offsets[r]
+                length = offsets[r + 1] - start
+                starts[m, i] = start
+                lengths[m, i] = length
+                total += length
+                most = max(most, length)
+            block_base[m, b] = total
+            block_max[m, b] = most
+    for m in range(measured.shape[0]):
+        at = 0
+        most = 0
+        for b in range(n_blocks):
+            size = block_base[m, b]
+            block_base[m, b] = at
+            at += size
+            most = max(most, block_max[m, b])
+        totals[m] = at
+        longest[m] = most
+
+
+@nb.njit(inline="always", cache=True)
+def _copy_values(src, dst, starts, lengths, lo, hi, at):
+    """Rows lo:hi one after the other from dst[at]. Indices are unsigned: numba then skips
+    the negative-index wraparound test, which otherwise keeps LLVM from vectorising the copy."""
+    for i in range(lo, hi):
+        s = nb.uint64(starts[i])
+        d = nb.uint64(at)
+        for q in range(nb.uint64(lengths[i])):
+            dst[d + q] = src[s + q]
+        at += lengths[i]
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def gather_fixed_width(data, starts, out_offsets, out):
-    """Row i's bytes (from data[starts[i]:], out_offsets[i + 1] - out_offsets[i] of them) into
-    out[i, :], the rest of the row zero (width >= the longest row)."""
-    width = out.shape[1]
-    for i in nb.prange(starts.shape[0]):
-        src = starts[i]
-        length = out_offsets[i + 1] - out_offsets[i]
-        for q in range(length):
-            out[i, q] = data[src + q]
-        for q in range(length, width):
-            out[i, q] = 0
+def gather_ragged(copies, starts, lengths, block_base, totals):
+    """Every ragged, weight and string column (copies: one row each, see COPY_*): ragged rows
+    packed from block_base on, with their out offsets (all but the last, the total) where
+    COPY_OUT_OFFSETS is an address; string rows (COPY_WIDTH > 0, bytes) to fixed width, zero padded."""
+    n = starts.shape[1]
+    for b in nb.prange(block_base.shape[1]):
+        lo = b * BLOCK_ROWS
+        hi = min(n, lo + BLOCK_ROWS)
+        for k in range(copies.shape[0]):
+            m = copies[k, COPY_MEASURED]
+            width = copies[k, COPY_WIDTH]
+            total = totals[m]
+            src, dst = _pointer(copies[k, COPY_SRC]), _pointer(copies[k, COPY_DST])
+            # A source is sized by the furthest value these rows read, not known here;
+            # carray does not check bounds, so any size >= the reads serves.
+            src_n = np.int64(1) << 62
+            if width > 0:
+                fixed = nb.carray(dst, n * width, np.uint8)
+                data = nb.carray(src, src_n, np.uint8)
+                for i in range(lo, hi):
+                    s = nb.uint64(starts[m, i])
+                    d = nb.uint64(i * width)
+                    length = nb.uint64(lengths[m, i])
+                    for q in range(length):
+                        fixed[d + q] = data[s + q]
+                    for q in range(length, nb.uint64(width)):
+                        fixed[d + q] = 0
+                continue
+            if copies[k, COPY_OUT_OFFSETS] != 0:
+                out_offsets = nb.carray(_pointer(copies[k, COPY_OUT_OFFSETS]), n + 1, np.int64)
+                at = block_base[m, b]
+                for i in range(lo, hi):
+                    out_offsets[i] = at
+                    at += lengths[m, i]
+            word = copies[k, COPY_VALUE_BYTES]
+            base = block_base[m, b]
+            row_starts, row_lengths = starts[m], lengths[m]
+            if word == 8:
+                _copy_values(nb.carray(src, src_n, np.uint64), nb.carray(dst, total, np.uint64),
+                             row_starts, row_lengths, lo, hi, base)
+            elif word == 4:
+                _copy_values(nb.carray(src, src_n, np.uint32), nb.carray(dst, total, np.uint32),
+                             row_starts, row_lengths, lo, hi, base)
+            elif word == 2:
+                _copy_values(nb.carray(src, src_n, np.uint16), nb.carray(dst, total, np.uint16),
+                             row_starts, row_lengths, lo, hi, base)
+            else:
+                _copy_values(nb.carray(src, src_n, np.uint8), nb.carray(dst, total, np.uint8),
+                             row_starts, row_lengths, lo, hi, base)
