@@ -111,13 +111,42 @@ class _Event:
 def test_a_cuda_block_is_offered_again_only_after_the_ranks_stream_passed_its_release():
     client = _client()
     block = object.__new__(client._CudaBlock)
-    block.size, block.live_arrays, block._done = 1 << 20, 0, _Event(False)  # the rank's queued kernels may still read it
+    block.size, block.live_arrays, block._done = 1 << 20, 0, [_Event(False)]  # the rank's queued kernels may still read it
     t = object.__new__(client.ServerTransport)
     t.results, t._blocks = "cuda", [block]
     t._new_block = lambda size: "a new block"
     assert not block.reusable() and t._free_block() == "a new block"
-    block._done.done = True
+    block._done[0].done = True
     assert block.reusable() and t._free_block() is block
+
+
+class _RecordedEvent(_Event):
+    def __init__(self):
+        super().__init__(False)
+
+    def record(self, stream):
+        self.stream = stream
+
+
+def test_a_cuda_block_waits_for_the_answers_stream_and_the_one_where_its_last_view_went(monkeypatch):
+    """Before: the event was recorded only on the stream current where the last view was
+    dropped (a prefetch thread's, or wherever the garbage collector ran), so kernels the
+    rank queued on the stream it read the answer on could see the next answer written."""
+    client = _client()
+    current = {"stream": "the training stream"}
+    monkeypatch.setattr(client.torch.cuda, "current_stream", lambda device=None: current["stream"])
+    monkeypatch.setattr(client.torch.cuda, "Event", _RecordedEvent)
+    block = object.__new__(client._CudaBlock)
+    block.size, block.live_arrays, block._done, block.device = 1 << 20, 1, [], 0
+    block._cupy, block._answer_stream = None, None
+    assert block._views([]) == {}  # an answer arrives (its arrays do not matter here)
+    current["stream"] = "a prefetch thread's stream"
+    block.release()
+    assert sorted(e.stream for e in block._done) == ["a prefetch thread's stream", "the training stream"]
+    block._done[0].done = True
+    assert not block.reusable(), "offered again before both streams passed the release"
+    block._done[1].done = True
+    assert block.reusable()
 
 
 # ---- GPU tests outside a GPU machine -------------------------------------------------------

@@ -103,9 +103,12 @@ class _CudaBlock(_Block):
 
     Each answer array is a CuPy array over its range of the block, handed to torch through
     DLPack: the torch tensor's storage owns the CuPy array, so every tensor derived from it
-    keeps the range taken. When the last one is gone, an event is recorded on the rank's
-    current stream; the block is offered again only once the kernels the rank queued
-    before that point (which may still read the old answer) have run past it.
+    keeps the range taken. When the last one is gone, an event is recorded on the stream that
+    was current when the answer arrived and on the one current where the last view went (a
+    prefetch thread's, say); the block is offered again only once the kernels the rank
+    queued on both before that point (which may still read the old answer) have run past it.
+    torch's ``record_stream`` does nothing for memory it did not allocate: a rank that reads
+    an answer on a third stream synchronises that stream before dropping the answer.
     """
 
     kind = "cuda"
@@ -115,13 +118,15 @@ class _CudaBlock(_Block):
 
         super().__init__(ident, size)
         self._cupy, self.device = cupy, device
-        self._done: torch.cuda.Event | None = None  # recorded when the last view went
+        self._answer_stream: torch.cuda.Stream | None = None  # current when the last answer arrived
+        self._done: list[torch.cuda.Event] = []  # recorded when the last view went
         with cupy.cuda.Device(device):
             self.ptr = cupy.cuda.runtime.malloc(size)  # its own allocation: the IPC handle covers exactly it
             self.handle = cupy.cuda.runtime.ipcGetMemHandle(self.ptr)
 
     def _views(self, metas):
         cp, out = self._cupy, {}
+        self._answer_stream = torch.cuda.current_stream(self.device)
         for meta in metas:
             dtype, shape = p._check_meta(meta)  # the dtype and shape checks of every received array
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -134,16 +139,18 @@ class _CudaBlock(_Block):
         return out
 
     def _last_view_gone(self) -> None:
-        self._done = torch.cuda.Event()
-        self._done.record(torch.cuda.current_stream(self.device))
+        streams = {torch.cuda.current_stream(self.device), self._answer_stream} - {None}
+        self._done = [torch.cuda.Event() for _ in streams]
+        for event, stream in zip(self._done, streams):
+            event.record(stream)
 
     def reusable(self) -> bool:
-        return self.live_arrays == 0 and (self._done is None or self._done.query())
+        return self.live_arrays == 0 and all(event.query() for event in self._done)
 
     def close(self) -> None:
         if self.live_arrays == 0:  # else the caller's tensors keep using it until the process ends
-            if self._done is not None:
-                self._done.synchronize()  # the rank's queued kernels may still read it
+            for event in self._done:
+                event.synchronize()  # the rank's queued kernels may still read it
             with self._cupy.cuda.Device(self.device):
                 self._cupy.cuda.runtime.free(self.ptr)
 
