@@ -12,8 +12,9 @@ from gpu_negsample.backends.select import _gpu_count
 
 HAS_GPU = _gpu_count() > 0
 RUN_WITHOUT_GPU = os.environ.get("GPU_NEGSAMPLE_RUN_GPU_TESTS") == "1"
-# What a GPU test may fail with where there is no GPU: the samplers' and the client's refusals.
-GPU_MISSING = re.compile(r"CUDA device\(s\) usable through cupy|this process has no CUDA device")
+# What a GPU test may fail with where there is no GPU: the samplers' and the client's refusals, and torch's.
+GPU_MISSING = re.compile(r"CUDA device\(s\) usable through cupy|this process has no CUDA device|"
+                         r"requires CUDA support|Torch not compiled with CUDA enabled")
 needs_gpu = pytest.mark.skipif(not HAS_GPU and not RUN_WITHOUT_GPU, reason="no CUDA device with cupy here")
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to build the kernel emulation")
 KERNEL_DEVICES = [pytest.param("emulated", marks=needs_gxx), pytest.param("cuda", marks=[needs_gpu, pytest.mark.gpu])]

@@ -462,8 +462,12 @@ class ServerTransport:
             on = self.device["ordinal"] if self.device is not None else torch.cuda.current_device()
             block = _CudaBlock(ident, size, on)  # on the GPU the server samples this rank's requests on
             where = {"ordinal": on, "visible": os.environ.get(VISIBLE)}  # in this process's numbering
-            self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident,
-                                             "device": where}, {})
+            try:
+                self._request("map_cuda_block", {"handle": bytes(block.handle).hex(), "size": size, "block": ident,
+                                                 "device": where}, {})
+            except BaseException:
+                block.close()  # refused (e.g. no peer access): its GPU memory goes back now, not at exit
+                raise
             self._blocks.append(block)
             return block
         try:
