@@ -170,15 +170,15 @@ BLOCK_ROWS = 64
 
 
 @nb.njit(inline="always", cache=True)
-def _speculate(ix, ex, seg_of, words, first, first_id, n):
+def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
     """Attempt 0's alias pick of each of n draws, as if each went to its segment's tail:
-    first[t] = its position in the segment arrays (first_id[t] its item id), or -1 (no
-    tail, or seg_of[t] < 0).
+    first[t] = its position in the segment arrays (first_id[t] its item id and, where
+    first_w has n entries, first_w[t] its weight), or -1 (no tail, or seg_of[t] < 0).
 
     Only loads, no decisions: the decisions (which part, alias or exact scan, accepted or
     not) are made afterwards in draw order, exactly as without this pass, so the result is
     the same; what changes is that the misses of all draws overlap. The two loops (alias
-    entries, then the ids they name) each issue independent loads only.
+    entries, then the ids and weights they name) each issue independent loads only.
     """
     for t in range(n):
         first[t] = -1
@@ -191,9 +191,12 @@ def _speculate(ix, ex, seg_of, words, first, first_id, n):
             continue
         alias, base, _ = _tail_table(ix, ex, seg)
         first[t] = tail_lo + _alias_pick(alias, base, size, _stored_words(words, t))
+    weights = first_w.shape[0] == n
     for t in range(n):
         if first[t] >= 0:
             first_id[t] = ix.seg_ids[first[t]]
+            if weights:
+                first_w[t] = ix.seg_weights[first[t]]
 
 
 @nb.njit(inline="always", cache=True)
@@ -264,16 +267,17 @@ def _fail_row(status, why, out, lo, hi, fill_id):
 
 
 @nb.njit(inline="always", cache=True)
-def _draw_block(b, n_rows, out_offsets):
+def _draw_block(b, n_rows, out_offsets, weights):
     """Block b's rows [lo, hi), its first output slot o_lo and draw count n, and the scratch
     its draws fill: attempt-0 words, the segment a draw's tail pick is in (-1: none), the
-    speculated pick and its id."""
+    speculated pick, its id and (when weights: without replacement, where each drawn
+    weight leaves its part) its weight."""
     lo = b * BLOCK_ROWS
     hi = min(lo + BLOCK_ROWS, n_rows)
     o_lo = out_offsets[lo]
     n = out_offsets[hi] - o_lo
     return (lo, hi, o_lo, n, np.empty((n, 4), dtype=np.uint64), np.empty(n, dtype=np.int64),
-            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
+            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n if weights else 0, dtype=np.uint64))
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -291,7 +295,7 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
     call = nb.uint64(call) & MASK32
     n_rows = row_total.shape[0]
     for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo, hi, o_lo, n, words, seg_of, first, first_id = _draw_block(b, n_rows, out_offsets)
+        lo, hi, o_lo, n, words, seg_of, first, first_id, first_w = _draw_block(b, n_rows, out_offsets, False)
         part = np.empty(n, dtype=np.int64)   # the part a draw takes; -1: the head scan decided it
         for i in range(lo, hi):
             o = out_offsets[i]
@@ -319,7 +323,7 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
                 _, _, table_mass = _tail_table(ix, ex, seg)
                 if rem[q] >= table_mass - rem[q]:
                     seg_of[t] = seg
-        _speculate(ix, ex, seg_of, words, first, first_id, n)
+        _speculate(ix, ex, seg_of, words, first, first_id, first_w, n)
         for i in range(lo, hi):
             o = out_offsets[i]
             count = out_offsets[i + 1] - o
@@ -357,7 +361,7 @@ def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
     call = nb.uint64(call) & MASK32
     n_rows = row_total.shape[0]
     for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo, hi, o_lo, n, words, seg_of, first, first_id = _draw_block(b, n_rows, out_offsets)
+        lo, hi, o_lo, n, words, seg_of, first, first_id, first_w = _draw_block(b, n_rows, out_offsets, True)
         for i in range(lo, hi):
             o = out_offsets[i]
             seg = req_segs[req_offsets[i]] if row_total[i] > 0 else -1
@@ -365,7 +369,7 @@ def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
                 t = o + j - o_lo
                 _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
                 seg_of[t] = seg
-        _speculate(ix, ex, seg_of, words, first, first_id, n)
+        _speculate(ix, ex, seg_of, words, first, first_id, first_w, n)
         for i in range(lo, hi):
             o = out_offsets[i]
             count = out_offsets[i + 1] - o
@@ -393,9 +397,10 @@ def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
                 p, used = _draw(ix, ex, seg, from_tail, tail if from_tail else head, r, call, nb.uint64(i),
                                 nb.uint64(j), k0, k1, own_lo, own_hi, True, out, o, first[t], first_id[t])
                 attempts[i] += used
-                out[o + j] = ix.seg_ids[p]
+                out[o + j] = first_id[t] if p == first[t] else ix.seg_ids[p]
+                w = first_w[t] if p == first[t] else ix.seg_weights[p]  # the pick's weight: speculated, not a miss here
                 if from_tail:
-                    tail -= ix.seg_weights[p]
+                    tail -= w
                 else:
-                    head -= ix.seg_weights[p]
-                total -= ix.seg_weights[p]
+                    head -= w
+                total -= w
