@@ -213,34 +213,42 @@ def _touch_excluded_rows(ix, own_rows, lo, hi, scratch):
             scratch[e - lo] = ix.item_seg[p] ^ nb.int64(ix.item_weights[p])
 
 
-@nb.njit(parallel=True, nogil=True, cache=True)
-def part_masses(ix, ex, req_offsets, req_segs, remaining, row_total):
-    """remaining[2k], remaining[2k + 1] = the head and tail mass of category k of the request
-    (req_segs[k]) left after the row's exclusion; row_total[i] = the sum over row i's parts.
-    Rows go BLOCK_ROWS at a time, their excluded rows' lines loaded together first."""
-    n_rows = req_offsets.shape[0] - 1
-    for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo = b * BLOCK_ROWS
-        hi = min(lo + BLOCK_ROWS, n_rows)
-        if not ex.use_batch:
-            e_lo = ex.own_offsets[lo]
-            e_hi = ex.own_offsets[hi]
-            _touch_excluded_rows(ix, ex.own_rows, e_lo, e_hi, np.empty(e_hi - e_lo, dtype=np.int64))
-        for i in range(lo, hi):
-            own_lo = ex.own_offsets[i]
-            own_hi = ex.own_offsets[i + 1]
-            total = np.uint64(0)
-            for k in range(req_offsets[i], req_offsets[i + 1]):
-                seg = req_segs[k]
-                if ex.use_batch:
-                    head_out = ex.batch_head_mass[seg]
-                    tail_out = ex.batch_tail_mass[seg]
-                else:
-                    head_out, tail_out = _own_excluded_mass(ix, seg, ex.own_rows, own_lo, own_hi)
-                remaining[2 * k] = ix.seg_head_mass[seg] - head_out
-                remaining[2 * k + 1] = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out
-                total += remaining[2 * k] + remaining[2 * k + 1]
-            row_total[i] = total
+@nb.njit(inline="always", cache=True)
+def _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi):
+    """Rows lo:hi's categories as segments (req_segs, -1: unknown), excluded ids as table
+    rows (own_rows, -1: absent; row-wise exclusion only), and part masses:
+    remaining[2k], remaining[2k + 1] = the head and tail mass of category k left after the
+    row's exclusion; row_total[i] = the sum over row i's parts (the CUDA kernel part_masses).
+
+    Each step is a loop of independent loads over the whole block (hash probes, then the
+    excluded rows' (segment, weight) lines), so their misses overlap; it runs inside the
+    draw kernel's block, so a request is one parallel region, not one per step.
+    own_rows is the kernel's own argument, not reached through ex: numba's parallel loops
+    crash writing to an array taken from a tuple argument.
+    """
+    for k in range(req_offsets[lo], req_offsets[hi]):
+        req_segs[k] = probe(ix.cat_slots, req_cats[k])
+    if not ex.use_batch:
+        e_lo = ex.own_offsets[lo]
+        e_hi = ex.own_offsets[hi]
+        for e in range(e_lo, e_hi):
+            own_rows[e] = probe(ix.id_slots, ex.own_ids[e])
+        _touch_excluded_rows(ix, own_rows, e_lo, e_hi, np.empty(e_hi - e_lo, dtype=np.int64))
+    for i in range(lo, hi):
+        own_lo = ex.own_offsets[i]
+        own_hi = ex.own_offsets[i + 1]
+        total = np.uint64(0)
+        for k in range(req_offsets[i], req_offsets[i + 1]):
+            seg = req_segs[k]
+            if ex.use_batch:
+                head_out = ex.batch_head_mass[seg]
+                tail_out = ex.batch_tail_mass[seg]
+            else:
+                head_out, tail_out = _own_excluded_mass(ix, seg, own_rows, own_lo, own_hi)
+            remaining[2 * k] = ix.seg_head_mass[seg] - head_out
+            remaining[2 * k + 1] = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out
+            total += remaining[2 * k] + remaining[2 * k + 1]
+        row_total[i] = total
 
 
 @nb.njit(inline="always", cache=True)
@@ -281,7 +289,7 @@ def _draw_block(b, n_rows, out_offsets, weights):
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_offsets,
+def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
                     call, k0, k1, fill_id, out, status, attempts):
     """Row i's negatives with replacement into out[out_offsets[i]:out_offsets[i + 1]].
 
@@ -296,6 +304,7 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
     n_rows = row_total.shape[0]
     for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
         lo, hi, o_lo, n, words, seg_of, first, first_id, first_w = _draw_block(b, n_rows, out_offsets, False)
+        _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi)
         part = np.empty(n, dtype=np.int64)   # the part a draw takes; -1: the head scan decided it
         for i in range(lo, hi):
             o = out_offsets[i]
@@ -347,7 +356,7 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_offsets,
+def sample_distinct(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
                     call, k0, k1, fill_id, out, status, attempts):
     """Row i's distinct negatives (one category per row: two parts) into
     out[out_offsets[i]:out_offsets[i + 1]]; each drawn item's mass leaves its part.
@@ -362,6 +371,7 @@ def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
     n_rows = row_total.shape[0]
     for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
         lo, hi, o_lo, n, words, seg_of, first, first_id, first_w = _draw_block(b, n_rows, out_offsets, True)
+        _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi)
         for i in range(lo, hi):
             o = out_offsets[i]
             seg = req_segs[req_offsets[i]] if row_total[i] > 0 else -1
