@@ -98,11 +98,13 @@ def _scan(ix, ex, lo, hi, target, own_lo, own_hi, distinct, out, out_lo, j):
 
 @nb.njit(inline="always", cache=True)
 def _tail_table(ix, ex, seg):
-    """(alias array, its first slot, its mass) of the table that tail draws in seg use."""
+    """(per-call table?, its first slot, its mass) of the alias table tail draws in seg use:
+    ex.batch_alias where the request built one for seg, else ix.seg_alias. A flag, not
+    the array, so no array reference (reference-counted by numba) is made per draw."""
     tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
     if ex.use_batch and ex.batch_table_start[seg] >= 0:
-        return ex.batch_alias, ex.batch_table_start[seg], tail_mass - ex.batch_tail_mass[seg]
-    return ix.seg_alias, ix.seg_offsets[seg] + ix.seg_head[seg], tail_mass
+        return True, ex.batch_table_start[seg], tail_mass - ex.batch_tail_mass[seg]
+    return False, ix.seg_offsets[seg] + ix.seg_head[seg], tail_mass
 
 
 @nb.njit(inline="always", cache=True)
@@ -120,7 +122,7 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
                      own_lo, own_hi, distinct, out, out_lo, j), 0
     hi = ix.seg_offsets[seg + 1]
     size = nb.uint64(hi - tail_lo)
-    alias, base, table_mass = _tail_table(ix, ex, seg)
+    per_call, base, table_mass = _tail_table(ix, ex, seg)
     r = r_first
     attempts = 0
     if remaining >= table_mass - remaining:  # acceptance >= 1/2
@@ -132,7 +134,7 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
             else:
                 if a > 0:
                     r = philox4x32_10(call, row, j, nb.uint64(a), k0, k1)
-                p = tail_lo + _alias_pick(alias, base, size, r)
+                p = tail_lo + _alias_pick(ix, ex, per_call, base, size, r)
                 item_id = ix.seg_ids[p]
             if _is_excluded(item_id, ex, own_lo, own_hi):
                 continue
@@ -145,19 +147,22 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
 
 
 @nb.njit(inline="always", cache=True)
-def _alias_pick(alias, base, size, r):
-    """Tail-local position an alias draw with words r picks from the table at alias[base:base + size]."""
+def _alias_pick(ix, ex, per_call, base, size, r):
+    """Tail-local position an alias draw with words r picks from the table at
+    base:base + size of ex.batch_alias (per_call) or ix.seg_alias."""
     slot = nb.int64(mulhi64(_uniform64(r), size))
-    return slot if r[2] < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
+    if per_call:
+        return slot if r[2] < ex.batch_alias[base + slot, 0] else nb.int64(ex.batch_alias[base + slot, 1])
+    return slot if r[2] < ix.seg_alias[base + slot, 0] else nb.int64(ix.seg_alias[base + slot, 1])
 
 
 @nb.njit(inline="always", cache=True)
-def _pick_part(r, remaining, total, parts):
-    """Index of the part attempt 0's word r3 selects, by remaining mass."""
+def _pick_part(r, remaining, lo, total, parts):
+    """Index of the part (of remaining[lo:lo + parts]) attempt 0's word r3 selects, by remaining mass."""
     target = mul32hi(r[3], total)
     acc = np.uint64(0)
     for q in range(parts):
-        acc += remaining[q]
+        acc += remaining[lo + q]
         if target < acc:
             return q
     return parts - 1
@@ -189,8 +194,8 @@ def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
         size = nb.uint64(ix.seg_offsets[seg + 1] - tail_lo)
         if size == 0:
             continue
-        alias, base, _ = _tail_table(ix, ex, seg)
-        first[t] = tail_lo + _alias_pick(alias, base, size, _stored_words(words, t))
+        per_call, base, _ = _tail_table(ix, ex, seg)
+        first[t] = tail_lo + _alias_pick(ix, ex, per_call, base, size, _stored_words(words, t))
     weights = first_w.shape[0] == n
     for t in range(n):
         if first[t] >= 0:
@@ -312,7 +317,7 @@ def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
             attempts[i] = 0
             total = row_total[i]
             c_lo = req_offsets[i]
-            rem = remaining[2 * c_lo:2 * req_offsets[i + 1]]
+            r_lo = 2 * c_lo  # the row's parts: remaining[r_lo:2 * req_offsets[i + 1]] (indices: a slice is reference-counted)
             for j in range(out_offsets[i + 1] - o):
                 t = o + j - o_lo
                 seg_of[t] = -1
@@ -320,17 +325,17 @@ def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
                     part[t] = -1
                     continue
                 r = _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
-                q = _pick_part(r, rem, total, rem.shape[0])
+                q = _pick_part(r, remaining, r_lo, total, 2 * (req_offsets[i + 1] - c_lo))
                 seg = req_segs[c_lo + (q >> 1)]
                 part[t] = q
                 if (q & 1) == 0:  # head: an exact scan over a few hot lines, decided now
-                    p, _ = _draw(ix, ex, seg, False, rem[q], r, call, nb.uint64(i), nb.uint64(j), k0, k1,
+                    p, _ = _draw(ix, ex, seg, False, remaining[r_lo + q], r, call, nb.uint64(i), nb.uint64(j), k0, k1,
                                  ex.own_offsets[i], ex.own_offsets[i + 1], False, out, o)
                     out[o + j] = ix.seg_ids[p]
                     part[t] = -1
                     continue
                 _, _, table_mass = _tail_table(ix, ex, seg)
-                if rem[q] >= table_mass - rem[q]:
+                if remaining[r_lo + q] >= table_mass - remaining[r_lo + q]:
                     seg_of[t] = seg
         _speculate(ix, ex, seg_of, words, first, first_id, first_w, n)
         for i in range(lo, hi):
@@ -342,13 +347,12 @@ def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
                 _fail_row(status[i:i + 1], STATUS_NO_CANDIDATE, out, o, o + count, fill_id)
                 continue
             c_lo = req_offsets[i]
-            rem = remaining[2 * c_lo:2 * req_offsets[i + 1]]
             for j in range(count):
                 t = o + j - o_lo
                 q = part[t]
                 if q < 0:
                     continue
-                p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], True, rem[q], _stored_words(words, t), call, nb.uint64(i),
+                p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], True, remaining[2 * c_lo + q], _stored_words(words, t), call, nb.uint64(i),
                                 nb.uint64(j), k0, k1, ex.own_offsets[i], ex.own_offsets[i + 1], False, out, o,
                                 first[t], first_id[t])
                 attempts[i] += used
