@@ -30,6 +30,7 @@ from ...hashing import probe
 from ...rng import MASK32, SHIFT32, mul32hi, mulhi64, philox4x32_10
 from ..exclusion import mass_in
 from ..kernel_constants import MAX_ATTEMPTS, STATUS_NO_CANDIDATE, STATUS_OK, STATUS_TOO_FEW
+from .memory import prefetch
 
 @nb.njit(inline="always", cache=True)
 def _is_excluded(item_id, ex, own_lo, own_hi):
@@ -175,6 +176,20 @@ BLOCK_ROWS = 64
 
 
 @nb.njit(inline="always", cache=True)
+def _prefetch_alias(ix, ex, seg, r):
+    """Start loading the alias entry that attempt 0 (words r) of a tail draw in seg reads,
+    as soon as the draw's words exist: _speculate then finds it in cache."""
+    tail_lo = ix.seg_offsets[seg] + ix.seg_head[seg]
+    size = nb.uint64(ix.seg_offsets[seg + 1] - tail_lo)
+    per_call, base, _ = _tail_table(ix, ex, seg)
+    slot = base + nb.int64(mulhi64(_uniform64(r), size))
+    if per_call:
+        prefetch(ex.batch_alias, slot)
+    else:
+        prefetch(ix.seg_alias, slot)
+
+
+@nb.njit(inline="always", cache=True)
 def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
     """Attempt 0's alias pick of each of n draws, as if each went to its segment's tail:
     first[t] = its position in the segment arrays (first_id[t] its item id and, where
@@ -182,9 +197,11 @@ def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
 
     Only loads, no decisions: the decisions (which part, alias or exact scan, accepted or
     not) are made afterwards in draw order, exactly as without this pass, so the result is
-    the same; what changes is that the misses of all draws overlap. The two loops (alias
-    entries, then the ids and weights they name) each issue independent loads only.
+    the same; what changes is that the misses of all draws overlap. The alias entries were
+    prefetched as the words were made (_prefetch_alias); the first loop prefetches the ids
+    and weights they name, the second reads them.
     """
+    weights = first_w.shape[0] == n
     for t in range(n):
         first[t] = -1
         seg = seg_of[t]
@@ -195,8 +212,11 @@ def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
         if size == 0:
             continue
         per_call, base, _ = _tail_table(ix, ex, seg)
-        first[t] = tail_lo + _alias_pick(ix, ex, per_call, base, size, _stored_words(words, t))
-    weights = first_w.shape[0] == n
+        p = tail_lo + _alias_pick(ix, ex, per_call, base, size, _stored_words(words, t))
+        first[t] = p
+        prefetch(ix.seg_ids, p)
+        if weights:
+            prefetch(ix.seg_weights, p)
     for t in range(n):
         if first[t] >= 0:
             first_id[t] = ix.seg_ids[first[t]]
@@ -337,6 +357,7 @@ def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
                 _, _, table_mass = _tail_table(ix, ex, seg)
                 if remaining[r_lo + q] >= table_mass - remaining[r_lo + q]:
                     seg_of[t] = seg
+                    _prefetch_alias(ix, ex, seg, r)
         _speculate(ix, ex, seg_of, words, first, first_id, first_w, n)
         for i in range(lo, hi):
             o = out_offsets[i]
@@ -381,8 +402,10 @@ def sample_distinct(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
             seg = req_segs[req_offsets[i]] if row_total[i] > 0 else -1
             for j in range(out_offsets[i + 1] - o):
                 t = o + j - o_lo
-                _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
+                r = _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
                 seg_of[t] = seg
+                if seg >= 0:
+                    _prefetch_alias(ix, ex, seg, r)
         _speculate(ix, ex, seg_of, words, first, first_id, first_w, n)
         for i in range(lo, hi):
             o = out_offsets[i]
