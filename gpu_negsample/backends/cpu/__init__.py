@@ -3,9 +3,12 @@
 Its kernels mirror kernels/*.cu file for file and kernel for kernel: ``cpu/sample.py`` is
 the twin of ``sample.cu`` (part_masses, sample_put_back, sample_distinct), ``cpu/lookup.py``
 of ``lookup.cu``, ``cpu/combine.py`` of ``combine.cu``, ``cpu/gather.py`` of ``gather.cu``,
-``cpu/log_q.py`` of ``log_q.cu``. Where a CUDA kernel does a lookup per thread (categories
-and excluded ids inside ``part_masses``), the CPU looks them up for the whole request
-first, so the hash probes of many rows overlap instead of stalling each row in turn.
+``cpu/log_q.py`` of ``log_q.cu``. One exception: a sampling request is one parallel region
+on the CPU, not three kernels (each region ends in a barrier both threads must reach, which
+costs most on a busy machine): each block of rows of ``sample_put_back`` /
+``sample_distinct`` first resolves its categories and excluded ids and computes its part
+masses (``part_masses``' work), each step a loop of independent hash probes and loads so
+the misses of many rows overlap, then draws.
 """
 from __future__ import annotations
 
@@ -76,25 +79,18 @@ class CpuBackend:
     def sample(rq: HostRequest, inputs: SampleInputs) -> Draw:
         ix, n = inputs.ix, inputs.n_rows
         req_segs = np.empty(inputs.req_cats.shape[0], dtype=np.int64)
-        lk.lookup_rows(ix.cat_slots, inputs.req_cats, req_segs)
-        rq.count(Counter.UNKNOWN, Counter.FIRST_UNKNOWN, req_segs < 0)
-        own_rows = np.full(inputs.own_ids.shape[0], -1, np.int64)
-        batch = None
-        if not inputs.batch:
-            lk.lookup_rows(ix.id_slots, inputs.own_ids, own_rows)
-        else:
-            batch = batch_set(inputs.own_ids)
-        ex = exclusion(ix, inputs.own_offsets, inputs.own_ids, own_rows, batch)
+        own_rows = np.empty(inputs.own_ids.shape[0], np.int64)  # filled by the draw kernel (row-wise exclusion)
+        ex = exclusion(ix, inputs.own_offsets, inputs.own_ids, own_rows, batch_set(inputs.own_ids) if inputs.batch else None)
         remaining = np.empty(2 * req_segs.shape[0], dtype=np.uint64)
         row_total = np.empty(n, dtype=np.uint64)
-        s.part_masses(ix, ex, inputs.req_offsets, req_segs, remaining, row_total)
         out = np.empty(inputs.n_draws, dtype=np.int64)
         status = np.empty(n, dtype=np.int8)
         attempts = np.empty(n, dtype=np.int64)
         draw = s.sample_distinct if inputs.distinct else s.sample_put_back
-        draw(ix, ex, inputs.req_offsets, req_segs, remaining, row_total, inputs.out_offsets,
+        draw(ix, ex, own_rows, inputs.req_offsets, inputs.req_cats, req_segs, remaining, row_total, inputs.out_offsets,
              np.uint64(inputs.call & 0xFFFFFFFF), inputs.key[0], inputs.key[1], np.int64(inputs.fill_id),
              out, status, attempts)
+        rq.count(Counter.UNKNOWN, Counter.FIRST_UNKNOWN, req_segs < 0)
         rq.count(Counter.FAILED, Counter.FIRST_FAILED, status != STATUS_OK)
         rq.counters[Counter.ATTEMPTS] += np.uint64(attempts.sum())
         return Draw(out, req_segs, status)

@@ -30,6 +30,7 @@ from ...hashing import probe
 from ...rng import MASK32, SHIFT32, mul32hi, mulhi64, philox4x32_10
 from ..exclusion import mass_in
 from ..kernel_constants import MAX_ATTEMPTS, STATUS_NO_CANDIDATE, STATUS_OK, STATUS_TOO_FEW
+from .memory import prefetch
 
 @nb.njit(inline="always", cache=True)
 def _is_excluded(item_id, ex, own_lo, own_hi):
@@ -98,11 +99,13 @@ def _scan(ix, ex, lo, hi, target, own_lo, own_hi, distinct, out, out_lo, j):
 
 @nb.njit(inline="always", cache=True)
 def _tail_table(ix, ex, seg):
-    """(alias array, its first slot, its mass) of the table that tail draws in seg use."""
+    """(per-call table?, its first slot, its mass) of the alias table tail draws in seg use:
+    ex.batch_alias where the request built one for seg, else ix.seg_alias. A flag, not
+    the array, so no array reference (reference-counted by numba) is made per draw."""
     tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
     if ex.use_batch and ex.batch_table_start[seg] >= 0:
-        return ex.batch_alias, ex.batch_table_start[seg], tail_mass - ex.batch_tail_mass[seg]
-    return ix.seg_alias, ix.seg_offsets[seg] + ix.seg_head[seg], tail_mass
+        return True, ex.batch_table_start[seg], tail_mass - ex.batch_tail_mass[seg]
+    return False, ix.seg_offsets[seg] + ix.seg_head[seg], tail_mass
 
 
 @nb.njit(inline="always", cache=True)
@@ -120,7 +123,7 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
                      own_lo, own_hi, distinct, out, out_lo, j), 0
     hi = ix.seg_offsets[seg + 1]
     size = nb.uint64(hi - tail_lo)
-    alias, base, table_mass = _tail_table(ix, ex, seg)
+    per_call, base, table_mass = _tail_table(ix, ex, seg)
     r = r_first
     attempts = 0
     if remaining >= table_mass - remaining:  # acceptance >= 1/2
@@ -132,7 +135,7 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
             else:
                 if a > 0:
                     r = philox4x32_10(call, row, j, nb.uint64(a), k0, k1)
-                p = tail_lo + _alias_pick(alias, base, size, r)
+                p = tail_lo + _alias_pick(ix, ex, per_call, base, size, r)
                 item_id = ix.seg_ids[p]
             if _is_excluded(item_id, ex, own_lo, own_hi):
                 continue
@@ -145,19 +148,22 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
 
 
 @nb.njit(inline="always", cache=True)
-def _alias_pick(alias, base, size, r):
-    """Tail-local position an alias draw with words r picks from the table at alias[base:base + size]."""
+def _alias_pick(ix, ex, per_call, base, size, r):
+    """Tail-local position an alias draw with words r picks from the table at
+    base:base + size of ex.batch_alias (per_call) or ix.seg_alias."""
     slot = nb.int64(mulhi64(_uniform64(r), size))
-    return slot if r[2] < alias[base + slot, 0] else nb.int64(alias[base + slot, 1])
+    if per_call:
+        return slot if r[2] < ex.batch_alias[base + slot, 0] else nb.int64(ex.batch_alias[base + slot, 1])
+    return slot if r[2] < ix.seg_alias[base + slot, 0] else nb.int64(ix.seg_alias[base + slot, 1])
 
 
 @nb.njit(inline="always", cache=True)
-def _pick_part(r, remaining, total, parts):
-    """Index of the part attempt 0's word r3 selects, by remaining mass."""
+def _pick_part(r, remaining, lo, total, parts):
+    """Index of the part (of remaining[lo:lo + parts]) attempt 0's word r3 selects, by remaining mass."""
     target = mul32hi(r[3], total)
     acc = np.uint64(0)
     for q in range(parts):
-        acc += remaining[q]
+        acc += remaining[lo + q]
         if target < acc:
             return q
     return parts - 1
@@ -170,16 +176,32 @@ BLOCK_ROWS = 64
 
 
 @nb.njit(inline="always", cache=True)
-def _speculate(ix, ex, seg_of, words, first, first_id, n):
+def _prefetch_alias(ix, ex, seg, r):
+    """Start loading the alias entry that attempt 0 (words r) of a tail draw in seg reads,
+    as soon as the draw's words exist: _speculate then finds it in cache."""
+    tail_lo = ix.seg_offsets[seg] + ix.seg_head[seg]
+    size = nb.uint64(ix.seg_offsets[seg + 1] - tail_lo)
+    per_call, base, _ = _tail_table(ix, ex, seg)
+    slot = base + nb.int64(mulhi64(_uniform64(r), size))
+    if per_call:
+        prefetch(ex.batch_alias, slot)
+    else:
+        prefetch(ix.seg_alias, slot)
+
+
+@nb.njit(inline="always", cache=True)
+def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
     """Attempt 0's alias pick of each of n draws, as if each went to its segment's tail:
-    first[t] = its position in the segment arrays (first_id[t] its item id), or -1 (no
-    tail, or seg_of[t] < 0).
+    first[t] = its position in the segment arrays (first_id[t] its item id and, where
+    first_w has n entries, first_w[t] its weight), or -1 (no tail, or seg_of[t] < 0).
 
     Only loads, no decisions: the decisions (which part, alias or exact scan, accepted or
     not) are made afterwards in draw order, exactly as without this pass, so the result is
-    the same; what changes is that the misses of all draws overlap. The two loops (alias
-    entries, then the ids they name) each issue independent loads only.
+    the same; what changes is that the misses of all draws overlap. The alias entries were
+    prefetched as the words were made (_prefetch_alias); the first loop prefetches the ids
+    and weights they name, the second reads them.
     """
+    weights = first_w.shape[0] == n
     for t in range(n):
         first[t] = -1
         seg = seg_of[t]
@@ -189,11 +211,17 @@ def _speculate(ix, ex, seg_of, words, first, first_id, n):
         size = nb.uint64(ix.seg_offsets[seg + 1] - tail_lo)
         if size == 0:
             continue
-        alias, base, _ = _tail_table(ix, ex, seg)
-        first[t] = tail_lo + _alias_pick(alias, base, size, _stored_words(words, t))
+        per_call, base, _ = _tail_table(ix, ex, seg)
+        p = tail_lo + _alias_pick(ix, ex, per_call, base, size, _stored_words(words, t))
+        first[t] = p
+        prefetch(ix.seg_ids, p)
+        if weights:
+            prefetch(ix.seg_weights, p)
     for t in range(n):
         if first[t] >= 0:
             first_id[t] = ix.seg_ids[first[t]]
+            if weights:
+                first_w[t] = ix.seg_weights[first[t]]
 
 
 @nb.njit(inline="always", cache=True)
@@ -210,34 +238,42 @@ def _touch_excluded_rows(ix, own_rows, lo, hi, scratch):
             scratch[e - lo] = ix.item_seg[p] ^ nb.int64(ix.item_weights[p])
 
 
-@nb.njit(parallel=True, nogil=True, cache=True)
-def part_masses(ix, ex, req_offsets, req_segs, remaining, row_total):
-    """remaining[2k], remaining[2k + 1] = the head and tail mass of category k of the request
-    (req_segs[k]) left after the row's exclusion; row_total[i] = the sum over row i's parts.
-    Rows go BLOCK_ROWS at a time, their excluded rows' lines loaded together first."""
-    n_rows = req_offsets.shape[0] - 1
-    for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo = b * BLOCK_ROWS
-        hi = min(lo + BLOCK_ROWS, n_rows)
-        if not ex.use_batch:
-            e_lo = ex.own_offsets[lo]
-            e_hi = ex.own_offsets[hi]
-            _touch_excluded_rows(ix, ex.own_rows, e_lo, e_hi, np.empty(e_hi - e_lo, dtype=np.int64))
-        for i in range(lo, hi):
-            own_lo = ex.own_offsets[i]
-            own_hi = ex.own_offsets[i + 1]
-            total = np.uint64(0)
-            for k in range(req_offsets[i], req_offsets[i + 1]):
-                seg = req_segs[k]
-                if ex.use_batch:
-                    head_out = ex.batch_head_mass[seg]
-                    tail_out = ex.batch_tail_mass[seg]
-                else:
-                    head_out, tail_out = _own_excluded_mass(ix, seg, ex.own_rows, own_lo, own_hi)
-                remaining[2 * k] = ix.seg_head_mass[seg] - head_out
-                remaining[2 * k + 1] = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out
-                total += remaining[2 * k] + remaining[2 * k + 1]
-            row_total[i] = total
+@nb.njit(inline="always", cache=True)
+def _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi):
+    """Rows lo:hi's categories as segments (req_segs, -1: unknown), excluded ids as table
+    rows (own_rows, -1: absent; row-wise exclusion only), and part masses:
+    remaining[2k], remaining[2k + 1] = the head and tail mass of category k left after the
+    row's exclusion; row_total[i] = the sum over row i's parts (the CUDA kernel part_masses).
+
+    Each step is a loop of independent loads over the whole block (hash probes, then the
+    excluded rows' (segment, weight) lines), so their misses overlap; it runs inside the
+    draw kernel's block, so a request is one parallel region, not one per step.
+    own_rows is the kernel's own argument, not reached through ex: numba's parallel loops
+    crash writing to an array taken from a tuple argument.
+    """
+    for k in range(req_offsets[lo], req_offsets[hi]):
+        req_segs[k] = probe(ix.cat_slots, req_cats[k])
+    if not ex.use_batch:
+        e_lo = ex.own_offsets[lo]
+        e_hi = ex.own_offsets[hi]
+        for e in range(e_lo, e_hi):
+            own_rows[e] = probe(ix.id_slots, ex.own_ids[e])
+        _touch_excluded_rows(ix, own_rows, e_lo, e_hi, np.empty(e_hi - e_lo, dtype=np.int64))
+    for i in range(lo, hi):
+        own_lo = ex.own_offsets[i]
+        own_hi = ex.own_offsets[i + 1]
+        total = np.uint64(0)
+        for k in range(req_offsets[i], req_offsets[i + 1]):
+            seg = req_segs[k]
+            if ex.use_batch:
+                head_out = ex.batch_head_mass[seg]
+                tail_out = ex.batch_tail_mass[seg]
+            else:
+                head_out, tail_out = _own_excluded_mass(ix, seg, own_rows, own_lo, own_hi)
+            remaining[2 * k] = ix.seg_head_mass[seg] - head_out
+            remaining[2 * k + 1] = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out
+            total += remaining[2 * k] + remaining[2 * k + 1]
+        row_total[i] = total
 
 
 @nb.njit(inline="always", cache=True)
@@ -264,20 +300,21 @@ def _fail_row(status, why, out, lo, hi, fill_id):
 
 
 @nb.njit(inline="always", cache=True)
-def _draw_block(b, n_rows, out_offsets):
+def _draw_block(b, n_rows, out_offsets, weights):
     """Block b's rows [lo, hi), its first output slot o_lo and draw count n, and the scratch
     its draws fill: attempt-0 words, the segment a draw's tail pick is in (-1: none), the
-    speculated pick and its id."""
+    speculated pick, its id and (when weights: without replacement, where each drawn
+    weight leaves its part) its weight."""
     lo = b * BLOCK_ROWS
     hi = min(lo + BLOCK_ROWS, n_rows)
     o_lo = out_offsets[lo]
     n = out_offsets[hi] - o_lo
     return (lo, hi, o_lo, n, np.empty((n, 4), dtype=np.uint64), np.empty(n, dtype=np.int64),
-            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
+            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n if weights else 0, dtype=np.uint64))
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_offsets,
+def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
                     call, k0, k1, fill_id, out, status, attempts):
     """Row i's negatives with replacement into out[out_offsets[i]:out_offsets[i + 1]].
 
@@ -291,7 +328,8 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
     call = nb.uint64(call) & MASK32
     n_rows = row_total.shape[0]
     for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo, hi, o_lo, n, words, seg_of, first, first_id = _draw_block(b, n_rows, out_offsets)
+        lo, hi, o_lo, n, words, seg_of, first, first_id, first_w = _draw_block(b, n_rows, out_offsets, False)
+        _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi)
         part = np.empty(n, dtype=np.int64)   # the part a draw takes; -1: the head scan decided it
         for i in range(lo, hi):
             o = out_offsets[i]
@@ -299,7 +337,7 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
             attempts[i] = 0
             total = row_total[i]
             c_lo = req_offsets[i]
-            rem = remaining[2 * c_lo:2 * req_offsets[i + 1]]
+            r_lo = 2 * c_lo  # the row's parts: remaining[r_lo:2 * req_offsets[i + 1]] (indices: a slice is reference-counted)
             for j in range(out_offsets[i + 1] - o):
                 t = o + j - o_lo
                 seg_of[t] = -1
@@ -307,19 +345,20 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
                     part[t] = -1
                     continue
                 r = _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
-                q = _pick_part(r, rem, total, rem.shape[0])
+                q = _pick_part(r, remaining, r_lo, total, 2 * (req_offsets[i + 1] - c_lo))
                 seg = req_segs[c_lo + (q >> 1)]
                 part[t] = q
                 if (q & 1) == 0:  # head: an exact scan over a few hot lines, decided now
-                    p, _ = _draw(ix, ex, seg, False, rem[q], r, call, nb.uint64(i), nb.uint64(j), k0, k1,
+                    p, _ = _draw(ix, ex, seg, False, remaining[r_lo + q], r, call, nb.uint64(i), nb.uint64(j), k0, k1,
                                  ex.own_offsets[i], ex.own_offsets[i + 1], False, out, o)
                     out[o + j] = ix.seg_ids[p]
                     part[t] = -1
                     continue
                 _, _, table_mass = _tail_table(ix, ex, seg)
-                if rem[q] >= table_mass - rem[q]:
+                if remaining[r_lo + q] >= table_mass - remaining[r_lo + q]:
                     seg_of[t] = seg
-        _speculate(ix, ex, seg_of, words, first, first_id, n)
+                    _prefetch_alias(ix, ex, seg, r)
+        _speculate(ix, ex, seg_of, words, first, first_id, first_w, n)
         for i in range(lo, hi):
             o = out_offsets[i]
             count = out_offsets[i + 1] - o
@@ -329,13 +368,12 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
                 _fail_row(status[i:i + 1], STATUS_NO_CANDIDATE, out, o, o + count, fill_id)
                 continue
             c_lo = req_offsets[i]
-            rem = remaining[2 * c_lo:2 * req_offsets[i + 1]]
             for j in range(count):
                 t = o + j - o_lo
                 q = part[t]
                 if q < 0:
                     continue
-                p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], True, rem[q], _stored_words(words, t), call, nb.uint64(i),
+                p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], True, remaining[2 * c_lo + q], _stored_words(words, t), call, nb.uint64(i),
                                 nb.uint64(j), k0, k1, ex.own_offsets[i], ex.own_offsets[i + 1], False, out, o,
                                 first[t], first_id[t])
                 attempts[i] += used
@@ -343,7 +381,7 @@ def sample_put_back(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_offsets,
+def sample_distinct(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
                     call, k0, k1, fill_id, out, status, attempts):
     """Row i's distinct negatives (one category per row: two parts) into
     out[out_offsets[i]:out_offsets[i + 1]]; each drawn item's mass leaves its part.
@@ -357,15 +395,18 @@ def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
     call = nb.uint64(call) & MASK32
     n_rows = row_total.shape[0]
     for b in nb.prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo, hi, o_lo, n, words, seg_of, first, first_id = _draw_block(b, n_rows, out_offsets)
+        lo, hi, o_lo, n, words, seg_of, first, first_id, first_w = _draw_block(b, n_rows, out_offsets, True)
+        _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi)
         for i in range(lo, hi):
             o = out_offsets[i]
             seg = req_segs[req_offsets[i]] if row_total[i] > 0 else -1
             for j in range(out_offsets[i + 1] - o):
                 t = o + j - o_lo
-                _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
+                r = _philox_words(call, nb.uint64(i), nb.uint64(j), k0, k1, words, t)
                 seg_of[t] = seg
-        _speculate(ix, ex, seg_of, words, first, first_id, n)
+                if seg >= 0:
+                    _prefetch_alias(ix, ex, seg, r)
+        _speculate(ix, ex, seg_of, words, first, first_id, first_w, n)
         for i in range(lo, hi):
             o = out_offsets[i]
             count = out_offsets[i + 1] - o
@@ -393,9 +434,10 @@ def sample_distinct(ix, ex, req_offsets, req_segs, remaining, row_total, out_off
                 p, used = _draw(ix, ex, seg, from_tail, tail if from_tail else head, r, call, nb.uint64(i),
                                 nb.uint64(j), k0, k1, own_lo, own_hi, True, out, o, first[t], first_id[t])
                 attempts[i] += used
-                out[o + j] = ix.seg_ids[p]
+                out[o + j] = first_id[t] if p == first[t] else ix.seg_ids[p]
+                w = first_w[t] if p == first[t] else ix.seg_weights[p]  # the pick's weight: speculated, not a miss here
                 if from_tail:
-                    tail -= ix.seg_weights[p]
+                    tail -= w
                 else:
-                    head -= ix.seg_weights[p]
-                total -= ix.seg_weights[p]
+                    head -= w
+                total -= w
