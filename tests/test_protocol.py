@@ -77,3 +77,16 @@ def test_oversized_requests_are_refused():
 def test_only_plain_values_are_sent():
     with pytest.raises(RequestError, match="cannot be sent"):
         p.encode("x", object(), {})
+
+
+@pytest.mark.parametrize("offsets, message", [
+    ([0, 3, 1, 4], "decrease at row 1: 3 -> 1"),
+    ([1, 2, 4], "start at 0 .* got first=1"),
+    ([0, 2, 5], "end at len\\(values\\)=4; got first=0, last=5"),  # would index past the values
+    ([], "non-empty"),
+])
+def test_ragged_offsets_that_would_index_out_of_bounds_are_refused(offsets, message):
+    """A RaggedTensor that arrives as arrays (request or reply) is checked in one numpy pass."""
+    arrays = {"r.values": np.arange(4), "r.offsets": np.array(offsets, dtype=np.int64)}
+    with pytest.raises(RequestError, match=message):
+        p.decode({"ragged": "r", "weight": False}, arrays)
