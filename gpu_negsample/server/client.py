@@ -266,6 +266,7 @@ class ServerTransport:
         self.wait_for_table_timeout = wait_for_table_timeout
         self.max_request_bytes = int(max_request_bytes)
         self._closed = False
+        self.server_pid = None  # the server's hello says it; a wait for that hello checks it first
         self._started = _StartedServer.for_job(self.job, self.directory, self.max_request_bytes) \
             if self.local_rank == 0 else None
         settings = settings_key(config)
