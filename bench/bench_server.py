@@ -6,7 +6,16 @@ shared memory against copies through the socket, the in-process NegativeSampler,
 bare round trip of torch.distributed.rpc (what RecIS uses) carrying the same request and
 response bytes. JSON + PNG to --out.
 
-    python bench/bench_server.py [--items 1000000] [--batch-size 4096] [--iters 40] [--out bench/results]
+Throughput against in-process (issue 9: 8 clients within 10 %): for each client count, in
+rounds, the in-process sampler alone makes as many fused calls as all clients together,
+then the clients make theirs; "rounds" holds both rates per round and the median of their
+ratios. In-process alone is the fair peer: the server, like it, runs one numba pool on the
+machine's cores, while the "fused_interleaved" pair alternates two processes' pools (each
+call pays for the other pool's threads), which measures the server's added latency but
+depresses both rates.
+
+    python bench/bench_server.py [--items 1000000] [--batch-size 4096] [--iters 40] [--client-iters 6] [--rounds 7]
+        [--clients 1,2,4,8] [--out bench/results]
 
 --node is bench/device_check.sh's step: only the server on --device (default cuda) with
 --results (default cuda: answers written into each rank's GPU buffers), fused requests
@@ -22,6 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import threading
 import time
 
 import numpy as np
@@ -67,6 +77,16 @@ def timed(fn, iters) -> list[float]:
     return interleaved({"": fn}, iters)[""]
 
 
+def burst(fn, calls) -> list[float]:
+    """Latencies of `calls` calls of fn, back to back (no warm-up: the caller times the burst)."""
+    out = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def summary(latencies: list[float], negatives_per_call: int, wall: float | None = None) -> dict:
     lat = np.asarray(latencies) * 1e3
     calls = len(latencies)
@@ -76,46 +96,82 @@ def summary(latencies: list[float], negatives_per_call: int, wall: float | None 
     return out
 
 
-def client_loop(rank, job, ids, cats, default_id, iters, results_mode, device, sequences, start, results) -> None:
-    """One training process: `iters` fused requests, then (`sequences`) `iters` 5-call sequences.
-    Puts (rank, fused, calls5, fused wall, calls5 wall), or (rank, error) when it fails."""
+def client_loop(rank, job, ids, cats, default_id, iters, rounds, results_mode, device, sequences, barrier,
+                results) -> None:
+    """One training process: `rounds` bursts of `iters` fused requests, then (`sequences`) one burst
+    of `iters` 5-call sequences; each burst starts and ends with every client and the main process
+    at `barrier`, so the main process times all clients' burst together. Puts (rank, fused, calls5);
+    when it fails, breaks the barrier and puts (rank, error), so the parent reports it at once."""
     os.environ.update(LOCAL_PROCESS_RANK=str(rank), RANK=str(rank))
     try:
         with LocalRpcDataSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=rank, device=device, name=job,
                                  results=results_mode) as s:
             items, tags = ragged(ids), ragged(cats)
             s.sample(items, K, tags, default_value=default_id)  # connect and warm up
-            start.wait()
-            t0 = time.perf_counter()
-            fused = timed(lambda: s.sample(items, K, tags, default_value=default_id), iters)
-            mid = time.perf_counter()
-            calls5 = timed(lambda: five_calls(s, items, tags, default_id), iters) if sequences else []
-            results.put((rank, fused, calls5, mid - t0, time.perf_counter() - mid))
-    except Exception as e:  # the parent reports it instead of waiting for figures that never come
+            barrier.wait()
+            fused, calls5 = [], []
+            for _ in range(rounds):
+                barrier.wait()
+                fused += burst(lambda: s.sample(items, K, tags, default_value=default_id), iters)
+                barrier.wait()
+            if sequences:
+                barrier.wait()
+                calls5 = burst(lambda: five_calls(s, items, tags, default_id), iters)
+                barrier.wait()
+            results.put((rank, fused, calls5))
+    except Exception as e:
+        barrier.abort()
         results.put((rank, f"client rank {rank}: {type(e).__name__}: {e}"))
 
 
-def run_clients(job, n, batch, default_id, iters, results_mode, device="cpu", sequences=True,
-                timeout_s=600.0) -> dict:
-    start, results = SPAWN.Event(), SPAWN.Queue()
-    procs = [SPAWN.Process(target=client_loop, args=(rank, job, batch[0], batch[1], default_id, iters, results_mode,
-                                                     device, sequences, start, results))
+def run_clients(job, n, batch, default_id, iters, rounds, results_mode, in_process=None, device="cpu",
+                sequences=True, timeout_s=600.0) -> dict:
+    """n client processes against the server, in `rounds` rounds: the in-process sampler (when
+    given) makes n * iters fused calls alone (the server idle), then the n clients make iters each
+    at once (the in-process sampler idle). Both bursts of a round see the same machine, so the
+    median of the rounds' ratios holds where this shared machine's speed moves between rounds.
+    A RuntimeError naming the clients that failed, instead of waiting for their figures."""
+    barrier, results = SPAWN.Barrier(n + 1, timeout=timeout_s), SPAWN.Queue()
+    procs = [SPAWN.Process(target=client_loop, args=(rank, job, batch[0], batch[1], default_id, iters, rounds,
+                                                     results_mode, device, sequences, barrier, results))
              for rank in range(1, n + 1)]
     for p in procs:
         p.start()
-    time.sleep(1.0)
-    start.set()
+    negatives = batch[0].shape[0] * K
+    local_walls, server_walls, wall5 = [], [], None
+    try:
+        barrier.wait()  # every client connected and warmed up
+        for _ in range(rounds):
+            if in_process is not None:
+                t0 = time.perf_counter()
+                burst(in_process, n * iters)
+                local_walls.append(time.perf_counter() - t0)
+            barrier.wait()
+            t0 = time.perf_counter()
+            barrier.wait()
+            server_walls.append(time.perf_counter() - t0)
+        if sequences:
+            barrier.wait()
+            t0 = time.perf_counter()
+            barrier.wait()
+            wall5 = time.perf_counter() - t0
+    except threading.BrokenBarrierError:
+        pass  # a client failed: its error is on the queue
     got = [results.get(timeout=timeout_s) for _ in procs]
     for p in procs:
         p.join(60)
     failed = [g[1] for g in got if len(g) == 2]
     if failed:
         raise RuntimeError("; ".join(failed))
-    negatives = batch[0].shape[0] * K
-    fused = [t for _, f, _, _, _ in got for t in f]
-    out = {"clients": n, "fused": summary(fused, negatives, max(g[3] for g in got))}
+    out = {"clients": n, "fused": summary([t for _, f, _ in got for t in f], negatives, sum(server_walls))}
     if sequences:
-        out["five_calls"] = summary([t for _, _, c, _, _ in got for t in c], negatives, max(g[4] for g in got))
+        out["five_calls"] = summary([t for _, _, c in got for t in c], negatives, wall5)
+    if in_process is not None:
+        local_rate = n * iters * negatives / np.asarray(local_walls)
+        server_rate = n * iters * negatives / np.asarray(server_walls)
+        out["rounds"] = {"in_process_negatives_per_s": local_rate.tolist(),
+                         "server_negatives_per_s": server_rate.tolist(),
+                         "server_over_in_process_median": float(np.median(server_rate / local_rate))}
     return out
 
 
@@ -149,7 +205,7 @@ def node_step(args) -> dict:
     try:
         for n in map(int, args.clients.split(",")):
             with run.section(f"clients_{n}") as figures:
-                figures.update(run_clients(job, n, batch, default_id, args.iters, args.results, args.device,
+                figures.update(run_clients(job, n, batch, default_id, args.iters, 1, args.results, device=args.device,
                                            sequences=False, timeout_s=args.client_timeout))
                 f = figures["fused"]
                 print(f"node server on {args.device}, results={args.results}, {n} client(s), {args.batch_size}x{K} "
@@ -195,7 +251,9 @@ def main(argv=None):
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--categories", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--iters", type=int, default=40, help="calls timed for the in-process and interleaved figures")
+    ap.add_argument("--client-iters", type=int, default=6, help="fused calls per client per round, and 5-call sequences per client once")
+    ap.add_argument("--rounds", type=int, default=7, help="rounds of in-process against server bursts")
     ap.add_argument("--clients", default=",".join(map(str, CLIENTS)))
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--node", action="store_true", help="only the server on --device with --results (device_check)")
@@ -212,7 +270,8 @@ def main(argv=None):
     items, tags = ragged(batch[0]), ragged(batch[1])
     negatives = args.batch_size * K
     results = {"machine": {"host": platform.node(), "cpus": os.cpu_count(), "processor": platform.processor(),
-                           "torch": torch.__version__, "python": platform.python_version()},
+                           "torch": torch.__version__, "python": platform.python_version(),
+                           "load_average_start": load_average()},
                "settings": vars(args)}
 
     local = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device="cpu")
@@ -229,9 +288,11 @@ def main(argv=None):
         results["fused_interleaved"] = {name: summary(lat, negatives) for name, lat in pair.items()}
         results["fused_interleaved"]["overhead_p50_ms"] = float(np.median(
             (np.asarray(pair["server"]) - np.asarray(pair["in_process"])) * 1e3))
-        results["server"] = [run_clients(job, n, batch, default_id, args.iters, "shm")
-                             for n in map(int, args.clients.split(","))]
-        results["server_socket_results"] = run_clients(job, 1, batch, default_id, args.iters, "socket")
+        fused_in_process = lambda: local.sample(items, K, tags, default_value=default_id)  # noqa: E731
+        results["server"] = [run_clients(job, n, batch, default_id, args.client_iters, args.rounds, "shm",
+                                         fused_in_process) for n in map(int, args.clients.split(","))]
+        results["server_socket_results"] = run_clients(job, 1, batch, default_id, args.client_iters, args.rounds,
+                                                       "socket", fused_in_process)
         # the bytes one fused request and its answer carry, for the torch.distributed.rpc peer
         arrays = {}
         protocol.encode("dedup", items, arrays), protocol.encode("tags", tags, arrays)
@@ -243,6 +304,7 @@ def main(argv=None):
     results["payload_bytes"] = {"request": request_bytes, "response": response_bytes}
     results["torch_rpc_round_trip"] = rpc_round_trip(request_bytes, response_bytes, args.iters)
 
+    results["machine"]["load_average_end"] = load_average()
     print(json.dumps(results["machine"]))
     print(f"batch {args.batch_size} x {K}; request {request_bytes / 1e3:.0f} kB, response {response_bytes / 1e6:.1f} MB")
     ip = results["in_process"]
@@ -255,7 +317,8 @@ def main(argv=None):
         f, c = r["fused"], r["five_calls"]
         print(f"server {r['clients']} client(s)  fused p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms, "
               f"{f['negatives_per_s']:.3e} neg/s | 5 calls p50 {c['p50_ms']:.1f} p99 {c['p99_ms']:.1f} ms, "
-              f"{c['negatives_per_s']:.3e} neg/s")
+              f"{c['negatives_per_s']:.3e} neg/s | fused throughput / in-process alone, median of "
+              f"{len(r['rounds']['server_negatives_per_s'])} rounds: {r['rounds']['server_over_in_process_median']:.2f}")
     so = results["server_socket_results"]["fused"]
     print(f"server, results by socket copy: fused p50 {so['p50_ms']:.1f} p99 {so['p99_ms']:.1f} ms")
     rp = results["torch_rpc_round_trip"]

@@ -51,14 +51,20 @@ class RaggedTensor:
         off = self._offsets
         if off.dim() != 1 or off.numel() == 0:
             raise ValueError("RaggedTensor offsets must be a non-empty 1-D tensor (rows + 1 entries)")
-        if int(off[0]) != 0 or int(off[-1]) != self._values.shape[0]:
+        # On the CPU one numpy pass: torch's comparisons over tens of thousands of offsets wake
+        # its intra-op thread pool, whose threads then spin on the cores a sampler needs (~3 ms
+        # a check on 2 cores, several checks per sampled batch).
+        o = off.numpy() if off.device.type == "cpu" else off
+        first, last = int(o[0]), int(o[-1])
+        if first != 0 or last != self._values.shape[0]:
             raise ValueError(
                 f"RaggedTensor offsets must start at 0 and end at len(values)={self._values.shape[0]}; "
-                f"got first={int(off[0])}, last={int(off[-1])}"
+                f"got first={first}, last={last}"
             )
-        if off.numel() > 1 and bool((off[1:] < off[:-1]).any()):
-            row = int(torch.nonzero(off[1:] < off[:-1])[0])
-            raise ValueError(f"RaggedTensor offsets decrease at row {row}: {int(off[row])} -> {int(off[row + 1])}")
+        down = o[1:] < o[:-1]
+        if bool(down.any()):
+            row = int(down.nonzero()[0][0])  # the first decrease (torch and numpy index alike here)
+            raise ValueError(f"RaggedTensor offsets decrease at row {row}: {int(o[row])} -> {int(o[row + 1])}")
         if self._weight is not None and self._weight.shape[0] != self._values.shape[0]:
             raise ValueError(
                 f"RaggedTensor weight has {self._weight.shape[0]} entries for {self._values.shape[0]} values"

@@ -77,3 +77,47 @@ def test_oversized_requests_are_refused():
 def test_only_plain_values_are_sent():
     with pytest.raises(RequestError, match="cannot be sent"):
         p.encode("x", object(), {})
+
+
+@pytest.mark.parametrize("offsets, message", [
+    ([0, 3, 1, 4], "decrease at row 1: 3 -> 1"),
+    ([1, 2, 4], "start at 0 .* got first=1"),
+    ([0, 2, 5], "end at len\\(values\\)=4; got first=0, last=5"),  # would index past the values
+    ([], "non-empty"),
+])
+def test_ragged_offsets_that_would_index_out_of_bounds_are_refused(offsets, message):
+    """A RaggedTensor that arrives as arrays (request or reply) is checked in one numpy pass."""
+    arrays = {"r.values": np.arange(4), "r.offsets": np.array(offsets, dtype=np.int64)}
+    with pytest.raises(RequestError, match=message):
+        p.decode({"ragged": "r", "weight": False}, arrays)
+
+
+@pytest.mark.parametrize("offset", [-64, 8, "0", None])
+def test_an_array_placed_outside_the_result_block_is_refused(offset):
+    """A reply's placement is checked against the block before any view of it is made."""
+    meta = {"name": "x", "dtype": "<i8", "shape": [8], "offset": offset}
+    with pytest.raises(RequestError, match="'x' is placed at bytes .* outside the 64-byte result block"):
+        p.read_block(bytearray(64), [meta])
+    assert p.read_block(bytearray(64), [dict(meta, offset=0)])["x"].shape == (8,)
+
+
+def test_a_malformed_answer_is_the_servers_fault_not_the_callers():
+    """Arrays of a reply placed outside the caller's block, or ragged offsets that do not fit
+    their values, are refused before use, as a ServerError."""
+    import mmap
+
+    from gpu_negsample.server import client
+
+    t = object.__new__(client.ServerTransport)
+    block = client._ShmBlock(0, 4096, mmap.mmap(-1, 4096))  # zeros: offsets [0, 0, 0] for 4 values
+
+    def answer_with(metas, table=()):
+        head = {"ok": True, "placed": metas, "table": list(table)}
+        t._call = lambda op, args, arrays: t._decode_reply(head, p.pack(head, {}), block)
+
+    answer_with(p.layout({"f.values": np.arange(4), "f.offsets": np.arange(3)})[0], [["r", {"ragged": "f"}]])
+    with pytest.raises(client.ServerError, match="malformed.* must start at 0 and end at len"):
+        t.pack_feature(torch.arange(2), -1)
+    answer_with([{"name": "out", "dtype": "<i8", "shape": [2], "offset": 4088}])
+    with pytest.raises(client.ServerError, match="malformed.*outside the 4096-byte result block"):
+        t.valid_sample_ids(torch.arange(2), -1)

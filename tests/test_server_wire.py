@@ -257,6 +257,27 @@ def test_a_request_over_the_servers_limit_is_refused_before_it_is_sent(job, monk
             s.close()
 
 
+def test_a_rank_whose_hello_is_answered_after_half_a_second_joins(job, monkeypatch):
+    """Before: the client's wait for the hello's answer, past its first 0.5 s slice, read the
+    server's pid before it knew it (AttributeError): with 8 ranks starting on a busy 2-core
+    machine one of them died so."""
+    monkeypatch.setenv("LOCAL_RANK", "1")  # joins the server below instead of starting one
+    monkeypatch.setenv("LOCAL_PROCESS_RANK", "1")
+    with server_on_thread(job_name(job)) as server, raw_client(server):  # rank 0's sampler
+        hello = server.op_hello
+
+        def slow_hello(identity, args, arrays):
+            time.sleep(1.0)
+            return hello(identity, args, arrays)
+
+        server.op_hello = slow_hello
+        s = LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1)
+        try:
+            assert s.server_pid == os.getpid()  # the server runs on a thread of this process
+        finally:
+            s.close()
+
+
 # ---- the request's errors are the request's -----------------------------------------------------
 def reload_with(c, column: str, value) -> dict:
     table = dict(catalogue().table)

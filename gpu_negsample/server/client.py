@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -15,7 +16,6 @@ import threading
 import time
 import weakref
 
-import numpy as np
 import torch
 import zmq
 
@@ -43,6 +43,15 @@ _ERRORS = {e.__name__: e for e in (RequestError, TableError, UnsatisfiableRowErr
 
 class ServerError(NegSampleError):
     """The sampling server is gone or failed in a way that is not the request's fault."""
+
+
+@contextlib.contextmanager
+def _server_fault():
+    """An answer's array described wrongly or placed outside its block is the server's fault."""
+    try:
+        yield
+    except RequestError as e:
+        raise ServerError(f"the sampling server's answer is malformed: {e}") from None
 
 
 class _Block:
@@ -89,7 +98,9 @@ class _ShmBlock(_Block):
         self.memory = memory
 
     def _views(self, metas):
-        return {name: (a, a) for name, a in p.read_block(self.memory, metas).items()}
+        with _server_fault():
+            arrays = p.read_block(self.memory, metas)
+        return {name: (a, a) for name, a in arrays.items()}
 
     def close(self) -> None:
         try:
@@ -128,12 +139,9 @@ class _CudaBlock(_Block):
         cp, out = self._cupy, {}
         self._answer_stream = torch.cuda.current_stream(self.device)
         for meta in metas:
-            dtype, shape = p._check_meta(meta)  # the dtype and shape checks of every received array
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if int(meta["offset"]) < 0 or int(meta["offset"]) + nbytes > self.size:
-                raise ServerError(f"the server placed {meta['name']!r} at bytes {meta['offset']}..+{nbytes}, outside "
-                                  f"this rank's {self.size}-byte CUDA result block")
-            memory = cp.cuda.UnownedMemory(self.ptr + int(meta["offset"]), max(nbytes, 1), self, self.device)
+            with _server_fault():
+                dtype, shape, offset, nbytes = p.placed_range(meta, self.size)
+            memory = cp.cuda.UnownedMemory(self.ptr + offset, max(nbytes, 1), self, self.device)
             owner = cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(memory, 0))
             out[meta["name"]] = (owner, torch.from_dlpack(owner))
         return out
@@ -265,6 +273,7 @@ class ServerTransport:
         self.wait_for_table_timeout = wait_for_table_timeout
         self.max_request_bytes = int(max_request_bytes)
         self._closed = False
+        self.server_pid = None  # the server's hello says it; a wait for that hello checks it first
         self._started = _StartedServer.for_job(self.job, self.directory, self.max_request_bytes) \
             if self.local_rank == 0 else None
         settings = settings_key(config)
@@ -552,7 +561,8 @@ class ServerTransport:
     def pack_feature(self, ids, default_value: int) -> dict:
         args, arrays = self._encode(ids=ids, default=default_value)
         reply = self._call("pack_feature", args, arrays)
-        return p.decode_table(reply["table"], reply["arrays"])
+        with _server_fault():
+            return p.decode_table(reply["table"], reply["arrays"])
 
     def sample(self, dedup, counts, tags, default_value: int, avoid_conflict: bool, avoid_all: bool,
                return_log_q: bool) -> SampleResult:
@@ -560,8 +570,10 @@ class ServerTransport:
         args.update(avoid_conflict=avoid_conflict, avoid_all=avoid_all, log_q=return_log_q)
         reply = self._call("sample", args, arrays)
         a = reply["arrays"]
-        return SampleResult(p.tensor(a["neg"]), p.tensor(a["valid"]), p.tensor(a["ids"]),
-                            p.decode_table(reply["table"], a), p.tensor(a["counts"]),
+        with _server_fault():
+            features = p.decode_table(reply["table"], a)
+        return SampleResult(p.tensor(a["neg"]), p.tensor(a["valid"]), p.tensor(a["ids"]), features,
+                            p.tensor(a["counts"]),
                             p.tensor(a["log_q"]) if "log_q" in a else None)
 
     def log_q(self, ids, counts, tags, n_positives: int) -> torch.Tensor:

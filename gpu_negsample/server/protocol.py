@@ -62,8 +62,16 @@ def on_gpu(a) -> bool:
     return (isinstance(a, torch.Tensor) and a.is_cuda) or hasattr(a, "__cuda_array_interface__")
 
 
+_NUMPY_DTYPES: dict = {}  # torch dtype -> numpy dtype, found once each (every reply describes ~20 arrays)
+
+
 def dtype_of(a) -> np.dtype:
-    return torch.empty(0, dtype=a.dtype).numpy().dtype if isinstance(a, torch.Tensor) else np.dtype(a.dtype)
+    if not isinstance(a, torch.Tensor):
+        return np.dtype(a.dtype)
+    dtype = _NUMPY_DTYPES.get(a.dtype)
+    if dtype is None:
+        dtype = _NUMPY_DTYPES[a.dtype] = torch.empty(0, dtype=a.dtype).numpy().dtype
+    return dtype
 
 
 def pack(header: dict, arrays: dict) -> list:
@@ -209,13 +217,24 @@ def write_block(block: memoryview, arrays: dict, metas: list) -> None:
         view[...] = a.reshape(-1)
 
 
+def placed_range(meta, size: int) -> tuple[np.dtype, tuple, int, int]:
+    """(dtype, shape, offset, bytes) of an array a reply places in a result block of `size`
+    bytes, checked to lie inside it: RequestError otherwise."""
+    dtype, shape = _check_meta(meta)
+    offset, nbytes = meta.get("offset"), _nbytes(dtype, shape)
+    if not isinstance(offset, int) or offset < 0 or offset + nbytes > size:
+        raise RequestError(f"array {meta.get('name')!r} is placed at bytes {str(offset)[:40]}..+{nbytes}, outside "
+                           f"the {size}-byte result block")
+    return dtype, shape, offset, nbytes
+
+
 def read_block(block, metas: list) -> dict:
     """Arrays that are views of a shared-memory block (no copy)."""
     out = {}
     for meta in metas:
-        dtype, shape = _check_meta(meta)
-        count = int(np.prod(shape, dtype=np.int64))
-        out[meta["name"]] = np.frombuffer(block, dtype=dtype, count=count, offset=int(meta["offset"])).reshape(shape)
+        dtype, shape, offset, nbytes = placed_range(meta, len(block))
+        out[meta["name"]] = np.frombuffer(block, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset
+                                          ).reshape(shape)
     return out
 
 
