@@ -145,8 +145,13 @@ def _segments_in_range(categories, lo, span):
 
 
 @nb.njit(nogil=True, cache=True)
-def _bucket_by_segment(pair_seg, pair_weights, cat_offsets, ids, n_seg):
-    """Counting sort of (item, category) pairs by segment, rows ascending inside each."""
+def _bucket_by_segment(pair_seg, pair_weights, cat_offsets, ids, n_seg, seg_rows, seg_ids, seg_weights):
+    """Counting sort of (item, category) pairs by segment into seg_rows, seg_ids and
+    seg_weights (one entry per pair), rows ascending inside each segment.
+
+    The outputs come from numpy, not from numba: numpy asks for huge pages for large
+    arrays, and the sort writes to 3 x segments places at once, which on 4 KiB pages
+    misses the TLB on nearly every write (~20 % slower for 1M pairs)."""
     n_pairs = pair_seg.shape[0]
     seg_offsets = np.zeros(n_seg + 1, dtype=np.int64)
     seg_total = np.zeros(n_seg, dtype=np.uint64)
@@ -156,9 +161,6 @@ def _bucket_by_segment(pair_seg, pair_weights, cat_offsets, ids, n_seg):
     for s in range(n_seg):
         seg_offsets[s + 1] += seg_offsets[s]
     fill = seg_offsets[:-1].copy()
-    seg_rows = np.empty(n_pairs, dtype=np.int64)
-    seg_ids = np.empty(n_pairs, dtype=np.int64)
-    seg_weights = np.empty(n_pairs, dtype=np.uint64)
     for row in range(cat_offsets.shape[0] - 1):
         for p in range(cat_offsets[row], cat_offsets[row + 1]):
             s = pair_seg[p]
@@ -167,7 +169,7 @@ def _bucket_by_segment(pair_seg, pair_weights, cat_offsets, ids, n_seg):
             seg_rows[at] = row
             seg_ids[at] = ids[row]
             seg_weights[at] = pair_weights[p]
-    return seg_offsets, seg_rows, seg_ids, seg_weights, seg_total
+    return seg_offsets, seg_total
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -238,8 +240,11 @@ def build_index(sc: SamplingColumns, sample_tag: str) -> Index:
     categories, pair_seg = segments_of(sc.categories)
     pair_weights, scale_log2 = quantize_weights(sc.weights)
     n_seg = categories.shape[0]
-    seg_offsets, seg_rows, seg_ids, seg_weights, seg_total = _bucket_by_segment(
-        pair_seg, pair_weights, sc.cat_offsets, sc.ids, n_seg)
+    n_pairs = pair_seg.shape[0]
+    seg_rows, seg_ids = np.empty(n_pairs, dtype=np.int64), np.empty(n_pairs, dtype=np.int64)
+    seg_weights = np.empty(n_pairs, dtype=np.uint64)
+    seg_offsets, seg_total = _bucket_by_segment(pair_seg, pair_weights, sc.cat_offsets, sc.ids, n_seg,
+                                                seg_rows, seg_ids, seg_weights)
     empty = np.flatnonzero(seg_total == 0)
     if empty.size:
         raise TableError(
