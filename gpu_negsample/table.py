@@ -39,10 +39,11 @@ class Table:
         )
 
 
-def pack_columns(columns: dict[str, Column], allocate=default_allocate) -> Arena:
-    """Copy every array of the columns into one ``Arena`` and point the columns at its views."""
-    slots = [(col, field) for col in columns.values() for field in ("values", "offsets", "weight")
-             if getattr(col, field) is not None]
+def pack_columns(columns: dict[str, Column], allocate=default_allocate, keep_owned: bool = False) -> Arena:
+    """Copy the columns' arrays into one ``Arena`` and point the columns at its views; with
+    ``keep_owned``, the arrays of owned columns (made by the reader) stay where they are."""
+    slots = [(col, field) for col in columns.values() if not (keep_owned and col.owned)
+             for field in ("values", "offsets", "weight") if getattr(col, field) is not None]
     arena = Arena([getattr(col, field) for col, field in slots], allocate)
     for (col, field), view in zip(slots, arena.views):
         setattr(col, field, view)
@@ -50,9 +51,11 @@ def pack_columns(columns: dict[str, Column], allocate=default_allocate) -> Arena
 
 
 def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, weight_tag: str,
-                skey_name: str | None, weight_exponent: float = 1.0, allocate=default_allocate) -> Table:
+                skey_name: str | None, weight_exponent: float = 1.0, allocate=default_allocate,
+                keep_owned: bool = False) -> Table:
     """Validate the columns and extract the sampling columns; raises TableError naming the problem.
-    ``allocate`` provides the arena's memory (pinned host memory for the CUDA backend).
+    ``allocate`` provides the arena's memory (pinned host memory for the CUDA backend);
+    ``keep_owned`` leaves owned columns' arrays out of it (see ``pack_columns``).
 
     The sampling columns are read from the arena's copies, not from the arrays given: the
     index and the one-category index (built on first use) must not change when the caller
@@ -73,7 +76,7 @@ def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, wei
             raise TableError(f"column {col.name!r}: ragged weight length {col.weight.shape[0]} != values {col.values.shape[0]}")
     if skey_name is not None and columns[skey_name].kind != STRING:
         raise TableError(f"column {skey_name!r} (skey_name) must hold strings; got a {columns[skey_name].kind} column")
-    arena = pack_columns(columns, allocate)
+    arena = pack_columns(columns, allocate, keep_owned)
     ids = _single_valued_ints(columns[dedup_tag], "dedup_tag")
     reserved = np.flatnonzero(ids == EMPTY_KEY)
     if reserved.size:
