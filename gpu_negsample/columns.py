@@ -31,6 +31,9 @@ class Column:
     dense:  values has shape (n, *feature_shape)
     ragged: values is 1-D, row i is values[offsets[i]:offsets[i+1]]; ``weight`` optional
     string: values is uint8 bytes, row i is values[offsets[i]:offsets[i+1]]
+
+    ``owned``: the reader made these arrays itself (a string conversion, a Parquet file it
+    read), so no caller can write to them and a backend may keep them as they are.
     """
 
     name: str
@@ -38,6 +41,7 @@ class Column:
     values: np.ndarray
     offsets: np.ndarray | None = None
     weight: np.ndarray | None = None
+    owned: bool = False
 
     @property
     def row_count(self) -> int:
@@ -54,6 +58,8 @@ def read_table_input(data) -> dict[str, Column]:
     columns = _read_columns(data)
     for col in columns.values():
         check_column(col)
+        if isinstance(data, (str, os.PathLike)):
+            col.owned = True  # Arrow memory of a Parquet file read here: nothing else holds it
     return columns
 
 
@@ -204,7 +210,7 @@ def strings_from_sequence(name: str, seq) -> Column:
         if bad >= 0:
             raise TableError(f"column {name!r}: row {bad} holds a lone surrogate code point, which UTF-8 cannot "
                              "encode; fix or drop that value")
-        return Column(name, STRING, data, offsets)
+        return Column(name, STRING, data, offsets, owned=True)
     try:
         arr = pa.array(seq if not isinstance(seq, np.ndarray) or seq.dtype.kind != "O" else list(seq))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -224,7 +230,7 @@ def _strings_from_arrow(name: str, arr: pa.Array) -> Column:
     offsets = np.frombuffer(offset_buf, dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     data = data[offsets[0]: offsets[-1]]
-    return Column(name, STRING, data.copy(), (offsets - offsets[0]).astype(np.int64))
+    return Column(name, STRING, data.copy(), (offsets - offsets[0]).astype(np.int64), owned=True)
 
 
 def from_arrow(name: str, col) -> Column:

@@ -127,7 +127,8 @@ class Engine:
         with tqdm(total=3, desc=f"reload {rows:,} rows", unit="step", disable=not show, leave=False) as bar:
             bar.set_postfix_str("validating")
             table = build_table(columns, cfg.sample_tag, cfg.dedup_tag, cfg.weight_tag, cfg.skey_name,
-                                cfg.weight_exponent, self.backend.allocate_host)
+                                cfg.weight_exponent, self.backend.allocate_host,
+                                keep_owned=not self.backend.packs_every_array)
             bar.update()
             bar.set_postfix_str("indexing")
             index = build_index(table.sampling, cfg.sample_tag)

@@ -3,14 +3,16 @@
 Layout (the same bytes serve the CPU path and, copied as they are, the GPU):
 ``slots`` is an int64 array of shape (capacity, 2) holding (key, value) pairs, capacity a
 power of two at least twice the number of keys; empty slots hold ``EMPTY_KEY`` in the key
-word. The home slot of a key is ``splitmix64(key) & (capacity - 1)``; collisions probe
-linearly. Pairs sit side by side so a probe touches one cache line (one sector on a GPU)
-for both the key and its row. INT64_MIN is the empty sentinel and is refused as an id.
+word and -1 in the value word. The home slot of a key is ``splitmix64(key) & (capacity -
+1)``; collisions probe linearly. Pairs sit side by side so a probe touches one cache line
+(one sector on a GPU) for both the key and its row. INT64_MIN is the empty sentinel and is refused as an id.
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
+
+from .memory_hints import prefetch
 
 EMPTY_KEY = np.int64(np.iinfo(np.int64).min)
 NOT_FOUND = np.int64(-1)
@@ -36,11 +38,34 @@ def capacity_for(n_keys: int) -> int:
     return 1 << max(1, int(2 * max(n_keys, 1) - 1).bit_length())
 
 
+# Keys ahead whose home slot is prefetched while one is inserted: a serial insert into a
+# table larger than the caches waits for one miss per key; with the next keys' lines on
+# their way the misses overlap (1M keys into 32 MB: ~1.5x faster on the 2-core VM).
+_PREFETCH_AHEAD = 16
+# Tables smaller than this are cleared by numpy: a parallel region costs more than it saves
+# (a request's batch-wide exclusion set is such a table).
+_PARALLEL_CLEAR_SLOTS = 1 << 16
+
+
+@nb.njit(parallel=True, nogil=True, cache=True)
+def _clear(slots):
+    """Every slot empty (value word -1, so the bytes are deterministic), written on every
+    thread: the first touch of a fresh table's pages is shared out."""
+    for s in nb.prange(slots.shape[0]):
+        slots[s, 0] = EMPTY_KEY
+        slots[s, 1] = -1
+
+
 @nb.njit(nogil=True, cache=True)
 def _insert_all(slots, keys):
     """Insert keys[i] -> i in order; return (-1, -1) or the first duplicate pair (first, second)."""
     mask = np.uint64(slots.shape[0] - 1)
-    for i in range(keys.shape[0]):
+    n = keys.shape[0]
+    for i in range(min(_PREFETCH_AHEAD, n)):
+        prefetch(slots, splitmix64(keys[i]) & mask)
+    for i in range(n):
+        if i + _PREFETCH_AHEAD < n:
+            prefetch(slots, splitmix64(keys[i + _PREFETCH_AHEAD]) & mask)
         key = keys[i]
         slot = splitmix64(key) & mask
         while True:
@@ -62,7 +87,10 @@ def build_hash_table(keys: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | No
     the same key, for the caller's error message. Keys must not contain EMPTY_KEY.
     """
     slots = np.empty((capacity_for(keys.shape[0]), 2), dtype=np.int64)
-    slots[:, 0] = EMPTY_KEY
+    if slots.shape[0] >= _PARALLEL_CLEAR_SLOTS:
+        _clear(slots)
+    else:
+        slots[:] = (EMPTY_KEY, -1)
     first, second = _insert_all(slots, np.ascontiguousarray(keys, dtype=np.int64))
     return slots, (None if first < 0 else (int(first), int(second)))
 

@@ -24,17 +24,8 @@ class SamplingColumns:
 class Table:
     """Feature columns (packed into one ``Arena``) and the validated sampling columns."""
 
-    def __init__(self, columns: dict[str, Column], sampling: SamplingColumns, allocate=default_allocate):
-        arrays, slots = [], []
-        for col in columns.values():
-            for field in ("values", "offsets", "weight"):
-                a = getattr(col, field)
-                if a is not None:
-                    slots.append((col, field))
-                    arrays.append(a)
-        self.arena = Arena(arrays, allocate)
-        for (col, field), view in zip(slots, self.arena.views):
-            setattr(col, field, view)
+    def __init__(self, columns: dict[str, Column], sampling: SamplingColumns, arena: Arena):
+        self.arena = arena
         self.columns = columns
         self.sampling = sampling
         self.row_count = sampling.ids.shape[0]
@@ -48,10 +39,27 @@ class Table:
         )
 
 
+def pack_columns(columns: dict[str, Column], allocate=default_allocate, keep_owned: bool = False) -> Arena:
+    """Copy the columns' arrays into one ``Arena`` and point the columns at its views; with
+    ``keep_owned``, the arrays of owned columns (made by the reader) stay where they are."""
+    slots = [(col, field) for col in columns.values() if not (keep_owned and col.owned)
+             for field in ("values", "offsets", "weight") if getattr(col, field) is not None]
+    arena = Arena([getattr(col, field) for col, field in slots], allocate)
+    for (col, field), view in zip(slots, arena.views):
+        setattr(col, field, view)
+    return arena
+
+
 def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, weight_tag: str,
-                skey_name: str | None, weight_exponent: float = 1.0, allocate=default_allocate) -> Table:
+                skey_name: str | None, weight_exponent: float = 1.0, allocate=default_allocate,
+                keep_owned: bool = False) -> Table:
     """Validate the columns and extract the sampling columns; raises TableError naming the problem.
-    ``allocate`` provides the arena's memory (pinned host memory for the CUDA backend)."""
+    ``allocate`` provides the arena's memory (pinned host memory for the CUDA backend);
+    ``keep_owned`` leaves owned columns' arrays out of it (see ``pack_columns``).
+
+    The sampling columns are read from the arena's copies, not from the arrays given: the
+    index and the one-category index (built on first use) must not change when the caller
+    later writes to its own tensors."""
     required = [t for t in (sample_tag, dedup_tag, weight_tag, skey_name) if t is not None]
     missing = [t for t in required if t not in columns]
     if missing:
@@ -68,6 +76,7 @@ def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, wei
             raise TableError(f"column {col.name!r}: ragged weight length {col.weight.shape[0]} != values {col.values.shape[0]}")
     if skey_name is not None and columns[skey_name].kind != STRING:
         raise TableError(f"column {skey_name!r} (skey_name) must hold strings; got a {columns[skey_name].kind} column")
+    arena = pack_columns(columns, allocate, keep_owned)
     ids = _single_valued_ints(columns[dedup_tag], "dedup_tag")
     reserved = np.flatnonzero(ids == EMPTY_KEY)
     if reserved.size:
@@ -80,7 +89,7 @@ def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, wei
             raise TableError(f"weight_exponent must be a positive finite number; got {weight_exponent}")
         weights = np.power(weights, weight_exponent)
     _check_duplicate_categories(sample_tag, cat_offsets, categories)
-    return Table(columns, SamplingColumns(ids, cat_offsets, categories, weights), allocate)
+    return Table(columns, SamplingColumns(ids, cat_offsets, categories, weights), arena)
 
 
 def _int64(col: Column, values: np.ndarray, role: str) -> np.ndarray:

@@ -3,7 +3,7 @@ prefetch (several dtypes and ranks in one function) and changes no value."""
 import numba as nb
 import numpy as np
 
-from gpu_negsample.backends.cpu.memory import prefetch
+from gpu_negsample.memory_hints import prefetch
 
 
 @nb.njit

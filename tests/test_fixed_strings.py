@@ -41,3 +41,22 @@ def test_random_unicode_matches_arrow():
 def test_lone_surrogate_is_refused_by_row():
     with pytest.raises(TableError, match="column 'skey': row 2 holds a lone surrogate"):
         strings_from_sequence("skey", np.array(["a", "b", "c\ud800", "\udfff"]))
+
+
+def test_many_padded_rows_with_some_non_ascii_match_arrow():
+    """Rows that fit their chunk's staging (the one-read path), multi-byte ones among them."""
+    rng = np.random.default_rng(1)
+    values = np.array([f"k{i}" + ("\u00e9\u20ac\U0001F600" if i % 97 == 0 else "") for i in rng.permutation(5000)],
+                      dtype="U24")
+    col = strings_from_sequence("skey", values)
+    data, offsets = arrow_bytes(values.tolist())
+    np.testing.assert_array_equal(col.offsets, offsets)
+    np.testing.assert_array_equal(col.values, data)
+
+
+def test_first_surrogate_is_found_when_a_chunk_stops_before_it():
+    """Row 0 outgrows its chunk's staging, so that chunk never reaches row 1; the error still
+    names row 1, not the later row 20."""
+    values = np.array(["\U0001F600\U0001F600", "\ud800"] + ["ok"] * 18 + ["\udfff"] + ["ok"] * 11)
+    with pytest.raises(TableError, match="row 1 holds a lone surrogate"):
+        strings_from_sequence("skey", values)

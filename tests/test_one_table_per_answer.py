@@ -6,7 +6,8 @@ import torch
 
 from gpu_negsample import NegativeSampler
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG
-from server_tables import catalogue, positives
+from gpu_negsample.ragged import RaggedTensor
+from server_tables import assert_same_features, catalogue, positives
 
 
 def sampler_with_reload_midway(first, second):
@@ -39,3 +40,35 @@ def test_fused_sample_answers_from_the_table_it_started_on():
     rows = [row_of[int(i)] for i in r.ids]
     assert torch.equal(r.features["dense_0"], a.table["dense_0"][rows])
     assert torch.isfinite(r.log_q[1:]).all()  # negatives scored on table a, where they exist
+
+
+def scribble(table: dict) -> None:
+    """Overwrite every array of a RecIS table in place, as a caller reusing its buffers would."""
+    for value in table.values():
+        if isinstance(value, RaggedTensor):
+            value.values().neg_()
+            value.offsets()[0].zero_()
+        elif isinstance(value, torch.Tensor):
+            value.fill_(7)
+        else:  # RecIS's [array of str]
+            value[0][:] = "scribbled"
+
+
+def test_a_callers_later_writes_to_its_tensors_change_no_answer():
+    """reload keeps copies only: the index, the features and the one-category index built on
+    first use never read the caller's tensors, which it may reuse right after reload."""
+    answers = []
+    for scribbled in (False, True):
+        cat = catalogue(seed=5)
+        s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=3, device="cpu")
+        s.reload(cat.table)
+        pos, k, cats = positives(catalogue(seed=5), 0)
+        if scribbled:
+            scribble(cat.table)
+        fused = s.sample(pos, k, cats, default_value=int(pos.values()[0]), return_log_q=True)
+        answers.append((fused, s.sample_ids(pos, k)))  # the second builds the one-category index now
+    (want, want_any), (got, got_any) = answers
+    for name in ("negative_ids", "positive_ids", "ids", "sample_counts", "log_q"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert_same_features(got.features, want.features)
+    assert torch.equal(got_any, want_any)

@@ -43,6 +43,20 @@ def test_reload_accepts_arrow_parquet_file_and_directory(tmp_path):
         check_loaded(s)
 
 
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+def test_the_arena_copies_what_a_caller_holds_and_on_the_cpu_only_that(tmp_path, device):
+    """A Parquet file's columns and converted strings are the reader's own: the CPU keeps them
+    where they are; a caller's tensors are copied; the CUDA backend copies every array into
+    its pinned arena."""
+    pq.write_table(arrow_table(), tmp_path / "t.parquet")
+    sources = {"parquet": str(tmp_path / "t.parquet"), "tensors": small_table([5, 6, 7], [1, 1, 2], [1.0, 2.0, 3.0])}
+    for source, data in sources.items():
+        table = make_sampler(data, device=device).engine.state.table
+        in_arena = {name: np.shares_memory(col.values, table.arena.buffer) for name, col in table.columns.items()}
+        owned = set(in_arena) if source == "parquet" else {"skey"}
+        assert in_arena == {name: device != "cpu" or name not in owned for name in in_arena}, source
+
+
 def test_reload_accepts_recis_batch_and_string_forms():
     ids = [5, 6, 7]
     for skey in ([np.array(["a", "b", "c"])], ["a", "b", "c"], [b"a", b"b", b"c"], np.array(["a", "b", "c"])):

@@ -7,7 +7,7 @@ import pytest
 from gpu_negsample.alias import build_alias
 from gpu_negsample.backends.cpu.lookup import lookup
 from gpu_negsample.hashing import EMPTY_KEY, build_hash_table, capacity_for
-from gpu_negsample.index import segments_of
+from gpu_negsample.index import quantize_weights, segments_of
 from gpu_negsample.rng import mul32hi, mulhi64, philox_block
 
 # Random123's published known-answer vectors for Philox4x32-10.
@@ -100,3 +100,22 @@ def test_segments_of_is_unique_with_inverse(values):
     np.testing.assert_array_equal(distinct, expected)
     np.testing.assert_array_equal(segment, inverse.reshape(-1))
     assert distinct.dtype == segment.dtype == np.int64
+
+
+@pytest.mark.parametrize("weights", [
+    [1.0, 2.0, 3.0],
+    [5e-324, 1e-320, 3e-310, 0.0],      # subnormal: scaled up past 2**1023
+    [1e-300, 7e-301, 0.0, 1e-310],
+    [1e300, 1.0, 5e-324, 3e299],         # huge: scaled down, small ones floored to 0 -> 1
+    np.random.default_rng(0).random(1000) ** 8,
+])
+def test_quantized_weights_are_ldexp_floored(weights):
+    """Integer weights are floor(ldexp(w, scale)) exactly, a positive one never below 1, and
+    sum to at most 2**62 (plus one per weight raised to 1)."""
+    w = np.asarray(weights, dtype=np.float64)
+    ints, scale = quantize_weights(w)
+    want = np.floor(np.ldexp(w, scale)).astype(np.uint64)
+    want[(want == 0) & (w > 0)] = 1
+    np.testing.assert_array_equal(ints, want)
+    assert int(ints.astype(object).sum()) <= 2**62 + w.size
+    assert int(ints.max()) >= 2**61 // w.size  # the scale used the room: the heaviest is not tiny

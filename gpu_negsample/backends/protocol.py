@@ -81,6 +81,9 @@ class Backend(Protocol):
 
     name: str
     count_attempts: bool  # whether sample() counts alias draws (RequestStatus.attempts)
+    # whether every table array must be copied into allocate_host memory (pinned where a GPU
+    # reads it); if not, arrays the reader made itself (Column.owned) stay where they are
+    packs_every_array: bool
 
     def allocate_host(self, nbytes: int) -> np.ndarray:
         """uint8 host memory for a table's arena (pinned where a GPU reads it in place)."""

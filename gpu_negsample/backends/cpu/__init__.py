@@ -49,6 +49,7 @@ class CpuBackend:
 
     name = "cpu"
     count_attempts = True  # free here: a per-row sum
+    packs_every_array = False  # the kernels read any host array; copying the reader's own gains nothing
     allocate_host = staticmethod(default_allocate)
     request = HostRequest
 

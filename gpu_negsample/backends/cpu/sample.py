@@ -30,7 +30,7 @@ from ...hashing import probe
 from ...rng import MASK32, SHIFT32, mul32hi, mulhi64, philox4x32_10
 from ..exclusion import mass_in
 from ..kernel_constants import MAX_ATTEMPTS, STATUS_NO_CANDIDATE, STATUS_OK, STATUS_TOO_FEW
-from .memory import prefetch
+from ...memory_hints import prefetch
 
 @nb.njit(inline="always", cache=True)
 def _is_excluded(item_id, ex, own_lo, own_hi):

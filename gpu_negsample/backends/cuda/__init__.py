@@ -40,6 +40,7 @@ class CudaBackend:
         self.device = device
         self.memory_budget = memory_budget
         self.count_attempts = count_attempts
+        self.packs_every_array = True  # columns not placed on the GPU are read from the pinned arena
         self.name = f"cuda on {device.describe()}"
 
     @property
