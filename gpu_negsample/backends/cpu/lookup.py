@@ -5,7 +5,11 @@ import numba as nb
 
 import numpy as np
 
-from ...hashing import probe
+from ...hashing import probe, splitmix64
+from .memory import prefetch
+
+# How many ids ahead of its probe rows_or_default prefetches a home slot (see gather.AHEAD).
+AHEAD = 16
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -24,9 +28,14 @@ def valid_ids(slots, ids, default_id, out):
 
 @nb.njit(parallel=True, nogil=True, cache=True)
 def rows_or_default(slots, ids, default_row, out):
-    """Table rows of ids (default_row where absent); returns how many were absent."""
+    """Table rows of ids (default_row where absent); returns how many were absent. Each
+    probe's home slot is prefetched AHEAD ids earlier, so many misses are in flight."""
     missing = 0
-    for i in nb.prange(ids.shape[0]):
+    n = ids.shape[0]
+    mask = np.uint64(slots.shape[0] - 1)
+    for i in nb.prange(n):
+        if i + AHEAD < n:
+            prefetch(slots, splitmix64(ids[i + AHEAD]) & mask)
         r = probe(slots, ids[i])
         if r < 0:
             r = default_row
