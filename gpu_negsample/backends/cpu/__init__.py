@@ -33,15 +33,18 @@ from .request import HostRequest
 
 
 class CpuColumns(dict):
-    """A table's columns with the per-table half of the ragged descriptors (gather.py's
-    MEASURE_* table: where each ragged or string column's offsets are, and the one length
-    all its rows have, or -1), built once per table as the CUDA backend places its own."""
+    """A table's columns with the per-table part of the gather's descriptors, built once per
+    table as the CUDA backend places its own: the ragged and string columns whose rows all
+    have one length L >= 1 (``fixed``: gathered as dense rows of L values), and the others
+    (``measured``, with gather.py's MEASURE_* table: where their offsets are)."""
 
     def __init__(self, columns: dict):
         super().__init__(columns)
-        self.measured = [name for name, col in columns.items() if col.kind != DENSE]
-        self.measure = np.array([(g.address(columns[name].offsets), g.fixed_row_length(columns[name].offsets))
-                                 for name in self.measured], dtype=np.int64).reshape(-1, g.MEASURE_FIELDS)
+        lengths = {name: g.fixed_row_length(col.offsets) for name, col in columns.items() if col.kind != DENSE}
+        self.fixed = {name: int(length) for name, length in lengths.items() if length >= 1}
+        self.measured = [name for name in lengths if name not in self.fixed]
+        self.measure = np.array([(g.address(columns[name].offsets),) for name in self.measured],
+                                dtype=np.int64).reshape(-1, g.MEASURE_FIELDS)
 
 
 class CpuBackend:
@@ -137,26 +140,55 @@ class CpuBackend:
             if col.kind == DENSE:
                 dst = alloc(name, (n,) + col.values.shape[1:], col.values.dtype)
                 row_bytes = col.values.itemsize * int(np.prod(col.values.shape[1:], dtype=np.int64))
-                if row_bytes:
-                    word = g.word_bytes(row_bytes, col.values, dst)
-                    dense.append((g.address(col.values), g.address(dst), row_bytes // word, word))
+                _add_dense(dense, col.values, dst, row_bytes)
                 out[name] = torch.from_numpy(dst)
+            elif name in columns.fixed:
+                out[name] = _fixed_length_column(dense, col, columns.fixed[name], n, alloc)
         if dense and n:
             g.gather_dense(np.array(dense, dtype=np.int64), rows, table_rows)
         if columns.measured:
             out.update(_gather_ragged_columns(columns, rows, table_rows, alloc))
-        return out
+        return {name: out[name] for name in columns}  # column order, as the CUDA backend's
 
     @staticmethod
     def tile_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, offsets) of the given rows of a ragged array (RecIS combine's tiling)."""
         col = Column("tiled", RAGGED, np.ascontiguousarray(values), np.ascontiguousarray(offsets, dtype=np.int64))
-        tiled = _gather_ragged_columns(CpuColumns({"tiled": col}), rows, offsets.shape[0] - 1, host_empty)["tiled"]
+        tiled = CpuBackend.gather_table(None, CpuColumns({"tiled": col}), rows)["tiled"]
         return tiled.values().numpy(), tiled.offsets()[0].numpy()
 
 
+def _add_dense(dense: list, src: np.ndarray, dst: np.ndarray, row_bytes: int, out_offsets: np.ndarray | None = None,
+               row_values: int = 0) -> None:
+    """Append gather_dense's descriptor of dst[i] = src's row rows[i] (rows of row_bytes bytes;
+    none for empty rows), with the out offsets i * row_values where out_offsets is given."""
+    if row_bytes:
+        word = g.word_bytes(row_bytes, src, dst)
+        dense.append((g.address(src), g.address(dst), row_bytes // word, word,
+                      0 if out_offsets is None else g.address(out_offsets), row_values))
+
+
+def _fixed_length_column(dense: list, col: Column, length: int, n: int, alloc: Allocator):
+    """A ragged or string column whose every row has `length` values, at n rows: its outputs,
+    and gather_dense descriptors (appended to dense) that fill them."""
+    if col.kind == STRING:
+        fixed = alloc(col.name, (n,), np.dtype(f"S{length if n else 1}"))  # as wide as the longest row, or 1
+        _add_dense(dense, col.values, fixed, length)
+        return fixed
+    offsets = alloc(f"{col.name}.offsets", (n + 1,), np.dtype(np.int64))
+    offsets[n] = n * length
+    values = alloc(f"{col.name}.values", (n * length,), col.values.dtype)
+    _add_dense(dense, col.values, values, length * col.values.itemsize, offsets, length)
+    weight = None
+    if col.weight is not None:
+        weight = alloc(f"{col.name}.weight", (n * length,), col.weight.dtype)
+        _add_dense(dense, col.weight, weight, length * col.weight.itemsize)
+    return RaggedTensor._from_parts(torch.from_numpy(values), torch.from_numpy(offsets),
+                                    None if weight is None else torch.from_numpy(weight))
+
+
 def _gather_ragged_columns(columns: CpuColumns, rows: np.ndarray, table_rows: int, alloc: Allocator) -> dict:
-    """The ragged and string columns at rows: one ragged_lengths and one gather_ragged for all."""
+    """The measured ragged and string columns at rows: one ragged_lengths and one gather_ragged for all."""
     n = rows.shape[0]
     n_blocks = (n + g.BLOCK_ROWS - 1) // g.BLOCK_ROWS
     m = len(columns.measured)

@@ -1,25 +1,34 @@
-"""Feature gather on the CPU: the numba twin of kernels/gather.cu, kernel for kernel.
+"""Feature gather on the CPU: the numba twin of kernels/gather.cu.
 
 A pack request gathers every column of a kind in one parallel region, as the CUDA path
 does in one launch: the host writes a descriptor table (one int64 row per column: where
 its arrays are, how wide a row is) and each kernel walks the request's rows in fixed
 blocks, every column of the table per block.
 
-    gather_dense    every dense column (rows copied as 8-, 4-, 2- or 1-byte words)
-    ragged_lengths  every ragged and string column: each row's offsets read once (its start
-                    and length kept; not read at all where every row has one length, as
-                    single-valued id and category columns do), block sums scanned into block bases, totals and the
-                    longest string row: these size the outputs
-    gather_ragged   every ragged, weight and string column: out offsets written and values
-                    copied from the kept starts (each row's values are the only random read
-                    left, independent of the other rows', so the CPU keeps many in flight);
-                    strings to fixed width, zero padded
+    gather_dense    every dense column, and every ragged or string column whose rows all
+                    have one length L >= 1 (single-valued id and category columns): such a
+                    column is a dense (rows, L) array whose out offsets are i * L, so it
+                    needs neither its offsets read nor a second pass (rows copied as 8-, 4-,
+                    2- or 1-byte words)
+    ragged_lengths  every other ragged and string column: each row's offsets read once (its
+                    start and length kept), block sums scanned into block bases, totals and
+                    the longest string row: these size the outputs
+    gather_ragged   those columns' values (and weights): out offsets written and values
+                    copied from the kept starts; strings to fixed width, zero padded
 
-So a request costs three parallel regions whatever its columns, not two or three per
-column (each region ends in a barrier that waits for the slowest thread). Outputs come
-from the caller's allocator, so descriptors hold addresses, not arrays: numba cannot hold
-a list of arrays of different dtypes. Every address is of an array the caller keeps alive
-for the call, and every size was checked against the column's own offsets at reload.
+Where the CUDA path differs: it measures and copies every ragged column the same way (a
+thread per row costs the GPU nothing per column), the CPU path moves fixed-length ones into
+gather_dense (one random line a row instead of a second region's loop). The outputs are
+the same bytes.
+
+Every loop prefetches the lines of the row AHEAD rows on while it copies a row: a loop of
+plain loads keeps only as many misses in flight as fit the core's reorder window, and a
+random row is a miss (the table is far larger than the caches). So a request costs three
+parallel regions whatever its columns (each region ends in a barrier that waits for the
+slowest thread). Outputs come from the caller's allocator, so descriptors hold addresses,
+not arrays: numba cannot hold a list of arrays of different dtypes. Every address is of an
+array the caller keeps alive for the call, and every size was checked against the column's
+own offsets at reload.
 """
 from __future__ import annotations
 
@@ -37,13 +46,15 @@ BLOCK_ROWS = 1024
 # How many rows ahead of the one it copies a loop prefetches: enough misses in flight to
 # cover DRAM latency (a loop of plain loads keeps only what fits its reorder window), few
 # enough that the lines are still in L1/L2 when the copy reaches them.
-AHEAD = 16
+AHEAD = 32
 
 # Columns of the descriptor tables (int64 each).
-DENSE_SRC, DENSE_DST, DENSE_ROW_WORDS, DENSE_WORD_BYTES = range(4)
-DENSE_FIELDS = 4
-MEASURE_OFFSETS, MEASURE_FIXED_LENGTH = range(2)
-MEASURE_FIELDS = 2
+# DENSE_OUT_OFFSETS: 0, or where a fixed-length ragged column's out offsets go (entry i =
+# i * DENSE_ROW_VALUES; the host writes entry n).
+DENSE_SRC, DENSE_DST, DENSE_ROW_WORDS, DENSE_WORD_BYTES, DENSE_OUT_OFFSETS, DENSE_ROW_VALUES = range(6)
+DENSE_FIELDS = 6
+MEASURE_OFFSETS = 0
+MEASURE_FIELDS = 1
 COPY_SRC, COPY_DST, COPY_VALUE_BYTES, COPY_MEASURED, COPY_WIDTH, COPY_OUT_OFFSETS = range(6)
 COPY_FIELDS = 6
 
@@ -121,12 +132,18 @@ def _copy_rows(src, dst, raw, row_bytes, rows, lo, hi):
 
 @nb.njit(parallel=True, nogil=True, cache=True)
 def gather_dense(cols, rows, table_rows):
-    """Every dense column: dst[i, :] = src[rows[i], :], rows of row_words words of word_bytes."""
+    """Every dense column: dst[i, :] = src[rows[i], :], rows of row_words words of word_bytes;
+    out offsets i * row_values where a column has them."""
     n = rows.shape[0]
     for b in nb.prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
         lo = b * BLOCK_ROWS
         hi = min(n, lo + BLOCK_ROWS)
         for c in range(cols.shape[0]):
+            if cols[c, DENSE_OUT_OFFSETS] != 0:
+                out_offsets = nb.carray(_pointer(cols[c, DENSE_OUT_OFFSETS]), n + 1, np.int64)
+                per_row = cols[c, DENSE_ROW_VALUES]
+                for i in range(lo, hi):
+                    out_offsets[i] = i * per_row
             src, dst = _pointer(cols[c, DENSE_SRC]), _pointer(cols[c, DENSE_DST])
             width, word = cols[c, DENSE_ROW_WORDS], cols[c, DENSE_WORD_BYTES]
             src_shape, dst_shape = (table_rows, width), (n, width)
@@ -158,14 +175,6 @@ def ragged_lengths(measured, rows, table_rows, starts, lengths, block_base, tota
         lo = b * BLOCK_ROWS
         hi = min(n, lo + BLOCK_ROWS)
         for m in range(measured.shape[0]):
-            fixed = measured[m, MEASURE_FIXED_LENGTH]
-            if fixed >= 0:  # every row this long: no offsets to read
-                for i in range(lo, hi):
-                    starts[m, i] = rows[i] * fixed
-                    lengths[m, i] = fixed
-                block_base[m, b] = (hi - lo) * fixed
-                block_max[m, b] = fixed if hi > lo else 0
-                continue
             offsets = nb.carray(_pointer(measured[m, MEASURE_OFFSETS]), table_rows + 1, np.int64)
             total = 0
             most = 0
