@@ -110,8 +110,7 @@ class CpuBackend:
         out = np.empty(ids.shape[0], dtype=np.int64)
         missing = lk.rows_or_default(ix.id_slots, ids, np.int64(default_row), out)
         if missing and report_missing:
-            found = lk.lookup(ix.id_slots, ids)
-            rq.count(Counter.MISSING, Counter.FIRST_MISSING, found < 0)
+            _count_missing(rq, ix, ids)
         return out
 
     @staticmethod
@@ -133,22 +132,17 @@ class CpuBackend:
 
     @staticmethod
     def gather_table(rq: HostRequest, columns: CpuColumns, rows: np.ndarray, alloc: Allocator = host_empty) -> dict:
-        n = rows.shape[0]
-        table_rows = next(iter(columns.values())).row_count if columns else 0
-        out, dense = {}, []
-        for name, col in columns.items():
-            if col.kind == DENSE:
-                dst = alloc(name, (n,) + col.values.shape[1:], col.values.dtype)
-                row_bytes = col.values.itemsize * int(np.prod(col.values.shape[1:], dtype=np.int64))
-                _add_dense(dense, col.values, dst, row_bytes)
-                out[name] = torch.from_numpy(dst)
-            elif name in columns.fixed:
-                out[name] = _fixed_length_column(dense, col, columns.fixed[name], n, alloc)
-        if dense and n:
-            g.gather_dense(np.array(dense, dtype=np.int64), rows, table_rows)
-        if columns.measured:
-            out.update(_gather_ragged_columns(columns, rows, table_rows, alloc))
-        return {name: out[name] for name in columns}  # column order, as the CUDA backend's
+        return _gather(columns, rows, alloc)[0]
+
+    @staticmethod
+    def gather_ids(rq: HostRequest, ix: IndexArrays, columns: CpuColumns, ids: np.ndarray, default_row: int,
+                   report_missing: bool, alloc: Allocator = host_empty) -> dict:
+        """gather_table at rows_or_default's rows, the lookup inside the gather's first
+        parallel region (one region less, and a row's lines prefetched as soon as it is found)."""
+        out, missing = _gather(columns, np.empty(ids.shape[0], np.int64), alloc, ix.id_slots, ids, default_row)
+        if missing and report_missing:
+            _count_missing(rq, ix, ids)
+        return out
 
     @staticmethod
     def tile_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,9 +152,48 @@ class CpuBackend:
         return tiled.values().numpy(), tiled.offsets()[0].numpy()
 
 
+def _count_missing(rq: HostRequest, ix: IndexArrays, ids: np.ndarray) -> None:
+    """Count the ids absent from the table, and the first one's position, into the request."""
+    rq.count(Counter.MISSING, Counter.FIRST_MISSING, lk.lookup(ix.id_slots, ids) < 0)
+
+
+_NO_IDS = np.zeros(0, np.int64)
+_NO_SLOTS = np.zeros((0, 2), np.int64)
+
+
+def _gather(columns: CpuColumns, rows: np.ndarray, alloc: Allocator, slots: np.ndarray = _NO_SLOTS,
+            ids: np.ndarray = _NO_IDS, default_row: int = 0) -> tuple[dict, int]:
+    """Every column at rows (in column order, as the CUDA backend's) and how many ids were
+    absent. Where ids are given, rows is filled with their rows (default_row where absent)
+    by the first region. Two parallel regions: gather_rows (lookup, dense and fixed-length
+    columns, lengths of the others), then gather_ragged for the others' values."""
+    n = rows.shape[0]
+    table_rows = next(iter(columns.values())).row_count if columns else 0
+    out, dense = {}, []
+    for name, col in columns.items():
+        if col.kind == DENSE:
+            dst = alloc(name, (n,) + col.values.shape[1:], col.values.dtype)
+            row_bytes = col.values.itemsize * int(np.prod(col.values.shape[1:], dtype=np.int64))
+            _add_dense(dense, col.values, dst, row_bytes)
+            out[name] = torch.from_numpy(dst)
+        elif name in columns.fixed:
+            out[name] = _fixed_length_column(dense, col, columns.fixed[name], n, alloc)
+    m = len(columns.measured)
+    n_blocks = (n + g.BLOCK_ROWS - 1) // g.BLOCK_ROWS
+    starts, lengths = np.empty((m, n), np.int64), np.empty((m, n), np.int64)
+    block_base = np.empty((m, n_blocks), np.int64)
+    totals, longest = np.zeros(m, np.int64), np.zeros(m, np.int64)
+    missing = g.gather_rows(slots, ids, np.int64(default_row), rows,
+                            np.array(dense, dtype=np.int64).reshape(-1, g.DENSE_FIELDS), columns.measure, table_rows,
+                            starts, lengths, block_base, totals, longest)
+    if m:
+        out.update(_gather_measured(columns, n, starts, lengths, block_base, totals, longest, alloc))
+    return {name: out[name] for name in columns}, int(missing)
+
+
 def _add_dense(dense: list, src: np.ndarray, dst: np.ndarray, row_bytes: int, out_offsets: np.ndarray | None = None,
                row_values: int = 0) -> None:
-    """Append gather_dense's descriptor of dst[i] = src's row rows[i] (rows of row_bytes bytes;
+    """Append gather_rows' dense descriptor of dst[i] = src's row rows[i] (rows of row_bytes bytes;
     none for empty rows), with the out offsets i * row_values where out_offsets is given."""
     if row_bytes:
         word = g.word_bytes(row_bytes, src, dst)
@@ -170,7 +203,7 @@ def _add_dense(dense: list, src: np.ndarray, dst: np.ndarray, row_bytes: int, ou
 
 def _fixed_length_column(dense: list, col: Column, length: int, n: int, alloc: Allocator):
     """A ragged or string column whose every row has `length` values, at n rows: its outputs,
-    and gather_dense descriptors (appended to dense) that fill them."""
+    and the dense descriptors (appended to dense) with which gather_rows fills them."""
     if col.kind == STRING:
         fixed = alloc(col.name, (n,), np.dtype(f"S{length if n else 1}"))  # as wide as the longest row, or 1
         _add_dense(dense, col.values, fixed, length)
@@ -187,15 +220,10 @@ def _fixed_length_column(dense: list, col: Column, length: int, n: int, alloc: A
                                     None if weight is None else torch.from_numpy(weight))
 
 
-def _gather_ragged_columns(columns: CpuColumns, rows: np.ndarray, table_rows: int, alloc: Allocator) -> dict:
-    """The measured ragged and string columns at rows: one ragged_lengths and one gather_ragged for all."""
-    n = rows.shape[0]
-    n_blocks = (n + g.BLOCK_ROWS - 1) // g.BLOCK_ROWS
-    m = len(columns.measured)
-    starts, lengths = np.empty((m, n), np.int64), np.empty((m, n), np.int64)
-    block_base = np.empty((m, n_blocks), np.int64)
-    totals, longest = np.zeros(m, np.int64), np.zeros(m, np.int64)
-    g.ragged_lengths(columns.measure, rows, table_rows, starts, lengths, block_base, totals, longest)
+def _gather_measured(columns: CpuColumns, n: int, starts, lengths, block_base, totals, longest,
+                     alloc: Allocator) -> dict:
+    """The measured ragged and string columns at n rows, sized by gather_rows: their outputs,
+    filled by one gather_ragged."""
     out, copies = {}, []
     for j, name in enumerate(columns.measured):
         col = columns[name]

@@ -1,34 +1,32 @@
-"""Feature gather on the CPU: the numba twin of kernels/gather.cu.
+"""Feature gather on the CPU: the numba twin of kernels/gather.cu, in two parallel regions.
 
-A pack request gathers every column of a kind in one parallel region, as the CUDA path
-does in one launch: the host writes a descriptor table (one int64 row per column: where
-its arrays are, how wide a row is) and each kernel walks the request's rows in fixed
-blocks, every column of the table per block.
+The host writes descriptor tables (one int64 row per column: where its arrays are, how wide
+a row is) and each kernel walks the request's rows in fixed blocks, every column of the
+table per block:
 
-    gather_dense    every dense column, and every ragged or string column whose rows all
-                    have one length L >= 1 (single-valued id and category columns): such a
-                    column is a dense (rows, L) array whose out offsets are i * L, so it
-                    needs neither its offsets read nor a second pass (rows copied as 8-, 4-,
-                    2- or 1-byte words)
-    ragged_lengths  every other ragged and string column: each row's offsets read once (its
-                    start and length kept), block sums scanned into block bases, totals and
-                    the longest string row: these size the outputs
+    gather_rows     per block: the ids' table rows (lookup.rows_of, as rows_or_default does;
+                    or rows given), then every dense column, and every ragged or string
+                    column whose rows all have one length L >= 1 (single-valued id and
+                    category columns: a dense (rows, L) array whose out offsets are i * L),
+                    copied as 8-, 4-, 2- or 1-byte words; then every other ragged and string
+                    column's offsets, each row's read once (its start and length kept);
+                    block sums scanned into block bases, totals and the longest string row:
+                    these size the outputs
     gather_ragged   those columns' values (and weights): out offsets written and values
                     copied from the kept starts; strings to fixed width, zero padded
 
-Where the CUDA path differs: it measures and copies every ragged column the same way (a
-thread per row costs the GPU nothing per column), the CPU path moves fixed-length ones into
-gather_dense (one random line a row instead of a second region's loop). The outputs are
-the same bytes.
+The CUDA path runs the same work as four kernels (rows_or_default, ragged_lengths,
+gather_dense, gather_ragged), measuring every ragged column; on the CPU each parallel region
+ends in a barrier that waits for the slowest thread (milliseconds when another process holds
+a core), and a fixed-length column costs one random line a row, not a second region's loop.
+The outputs are the same bytes.
 
-Every loop prefetches the lines of the row AHEAD rows on while it copies a row: a loop of
-plain loads keeps only as many misses in flight as fit the core's reorder window, and a
-random row is a miss (the table is far larger than the caches). So a request costs three
-parallel regions whatever its columns (each region ends in a barrier that waits for the
-slowest thread). Outputs come from the caller's allocator, so descriptors hold addresses,
-not arrays: numba cannot hold a list of arrays of different dtypes. Every address is of an
-array the caller keeps alive for the call, and every size was checked against the column's
-own offsets at reload.
+Every loop prefetches the lines of the row memory.AHEAD rows on while it works on a row: a
+loop of plain loads keeps only as many misses in flight as fit the core's reorder window,
+and a random row is a miss (the table is far larger than the caches). Outputs come from the
+caller's allocator, so descriptors hold addresses, not arrays: numba cannot hold a list of
+arrays of different dtypes. Every address is of an array the caller keeps alive for the
+call, and every size was checked against the column's own offsets at reload.
 """
 from __future__ import annotations
 
@@ -37,16 +35,12 @@ import numpy as np
 from numba.core import ir_utils, types
 from numba.extending import intrinsic
 
-from .memory import prefetch
+from .lookup import rows_of
+from .memory import AHEAD, prefetch
 
 # Rows per block of a parallel loop: fixed, so the block bases (and thus every output) do
 # not depend on the thread count.
 BLOCK_ROWS = 1024
-
-# How many rows ahead of the one it copies a loop prefetches: enough misses in flight to
-# cover DRAM latency (a loop of plain loads keeps only what fits its reorder window), few
-# enough that the lines are still in L1/L2 when the copy reaches them.
-AHEAD = 32
 
 # Columns of the descriptor tables (int64 each).
 # DENSE_OUT_OFFSETS: 0, or where a fixed-length ragged column's out offsets go (entry i =
@@ -117,81 +111,107 @@ def _prefetch_span(raw, start, nbytes):
 
 
 @nb.njit(inline="always", cache=True)
+def _prefetch_row(raw, row_bytes, rows, i):
+    _prefetch_span(raw, rows[i] * row_bytes, row_bytes)
+
+
+@nb.njit(inline="always", cache=True)
 def _copy_rows(src, dst, raw, row_bytes, rows, lo, hi):
     """dst[i, :] = src[rows[i], :] for i in lo:hi, prefetching row rows[i + AHEAD] (raw: the
-    column as bytes) while copying row i (2-D views: numba's 2-D indexing lets LLVM move a
-    row in wide loads, where 1-D index arithmetic measured 2-3x slower)."""
-    n = rows.shape[0]
+    column as bytes) while copying row i; rows are known only up to hi (2-D views: numba's
+    2-D indexing lets LLVM move a row in wide loads, where 1-D index arithmetic measured
+    2-3x slower)."""
+    for i in range(lo, min(hi, lo + AHEAD)):
+        _prefetch_row(raw, row_bytes, rows, i)
     for i in range(lo, hi):
-        if i + AHEAD < n:
-            _prefetch_span(raw, rows[i + AHEAD] * row_bytes, row_bytes)
+        if i + AHEAD < hi:
+            _prefetch_row(raw, row_bytes, rows, i + AHEAD)
         r = rows[i]
         for q in range(src.shape[1]):
             dst[i, q] = src[r, q]
 
 
-@nb.njit(parallel=True, nogil=True, cache=True)
-def gather_dense(cols, rows, table_rows):
-    """Every dense column: dst[i, :] = src[rows[i], :], rows of row_words words of word_bytes;
-    out offsets i * row_values where a column has them."""
+@nb.njit(inline="always", cache=True)
+def _dense_block(cols, rows, table_rows, lo, hi):
+    """Every dense column's rows lo:hi: dst[i, :] = src[rows[i], :], rows of row_words words of
+    word_bytes; out offsets i * row_values where a column has them."""
     n = rows.shape[0]
-    for b in nb.prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo = b * BLOCK_ROWS
-        hi = min(n, lo + BLOCK_ROWS)
-        for c in range(cols.shape[0]):
-            if cols[c, DENSE_OUT_OFFSETS] != 0:
-                out_offsets = nb.carray(_pointer(cols[c, DENSE_OUT_OFFSETS]), n + 1, np.int64)
-                per_row = cols[c, DENSE_ROW_VALUES]
-                for i in range(lo, hi):
-                    out_offsets[i] = i * per_row
-            src, dst = _pointer(cols[c, DENSE_SRC]), _pointer(cols[c, DENSE_DST])
-            width, word = cols[c, DENSE_ROW_WORDS], cols[c, DENSE_WORD_BYTES]
-            src_shape, dst_shape = (table_rows, width), (n, width)
-            row_bytes = width * word
-            raw = nb.carray(src, table_rows * row_bytes, np.uint8)
-            if word == 8:
-                _copy_rows(nb.carray(src, src_shape, np.uint64), nb.carray(dst, dst_shape, np.uint64), raw, row_bytes,
-                           rows, lo, hi)
-            elif word == 4:
-                _copy_rows(nb.carray(src, src_shape, np.uint32), nb.carray(dst, dst_shape, np.uint32), raw, row_bytes,
-                           rows, lo, hi)
-            elif word == 2:
-                _copy_rows(nb.carray(src, src_shape, np.uint16), nb.carray(dst, dst_shape, np.uint16), raw, row_bytes,
-                           rows, lo, hi)
-            else:
-                _copy_rows(nb.carray(src, src_shape, np.uint8), nb.carray(dst, dst_shape, np.uint8), raw, row_bytes,
-                           rows, lo, hi)
+    for c in range(cols.shape[0]):
+        if cols[c, DENSE_OUT_OFFSETS] != 0:
+            out_offsets = nb.carray(_pointer(cols[c, DENSE_OUT_OFFSETS]), n + 1, np.int64)
+            per_row = cols[c, DENSE_ROW_VALUES]
+            for i in range(lo, hi):
+                out_offsets[i] = i * per_row
+        src, dst = _pointer(cols[c, DENSE_SRC]), _pointer(cols[c, DENSE_DST])
+        width, word = cols[c, DENSE_ROW_WORDS], cols[c, DENSE_WORD_BYTES]
+        src_shape, dst_shape = (table_rows, width), (n, width)
+        row_bytes = width * word
+        raw = nb.carray(src, table_rows * row_bytes, np.uint8)
+        if word == 8:
+            _copy_rows(nb.carray(src, src_shape, np.uint64), nb.carray(dst, dst_shape, np.uint64), raw, row_bytes,
+                       rows, lo, hi)
+        elif word == 4:
+            _copy_rows(nb.carray(src, src_shape, np.uint32), nb.carray(dst, dst_shape, np.uint32), raw, row_bytes,
+                       rows, lo, hi)
+        elif word == 2:
+            _copy_rows(nb.carray(src, src_shape, np.uint16), nb.carray(dst, dst_shape, np.uint16), raw, row_bytes,
+                       rows, lo, hi)
+        else:
+            _copy_rows(nb.carray(src, src_shape, np.uint8), nb.carray(dst, dst_shape, np.uint8), raw, row_bytes,
+                       rows, lo, hi)
+
+
+@nb.njit(inline="always", cache=True)
+def _prefetch_offsets(offsets, rows, i):
+    prefetch(offsets, rows[i])
+    prefetch(offsets, rows[i] + 1)
+
+
+@nb.njit(inline="always", cache=True)
+def _measure_block(measured, rows, table_rows, starts, lengths, block_base, block_max, b, lo, hi):
+    """Every measured column m's rows lo:hi (block b): starts[m, i] and lengths[m, i] of row
+    rows[i], the block's total (in block_base[m, b]) and longest row."""
+    for m in range(measured.shape[0]):
+        offsets = nb.carray(_pointer(measured[m, MEASURE_OFFSETS]), table_rows + 1, np.int64)
+        for i in range(lo, min(hi, lo + AHEAD)):
+            _prefetch_offsets(offsets, rows, i)
+        total = 0
+        most = 0
+        for i in range(lo, hi):
+            if i + AHEAD < hi:
+                _prefetch_offsets(offsets, rows, i + AHEAD)
+            r = rows[i]
+            start = offsets[r]
+            length = offsets[r + 1] - start
+            starts[m, i] = start
+            lengths[m, i] = length
+            total += length
+            most = max(most, length)
+        block_base[m, b] = total
+        block_max[m, b] = most
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def ragged_lengths(measured, rows, table_rows, starts, lengths, block_base, totals, longest):
-    """For every measured column m and row i: starts[m, i] and lengths[m, i] of row rows[i];
-    block_base[m, b] = where block b's values begin in the output; totals[m] = all values;
-    longest[m] = the longest row (strings' fixed width)."""
+def gather_rows(slots, ids, default_row, rows, dense, measured, table_rows, starts, lengths, block_base, totals,
+                longest):
+    """A pack's first parallel region, block by block: rows[i] = the table row of ids[i]
+    (default_row where absent; where ids is empty, rows are given), every dense column
+    gathered (see _dense_block), every measured column's starts and lengths (_measure_block);
+    then block_base[m, b] = where block b's values begin in column m's output, totals[m] =
+    its values, longest[m] = its longest row (strings' fixed width). Returns how many ids
+    were absent."""
     n = rows.shape[0]
-    n_blocks = block_base.shape[1]
+    n_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    look_up = ids.shape[0] == n
     block_max = np.zeros_like(block_base)
+    missing = 0
     for b in nb.prange(n_blocks):
         lo = b * BLOCK_ROWS
         hi = min(n, lo + BLOCK_ROWS)
-        for m in range(measured.shape[0]):
-            offsets = nb.carray(_pointer(measured[m, MEASURE_OFFSETS]), table_rows + 1, np.int64)
-            total = 0
-            most = 0
-            for i in range(lo, hi):
-                if i + AHEAD < n:
-                    ahead = rows[i + AHEAD]
-                    prefetch(offsets, ahead)
-                    prefetch(offsets, ahead + 1)
-                r = rows[i]
-                start = offsets[r]
-                length = offsets[r + 1] - start
-                starts[m, i] = start
-                lengths[m, i] = length
-                total += length
-                most = max(most, length)
-            block_base[m, b] = total
-            block_max[m, b] = most
+        if look_up:
+            missing += rows_of(slots, ids, default_row, rows, lo, hi)
+        _dense_block(dense, rows, table_rows, lo, hi)
+        _measure_block(measured, rows, table_rows, starts, lengths, block_base, block_max, b, lo, hi)
     for m in range(measured.shape[0]):
         at = 0
         most = 0
@@ -202,6 +222,7 @@ def ragged_lengths(measured, rows, table_rows, starts, lengths, block_base, tota
             most = max(most, block_max[m, b])
         totals[m] = at
         longest[m] = most
+    return missing
 
 
 @nb.njit(inline="always", cache=True)
