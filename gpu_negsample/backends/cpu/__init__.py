@@ -8,7 +8,9 @@ on the CPU, not three kernels (each region ends in a barrier both threads must r
 costs most on a busy machine): each block of rows of ``sample_put_back`` /
 ``sample_distinct`` first resolves its categories and excluded ids and computes its part
 masses (``part_masses``' work), each step a loop of independent hash probes and loads so
-the misses of many rows overlap, then draws.
+the misses of many rows overlap, then draws. Likewise a pack is two regions, not four
+kernels (``gather.py``): ``gather_rows`` (the id lookup, dense and fixed-length columns, the
+other columns' lengths) and ``gather_ragged``.
 """
 from __future__ import annotations
 
@@ -36,13 +38,17 @@ class CpuColumns(dict):
     """A table's columns with the per-table part of the gather's descriptors, built once per
     table as the CUDA backend places its own: the ragged and string columns whose rows all
     have one length L >= 1 (``fixed``: gathered as dense rows of L values), and the others
-    (``measured``, with gather.py's MEASURE_* table: where their offsets are)."""
+    (``measured``, with gather.py's MEASURE_* table: where their offsets are), and where
+    each column's values and weights are (``address``: a pack needs them for every column,
+    and reading an array's address costs microseconds)."""
 
     def __init__(self, columns: dict):
         super().__init__(columns)
         lengths = {name: g.fixed_row_length(col.offsets) for name, col in columns.items() if col.kind != DENSE}
         self.fixed = {name: int(length) for name, length in lengths.items() if length >= 1}
         self.measured = [name for name in lengths if name not in self.fixed]
+        self.address = {(name, field): g.address(getattr(col, field)) for name, col in columns.items()
+                        for field in ("values", "weight") if getattr(col, field) is not None}
         self.measure = np.array([(g.address(columns[name].offsets),) for name in self.measured],
                                 dtype=np.int64).reshape(-1, g.MEASURE_FIELDS)
 
@@ -174,10 +180,10 @@ def _gather(columns: CpuColumns, rows: np.ndarray, alloc: Allocator, slots: np.n
         if col.kind == DENSE:
             dst = alloc(name, (n,) + col.values.shape[1:], col.values.dtype)
             row_bytes = col.values.itemsize * int(np.prod(col.values.shape[1:], dtype=np.int64))
-            _add_dense(dense, col.values, dst, row_bytes)
+            _add_dense(dense, columns.address[name, "values"], dst, row_bytes)
             out[name] = torch.from_numpy(dst)
         elif name in columns.fixed:
-            out[name] = _fixed_length_column(dense, col, columns.fixed[name], n, alloc)
+            out[name] = _fixed_length_column(dense, columns, name, n, alloc)
     m = len(columns.measured)
     n_blocks = (n + g.BLOCK_ROWS - 1) // g.BLOCK_ROWS
     starts, lengths = np.empty((m, n), np.int64), np.empty((m, n), np.int64)
@@ -191,31 +197,34 @@ def _gather(columns: CpuColumns, rows: np.ndarray, alloc: Allocator, slots: np.n
     return {name: out[name] for name in columns}, int(missing)
 
 
-def _add_dense(dense: list, src: np.ndarray, dst: np.ndarray, row_bytes: int, out_offsets: np.ndarray | None = None,
+def _add_dense(dense: list, src: int, dst: np.ndarray, row_bytes: int, out_offsets: np.ndarray | None = None,
                row_values: int = 0) -> None:
-    """Append gather_rows' dense descriptor of dst[i] = src's row rows[i] (rows of row_bytes bytes;
-    none for empty rows), with the out offsets i * row_values where out_offsets is given."""
+    """Append gather_rows' dense descriptor of dst[i] = row rows[i] of the column at address
+    src (rows of row_bytes bytes; none for empty rows), with the out offsets i * row_values
+    where out_offsets is given."""
     if row_bytes:
-        word = g.word_bytes(row_bytes, src, dst)
-        dense.append((g.address(src), g.address(dst), row_bytes // word, word,
-                      0 if out_offsets is None else g.address(out_offsets), row_values))
+        to = g.address(dst)
+        word = g.word_bytes(row_bytes, src, to)
+        dense.append((src, to, row_bytes // word, word, 0 if out_offsets is None else g.address(out_offsets),
+                      row_values))
 
 
-def _fixed_length_column(dense: list, col: Column, length: int, n: int, alloc: Allocator):
-    """A ragged or string column whose every row has `length` values, at n rows: its outputs,
-    and the dense descriptors (appended to dense) with which gather_rows fills them."""
+def _fixed_length_column(dense: list, columns: CpuColumns, name: str, n: int, alloc: Allocator):
+    """A ragged or string column whose every row has the same number of values, at n rows:
+    its outputs, and the dense descriptors (appended to dense) with which gather_rows fills them."""
+    col, length = columns[name], columns.fixed[name]
     if col.kind == STRING:
-        fixed = alloc(col.name, (n,), np.dtype(f"S{length if n else 1}"))  # as wide as the longest row, or 1
-        _add_dense(dense, col.values, fixed, length)
+        fixed = alloc(name, (n,), np.dtype(f"S{length if n else 1}"))  # as wide as the longest row, or 1
+        _add_dense(dense, columns.address[name, "values"], fixed, length)
         return fixed
-    offsets = alloc(f"{col.name}.offsets", (n + 1,), np.dtype(np.int64))
+    offsets = alloc(f"{name}.offsets", (n + 1,), np.dtype(np.int64))
     offsets[n] = n * length
-    values = alloc(f"{col.name}.values", (n * length,), col.values.dtype)
-    _add_dense(dense, col.values, values, length * col.values.itemsize, offsets, length)
+    values = alloc(f"{name}.values", (n * length,), col.values.dtype)
+    _add_dense(dense, columns.address[name, "values"], values, length * col.values.itemsize, offsets, length)
     weight = None
     if col.weight is not None:
-        weight = alloc(f"{col.name}.weight", (n * length,), col.weight.dtype)
-        _add_dense(dense, col.weight, weight, length * col.weight.itemsize)
+        weight = alloc(f"{name}.weight", (n * length,), col.weight.dtype)
+        _add_dense(dense, columns.address[name, "weight"], weight, length * col.weight.itemsize)
     return RaggedTensor._from_parts(torch.from_numpy(values), torch.from_numpy(offsets),
                                     None if weight is None else torch.from_numpy(weight))
 
@@ -230,7 +239,7 @@ def _gather_measured(columns: CpuColumns, n: int, starts, lengths, block_base, t
         if col.kind == STRING:
             width = max(1, int(longest[j]))
             fixed = alloc(name, (n,), np.dtype(f"S{width}"))
-            copies.append((g.address(col.values), g.address(fixed), 1, j, width, 0))
+            copies.append((columns.address[name, "values"], g.address(fixed), 1, j, width, 0))
             out[name] = fixed
             continue
         offsets = alloc(f"{name}.offsets", (n + 1,), np.dtype(np.int64))
@@ -238,8 +247,8 @@ def _gather_measured(columns: CpuColumns, n: int, starts, lengths, block_base, t
         parts = [alloc(f"{name}.values", (int(totals[j]),), col.values.dtype)]
         if col.weight is not None:
             parts.append(alloc(f"{name}.weight", (int(totals[j]),), col.weight.dtype))
-        for src, dst in zip((col.values, col.weight), parts):
-            copies.append((g.address(src), g.address(dst), src.itemsize, j, 0,
+        for field, dst in zip(("values", "weight"), parts):
+            copies.append((columns.address[name, field], g.address(dst), dst.itemsize, j, 0,
                            g.address(offsets) if dst is parts[0] else 0))
         out[name] = RaggedTensor._from_parts(torch.from_numpy(parts[0]), torch.from_numpy(offsets),
                                              torch.from_numpy(parts[1]) if len(parts) > 1 else None)

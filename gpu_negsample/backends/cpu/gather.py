@@ -79,12 +79,12 @@ def address(a: np.ndarray) -> int:
     """Where a C-contiguous array's data starts; the descriptors' way of naming an array."""
     if not a.flags.c_contiguous:
         raise ValueError(f"gather: array of shape {a.shape} is not C-contiguous; outputs and columns must be")
-    return a.__array_interface__["data"][0]
+    return a.ctypes.data
 
 
-def word_bytes(row_bytes: int, *arrays: np.ndarray) -> int:
-    """The widest word (8, 4, 2 or 1 bytes) that divides a row and every array's alignment."""
-    return next(w for w in (8, 4, 2, 1) if row_bytes % w == 0 and all(address(a) % w == 0 for a in arrays))
+def word_bytes(row_bytes: int, *addresses: int) -> int:
+    """The widest word (8, 4, 2 or 1 bytes) that divides a row and every address."""
+    return next(w for w in (8, 4, 2, 1) if row_bytes % w == 0 and all(a % w == 0 for a in addresses))
 
 
 @nb.njit(nogil=True, cache=True)
