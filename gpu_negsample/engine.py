@@ -360,8 +360,8 @@ class Engine:
         """The features of ids on ``state``; absent ids (counted when default_value is absent
         too, an error the caller raises from the request's status) take default_value's row."""
         default_row = int(lookup(state.index.arrays.id_slots, np.array([default_value], dtype=np.int64))[0])
-        rows = self.backend.rows_or_default(rq, state.placed_index, ids, max(default_row, 0), default_row < 0)
-        return self.backend.gather_table(rq, state.columns, rows, alloc)
+        return self.backend.gather_ids(rq, state.placed_index, state.columns, ids, max(default_row, 0), default_row < 0,
+                                       alloc)
 
 
 def _uniform(inputs: SampleInputs) -> int:

@@ -141,6 +141,7 @@ def feature_table(n=97, seed=0):
         "tags": ragged([rng.integers(0, 50, rng.integers(0, 6)).tolist() for _ in range(n)]),
         "short_tags": ragged([rng.integers(0, 50, rng.integers(0, 4)).tolist() for _ in range(n)], torch.int16),
         "bytes": ragged([rng.integers(0, 9, rng.integers(0, 3)).tolist() for _ in range(n)], torch.uint8),
+        "codes": [f"c{i % 1000:03d}" for i in range(n)],  # strings of one length
     }
     weighted = ragged([rng.integers(0, 9, 2).tolist() for _ in range(n)], torch.int32)
     extra["weighted"] = RaggedTensor(weighted.values(), weighted.offsets()[0], torch.rand(2 * n))
@@ -171,6 +172,7 @@ def test_pack_feature_valid_ids_and_combine(device, budget):
     query = torch.from_numpy(np.concatenate([rng.choice(ids, 200), [1, -3], ids[:1]]))
     default = int(ids[4])
     assert_same_features(cpu.pack_feature(query, default), dev.pack_feature(query, default))
+    assert_same_features(cpu.pack_feature(query[:0], default), dev.pack_feature(query[:0], default))
     assert torch.equal(dev.valid_sample_ids(query, default).cpu(), cpu.valid_sample_ids(query, default))
     counts = torch.from_numpy(rng.integers(0, 4, size=query.numel()))
     sampled = torch.arange(int(counts.sum()))

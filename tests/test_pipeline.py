@@ -69,21 +69,22 @@ def test_valid_ids_and_pack_feature_against_brute_force():
 
 
 def test_pack_feature_over_several_blocks_and_fixed_length_columns():
-    """Rows span several of the gather's blocks; single-valued and fixed-length ragged
-    columns take the path that reads no offsets, and must agree with brute force too."""
+    """Rows span several of the gather's blocks; single-valued and fixed-length ragged and
+    string columns are gathered as dense rows (no offsets read), and must agree with brute
+    force too, weights of a fixed-length ragged column included."""
     from gpu_negsample.backends.cpu import gather
 
     cat = make_catalogue(3000, 20, n_dense=2, n_ragged=2, seed=4)
     rng = np.random.default_rng(1)
     pairs = rng.integers(0, 100, (3000, 2))
-    cat.table["pairs"] = RaggedTensor(torch.from_numpy(pairs.reshape(-1)), torch.arange(0, 6001, 2))
+    pair_weights = torch.from_numpy(rng.random(6000, dtype=np.float32))
+    cat.table["pairs"] = RaggedTensor(torch.from_numpy(pairs.reshape(-1)), torch.arange(0, 6001, 2), pair_weights)
     cat.table["codes"] = [np.char.add("c", (np.arange(3000) % 900 + 100).astype("U"))]  # all 4 bytes
     s = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device="cpu")
     s.reload(cat.table)
     columns = s.engine.state.columns
-    fixed = dict(zip(columns.measured, columns.measure[:, gather.MEASURE_FIXED_LENGTH].tolist()))
-    assert fixed[DEDUP_TAG] == fixed[SAMPLE_TAG] == 1 and fixed["pairs"] == 2 and fixed["codes"] == 4
-    assert fixed["ragged_0"] == fixed[SKEY] == -1
+    assert columns.fixed == {SAMPLE_TAG: 1, DEDUP_TAG: 1, "pairs": 2, "codes": 4}
+    assert columns.measured == ["ragged_0", "ragged_1", SKEY]
     n = 3 * gather.BLOCK_ROWS + 17
     rows = rng.integers(0, 3000, n)
     tab = s.pack_feature(torch.from_numpy(cat.ids[rows]))
@@ -97,6 +98,7 @@ def test_pack_feature_over_several_blocks_and_fixed_length_columns():
             assert torch.equal(got, value[rows]), name
         else:
             assert got.tolist() == [value[0][r].encode() for r in rows], name
+    assert torch.equal(tab["pairs"].weight(), pair_weights.reshape(-1, 2)[rows].reshape(-1))
 
 
 def test_stores_through_a_carray_in_a_parallel_function_are_kept():

@@ -123,3 +123,7 @@ class Backend(Protocol):
     def gather_table(self, rq: Request, columns: dict, rows, alloc: Allocator) -> dict:
         """Every placed column at the given table rows: dense -> Tensor, ragged -> RaggedTensor,
         string -> fixed-width np.bytes_ array; host outputs come from ``alloc``."""
+
+    def gather_ids(self, rq: Request, ix, columns: dict, ids, default_row: int, report_missing: bool,
+                   alloc: Allocator) -> dict:
+        """gather_table at rows_or_default's rows of ids (a backend may do both in one pass)."""

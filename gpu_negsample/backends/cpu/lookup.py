@@ -5,7 +5,11 @@ import numba as nb
 
 import numpy as np
 
-from ...hashing import probe
+from ...hashing import probe, splitmix64
+from .memory import AHEAD, prefetch
+
+# Ids per block of rows_or_default's parallel loop.
+BLOCK = 1024
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -22,16 +26,32 @@ def valid_ids(slots, ids, default_id, out):
         out[i] = ids[i] if probe(slots, ids[i]) >= 0 else default_id
 
 
-@nb.njit(parallel=True, nogil=True, cache=True)
-def rows_or_default(slots, ids, default_row, out):
-    """Table rows of ids (default_row where absent); returns how many were absent."""
+@nb.njit(inline="always", cache=True)
+def rows_of(slots, ids, default_row, out, lo, hi):
+    """out[i] = the table row of ids[i] (default_row where absent) for i in lo:hi; returns how
+    many were absent. Each probe's home slot is prefetched AHEAD ids earlier, so many misses
+    are in flight."""
+    n = ids.shape[0]
+    mask = np.uint64(slots.shape[0] - 1)
     missing = 0
-    for i in nb.prange(ids.shape[0]):
+    for i in range(lo, hi):
+        if i + AHEAD < n:
+            prefetch(slots, splitmix64(ids[i + AHEAD]) & mask)
         r = probe(slots, ids[i])
         if r < 0:
             r = default_row
             missing += 1
         out[i] = r
+    return missing
+
+
+@nb.njit(parallel=True, nogil=True, cache=True)
+def rows_or_default(slots, ids, default_row, out):
+    """Table rows of ids (default_row where absent); returns how many were absent."""
+    n = ids.shape[0]
+    missing = 0
+    for b in nb.prange((n + BLOCK - 1) // BLOCK):
+        missing += rows_of(slots, ids, default_row, out, b * BLOCK, min(n, b * BLOCK + BLOCK))
     return missing
 
 

@@ -149,3 +149,8 @@ class CudaBackend:
     def gather_table(self, rq: DeviceRequest, columns: PlacedColumns, rows, alloc: Allocator = host_empty) -> dict:
         """Dense and ragged columns as tensors on the device; strings as host bytes arrays from ``alloc``."""
         return gather_table(self.device, rq, columns, columns.kernels, rows, alloc)
+
+    def gather_ids(self, rq: DeviceRequest, ix: IndexMirror, columns: PlacedColumns, ids, default_row: int,
+                   report_missing: bool, alloc: Allocator = host_empty) -> dict:
+        """rows_or_default, then gather_table at those rows."""
+        return self.gather_table(rq, columns, self.rows_or_default(rq, ix, ids, default_row, report_missing), alloc)

@@ -57,7 +57,9 @@ def gather_table(device, rq, columns: dict, kernels: TableKernels, rows: torch.T
     lengths = None
     if kernels.measured:
         n_measured = len(kernels.measured)
-        lengths = rq.empty((n_measured, n + 1), torch.int64)
+        # ragged_lengths writes a column's leading 0 from the thread of its row 0; with no
+        # rows there is none, and the offsets would be whatever the memory held.
+        lengths = rq.empty((n_measured, n + 1), torch.int64) if n else rq.zeros((n_measured, 1), torch.int64)
         max_length = rq.zeros((n_measured,), torch.int64)
         device.launch("ragged_lengths", n_measured * n, kernels.measure_view, n_measured, rows, n, lengths,
                       max_length)
