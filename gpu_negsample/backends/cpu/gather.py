@@ -21,7 +21,7 @@ ends in a barrier that waits for the slowest thread (milliseconds when another p
 a core), and a fixed-length column costs one random line a row, not a second region's loop.
 The outputs are the same bytes.
 
-Every loop prefetches the lines of the row memory.AHEAD rows on while it works on a row: a
+Every loop prefetches the lines of the row memory_hints.AHEAD rows on while it works on a row: a
 loop of plain loads keeps only as many misses in flight as fit the core's reorder window,
 and a random row is a miss (the table is far larger than the caches). Outputs come from the
 caller's allocator, so descriptors hold addresses, not arrays: numba cannot hold a list of
@@ -36,7 +36,7 @@ from numba.core import ir_utils, types
 from numba.extending import intrinsic
 
 from .lookup import rows_of
-from .memory import AHEAD, prefetch
+from ...memory_hints import AHEAD, prefetch
 
 # Rows per block of a parallel loop: fixed, so the block bases (and thus every output) do
 # not depend on the thread count.

@@ -6,7 +6,7 @@ import numba as nb
 import numpy as np
 
 from ...hashing import probe, splitmix64
-from .memory import AHEAD, prefetch
+from ...memory_hints import AHEAD, prefetch
 
 # Ids per block of rows_or_default's parallel loop.
 BLOCK = 1024
