@@ -42,8 +42,8 @@ def _stub_block(client, arrays):
         def _views(self, metas):
             out, owners = {}, []
             for m in metas:
-                owner = np.array(arrays[m["name"]].numpy())
-                out[m["name"]] = torch.from_dlpack(owner)
+                owner = np.array(arrays[m[0]].numpy())
+                out[m[0]] = torch.from_dlpack(owner)
                 owners.append(owner)
             return out, owners
 

@@ -95,10 +95,12 @@ def test_ragged_offsets_that_would_index_out_of_bounds_are_refused(offsets, mess
 @pytest.mark.parametrize("offset", [-64, 8, "0", None])
 def test_an_array_placed_outside_the_result_block_is_refused(offset):
     """A reply's placement is checked against the block before any view of it is made."""
-    meta = {"name": "x", "dtype": "<i8", "shape": [8], "offset": offset}
+    meta = ["x", "<i8", [8], offset]
     with pytest.raises(RequestError, match="'x' is placed at bytes .* outside the 64-byte result block"):
         p.read_block(bytearray(64), [meta])
-    assert p.read_block(bytearray(64), [dict(meta, offset=0)])["x"].shape == (8,)
+    assert p.read_block(bytearray(64), [meta[:3] + [0]])["x"].shape == (8,)
+    with pytest.raises(RequestError, match="placement must be \\[name, dtype, shape, offset\\]"):
+        p.read_block(bytearray(64), [{"name": "x", "dtype": "<i8", "shape": [8], "offset": 0}])
 
 
 def test_a_malformed_answer_is_the_servers_fault_not_the_callers():
@@ -118,7 +120,7 @@ def test_a_malformed_answer_is_the_servers_fault_not_the_callers():
     answer_with(p.layout({"f.values": np.arange(4), "f.offsets": np.arange(3)})[0], [["r", {"ragged": "f"}]])
     with pytest.raises(client.ServerError, match="malformed.* must start at 0 and end at len"):
         t.pack_feature(torch.arange(2), -1)
-    answer_with([{"name": "out", "dtype": "<i8", "shape": [2], "offset": 4088}])
+    answer_with([["out", "<i8", [2], 4088]])
     with pytest.raises(client.ServerError, match="malformed.*outside the 4096-byte result block"):
         t.valid_sample_ids(torch.arange(2), -1)
 

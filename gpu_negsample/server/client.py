@@ -140,10 +140,10 @@ class _CudaBlock(_Block):
         self._answer_stream = torch.cuda.current_stream(self.device)
         for meta in metas:
             with _server_fault():
-                dtype, shape, offset, nbytes = p.placed_range(meta, self.size)
+                name, dtype, shape, offset, nbytes = p.placed_range(meta, self.size)
             memory = cp.cuda.UnownedMemory(self.ptr + offset, max(nbytes, 1), self, self.device)
             owner = cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(memory, 0))
-            out[meta["name"]] = torch.from_dlpack(owner)
+            out[name] = torch.from_dlpack(owner)
             owners.append(owner)
         return out, owners
 
