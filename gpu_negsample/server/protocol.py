@@ -56,6 +56,7 @@ def _check_meta(meta) -> tuple[np.dtype, tuple]:
 
 
 def _dtype_and_shape(name, dtype, shape) -> tuple[np.dtype, tuple]:
+    """An array's dtype and shape as received, checked (``_check_meta``, ``placed_range``)."""
     dtype = _wire_dtype(name, dtype)
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**62 for d in shape) or len(shape) > 8:
         raise RequestError(f"array {name!r}: shape {str(shape)[:100]} must be a list of at most 8 non-negative ints")
