@@ -73,6 +73,28 @@ def interleaved(fns: dict, iters) -> dict[str, list[float]]:
     return out
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) process pid has used so far, from /proc (in
+    clock ticks, 10 ms here: divide a difference over many calls); None where /proc is absent."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_timed(fn, clock=time.thread_time):
+    """fn, and a list that collects the CPU seconds (`clock`) each call of it used."""
+    spent = []
+
+    def call():
+        c0 = clock()
+        fn()
+        spent.append(clock() - c0)
+    return call, spent
+
+
 def timed(fn, iters) -> list[float]:
     return interleaved({"": fn}, iters)[""]
 
@@ -283,11 +305,24 @@ def main(argv=None):
     job = f"bench{os.getpid()}"
     with LocalRpcDataSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=0, device="cpu", name=job) as starter:
         starter.reload(cat.table)
-        pair = interleaved({"in_process": lambda: local.sample(items, K, tags, default_value=default_id),
-                            "server": lambda: starter.sample(items, K, tags, default_value=default_id)}, args.iters)
-        results["fused_interleaved"] = {name: summary(lat, negatives) for name, lat in pair.items()}
-        results["fused_interleaved"]["overhead_p50_ms"] = float(np.median(
-            (np.asarray(pair["server"]) - np.asarray(pair["in_process"])) * 1e3))
+        # CPU per call beside the wall times: what bounds throughput when clients and server share
+        # the cores, and steadier than wall time on a loaded machine. The in-process call's is its
+        # process's (its numba threads); the server call's is the client's own thread's plus the
+        # server process's over all calls (warm-up included) divided by their number.
+        in_process_call, in_process_cpu = cpu_timed(lambda: local.sample(items, K, tags, default_value=default_id),
+                                                    time.process_time)
+        server_call, client_cpu = cpu_timed(lambda: starter.sample(items, K, tags, default_value=default_id))
+        starter.sample(items, K, tags, default_value=default_id)  # the server's first call may compile kernels
+        server_cpu_before = process_cpu_s(starter.server_pid)
+        pair = interleaved({"in_process": in_process_call, "server": server_call}, args.iters)
+        server_cpu_after = process_cpu_s(starter.server_pid)
+        il = results["fused_interleaved"] = {name: summary(lat, negatives) for name, lat in pair.items()}
+        il["overhead_p50_ms"] = float(np.median((np.asarray(pair["server"]) - np.asarray(pair["in_process"])) * 1e3))
+        il["cpu_ms_per_call"] = {
+            "in_process_p50": float(np.median(in_process_cpu) * 1e3),
+            "client_thread_p50": float(np.median(client_cpu) * 1e3),
+            "server_process_mean": None if server_cpu_before is None else
+            (server_cpu_after - server_cpu_before) * 1e3 / len(client_cpu)}
         fused_in_process = lambda: local.sample(items, K, tags, default_value=default_id)  # noqa: E731
         results["server"] = [run_clients(job, n, batch, default_id, args.client_iters, args.rounds, "shm",
                                          fused_in_process) for n in map(int, args.clients.split(","))]
@@ -313,6 +348,9 @@ def main(argv=None):
     print(f"fused, one process, in-process and server calls interleaved: in-process p50 "
           f"{il['in_process']['p50_ms']:.1f} ms, server p50 {il['server']['p50_ms']:.1f} ms, "
           f"median overhead {il['overhead_p50_ms']:.1f} ms")
+    cpu = il["cpu_ms_per_call"]
+    print(f"fused CPU per call: in-process {cpu['in_process_p50']:.1f} ms; server path: client thread "
+          f"{cpu['client_thread_p50']:.2f} ms + server process {cpu['server_process_mean'] or float('nan'):.1f} ms")
     for r in results["server"]:
         f, c = r["fused"], r["five_calls"]
         print(f"server {r['clients']} client(s)  fused p50 {f['p50_ms']:.1f} p99 {f['p99_ms']:.1f} ms, "

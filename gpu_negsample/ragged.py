@@ -47,28 +47,28 @@ class RaggedTensor:
         self._values, self._offsets, self._weight = values, offsets, weight
         return self
 
+    @classmethod
+    def _from_arrays(cls, values: np.ndarray, offsets: np.ndarray, weight: np.ndarray | None = None
+                     ) -> "RaggedTensor":
+        """From numpy arrays that came from outside (a request, a server's answer): the
+        constructor's checks, run on the arrays themselves before they become tensors (a
+        fused answer builds six of these per call)."""
+        if offsets.ndim != 1 or offsets.dtype != np.int64 or values.ndim == 0:
+            return cls(torch.from_numpy(values), torch.from_numpy(offsets),
+                       None if weight is None else torch.from_numpy(weight))
+        _check_parts(offsets, values.shape[0], None if weight is None else weight.shape[0])
+        return cls._from_parts(torch.from_numpy(values), torch.from_numpy(offsets),
+                               None if weight is None else torch.from_numpy(weight))
+
     def _check(self) -> None:
         off = self._offsets
-        if off.dim() != 1 or off.numel() == 0:
+        if off.dim() != 1:
             raise ValueError("RaggedTensor offsets must be a non-empty 1-D tensor (rows + 1 entries)")
         # On the CPU one numpy pass: torch's comparisons over tens of thousands of offsets wake
         # its intra-op thread pool, whose threads then spin on the cores a sampler needs (~3 ms
         # a check on 2 cores, several checks per sampled batch).
-        o = off.numpy() if off.device.type == "cpu" else off
-        first, last = int(o[0]), int(o[-1])
-        if first != 0 or last != self._values.shape[0]:
-            raise ValueError(
-                f"RaggedTensor offsets must start at 0 and end at len(values)={self._values.shape[0]}; "
-                f"got first={first}, last={last}"
-            )
-        down = o[1:] < o[:-1]
-        if bool(down.any()):
-            row = int(down.nonzero()[0][0])  # the first decrease (torch and numpy index alike here)
-            raise ValueError(f"RaggedTensor offsets decrease at row {row}: {int(o[row])} -> {int(o[row + 1])}")
-        if self._weight is not None and self._weight.shape[0] != self._values.shape[0]:
-            raise ValueError(
-                f"RaggedTensor weight has {self._weight.shape[0]} entries for {self._values.shape[0]} values"
-            )
+        _check_parts(off.numpy() if off.device.type == "cpu" else off, self._values.shape[0],
+                     None if self._weight is None else self._weight.shape[0])
 
     def values(self) -> torch.Tensor:
         """Every row's values, concatenated."""
@@ -153,6 +153,23 @@ class RaggedTensor:
 
     def __repr__(self) -> str:
         return f"RaggedTensor(rows={self.row_count}, values={tuple(self._values.shape)}, dtype={self._values.dtype})"
+
+
+def _check_parts(o, n_values: int, n_weights: int | None) -> None:
+    """ValueError unless 1-D offsets `o` (numpy, or a tensor on a GPU) start at 0, end at
+    n_values and never decrease, and a weight (n_weights entries) is aligned with the values."""
+    if o.shape[0] == 0:
+        raise ValueError("RaggedTensor offsets must be a non-empty 1-D tensor (rows + 1 entries)")
+    first, last = int(o[0]), int(o[-1])
+    if first != 0 or last != n_values:
+        raise ValueError(f"RaggedTensor offsets must start at 0 and end at len(values)={n_values}; "
+                         f"got first={first}, last={last}")
+    down = o[1:] < o[:-1]
+    if bool(down.any()):
+        row = int(down.nonzero()[0][0])  # the first decrease (torch and numpy index alike here)
+        raise ValueError(f"RaggedTensor offsets decrease at row {row}: {int(o[row])} -> {int(o[row + 1])}")
+    if n_weights is not None and n_weights != n_values:
+        raise ValueError(f"RaggedTensor weight has {n_weights} entries for {n_values} values")
 
 
 def _as_tensor(x) -> torch.Tensor:

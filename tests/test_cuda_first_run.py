@@ -40,11 +40,12 @@ def _stub_block(client, arrays):
             self.gone = 0
 
         def _views(self, metas):
-            out = {}
+            out, owners = {}, []
             for m in metas:
-                owner = np.array(arrays[m["name"]].numpy())
-                out[m["name"]] = (owner, torch.from_dlpack(owner))
-            return out
+                owner = np.array(arrays[m[0]].numpy())
+                out[m[0]] = torch.from_dlpack(owner)
+                owners.append(owner)
+            return out, owners
 
         def _last_view_gone(self):
             self.gone += 1
@@ -139,7 +140,7 @@ def test_a_cuda_block_waits_for_the_answers_stream_and_the_one_where_its_last_vi
     block = object.__new__(client._CudaBlock)
     block.size, block.live_arrays, block._done, block.device = 1 << 20, 1, [], 0
     block._cupy, block._answer_stream = None, None
-    assert block._views([]) == {}  # an answer arrives (its arrays do not matter here)
+    assert block._views([]) == ({}, [])  # an answer arrives (its arrays do not matter here)
     current["stream"] = "a prefetch thread's stream"
     block.release()
     assert sorted(e.stream for e in block._done) == ["a prefetch thread's stream", "the training stream"]

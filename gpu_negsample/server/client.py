@@ -6,7 +6,6 @@ import atexit
 import collections
 import contextlib
 import itertools
-import json
 import logging
 import mmap
 import os
@@ -77,14 +76,13 @@ class _Block:
         return self.live_arrays == 0
 
     def views(self, metas: list) -> dict:
-        """The answer's arrays in this block. Each array's lifetime is that of its ``owner``
-        (the object whose memory it is), watched by a finalizer: an array derived from a
-        view (a slice, ``.view``) keeps the owner, so the block stays taken until it is gone."""
-        arrays = {}
-        for name, (owner, value) in self._views(metas).items():
+        """The answer's arrays in this block. Their lifetime is that of their ``owners`` (the
+        objects whose memory they are), each watched by a finalizer: an array derived from a
+        view (a slice, ``.view``) keeps its owner, so the block stays taken until it is gone."""
+        arrays, owners = self._views(metas)
+        for owner in owners:
             self.live_arrays += 1
             weakref.finalize(owner, self.release)
-            arrays[name] = value
         return arrays
 
 
@@ -98,9 +96,11 @@ class _ShmBlock(_Block):
         self.memory = memory
 
     def _views(self, metas):
+        """One owner for the whole answer: every array is a view of one base array over the
+        block (``read_block``), so one finalizer, not one per array, says when all are gone."""
         with _server_fault():
             arrays = p.read_block(self.memory, metas)
-        return {name: (a, a) for name, a in arrays.items()}
+        return arrays, [next(iter(arrays.values())).base] if arrays else []
 
     def close(self) -> None:
         try:
@@ -136,15 +136,16 @@ class _CudaBlock(_Block):
             self.handle = cupy.cuda.runtime.ipcGetMemHandle(self.ptr)
 
     def _views(self, metas):
-        cp, out = self._cupy, {}
+        cp, out, owners = self._cupy, {}, []
         self._answer_stream = torch.cuda.current_stream(self.device)
         for meta in metas:
             with _server_fault():
-                dtype, shape, offset, nbytes = p.placed_range(meta, self.size)
+                name, dtype, shape, offset, nbytes = p.placed_range(meta, self.size)
             memory = cp.cuda.UnownedMemory(self.ptr + offset, max(nbytes, 1), self, self.device)
             owner = cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(memory, 0))
-            out[meta["name"]] = (owner, torch.from_dlpack(owner))
-        return out
+            out[name] = torch.from_dlpack(owner)
+            owners.append(owner)
+        return out, owners
 
     def _last_view_gone(self) -> None:
         streams = {torch.cuda.current_stream(self.device), self._answer_stream} - {None}
@@ -424,8 +425,9 @@ class ServerTransport:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._sock.poll(500):
-                reply = self._sock.recv_multipart(copy=False)  # unpack copies each array once
-                head = json.loads(reply[0].bytes)
+                reply = self._sock.recv_multipart(copy=False)  # reply_arrays copies each array once
+                with _server_fault():
+                    head = p.reply_header(reply[0])
                 if head.get("seq") != seq:
                     continue  # the answer to an earlier request that timed out
                 return self._decode_reply(head, reply, block)
@@ -439,7 +441,8 @@ class ServerTransport:
         if not head.get("ok"):
             kind = _ERRORS.get(head.get("error"), ServerError)
             raise kind(head.get("message", "the sampling server failed"))
-        _, arrays = p.unpack(reply, 2**62)  # what came through the socket
+        with _server_fault():
+            arrays = p.reply_arrays(head, reply)  # what came through the socket
         if "placed" in head:
             arrays.update(block.views(head["placed"]))
         if head.get("needed"):

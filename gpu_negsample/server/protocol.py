@@ -23,23 +23,41 @@ ALLOWED_KINDS = "biufS"  # bool, signed, unsigned, float, fixed-width bytes
 ALIGN = 64
 
 
-def _check_meta(meta) -> tuple[np.dtype, tuple]:
-    """The dtype and shape of an array's description, checked: plain numbers or bytes in this
-    machine's byte order, a shape of non-negative ints."""
-    if not isinstance(meta, dict):
-        raise RequestError(f"array description must be an object; got {str(meta)[:100]}")
-    name = meta.get("name")
+_WIRE_DTYPES: dict = {}  # dtype string -> its checked np.dtype (a reply describes ~20 arrays of a few dtypes)
+
+
+def _wire_dtype(name, text) -> np.dtype:
+    """The dtype an array description names, checked: plain numbers or bytes in this machine's
+    byte order. Strings already checked are looked up, not parsed again."""
+    dtype = _WIRE_DTYPES.get(text) if isinstance(text, str) else None
+    if dtype is not None:
+        return dtype
     try:
-        dtype = np.dtype(meta.get("dtype"))
+        dtype = np.dtype(text)
     except (TypeError, ValueError):
-        raise RequestError(f"array {name!r}: {meta.get('dtype')!r} is not a dtype") from None
+        raise RequestError(f"array {name!r}: {text!r} is not a dtype") from None
     if dtype.kind not in ALLOWED_KINDS or dtype.hasobject or dtype.itemsize == 0 or dtype.fields is not None \
             or dtype.subdtype is not None:
         raise RequestError(f"array {name!r}: dtype {dtype} is not allowed on the wire (numbers, bools or bytes)")
     if not dtype.isnative:
         raise RequestError(f"array {name!r}: dtype {dtype.str} is not in this machine's byte order; "
                            "convert it with a.astype(a.dtype.newbyteorder('='))")
-    shape = meta.get("shape")
+    if isinstance(text, str) and len(_WIRE_DTYPES) < 256:  # bounded: a peer may name many byte widths
+        _WIRE_DTYPES[text] = dtype
+    return dtype
+
+
+def _check_meta(meta) -> tuple[np.dtype, tuple]:
+    """The dtype and shape of an array's description, checked: plain numbers or bytes in this
+    machine's byte order, a shape of non-negative ints."""
+    if not isinstance(meta, dict):
+        raise RequestError(f"array description must be an object; got {str(meta)[:100]}")
+    return _dtype_and_shape(meta.get("name"), meta.get("dtype"), meta.get("shape"))
+
+
+def _dtype_and_shape(name, dtype, shape) -> tuple[np.dtype, tuple]:
+    """An array's dtype and shape as received, checked (``_check_meta``, ``placed_range``)."""
+    dtype = _wire_dtype(name, dtype)
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**62 for d in shape) or len(shape) > 8:
         raise RequestError(f"array {name!r}: shape {str(shape)[:100]} must be a list of at most 8 non-negative ints")
     if math.prod(shape) * dtype.itemsize >= 2**62:
@@ -86,7 +104,18 @@ def unpack(frames: list, max_bytes: int) -> tuple[dict, dict]:
     total = sum(memoryview(f).nbytes for f in frames)
     if total > max_bytes:
         raise RequestError(f"message of {total:,} bytes exceeds the limit of {max_bytes:,} bytes")
-    header = _header(bytes(memoryview(frames[0])))
+    header = reply_header(frames[0])
+    return header, reply_arrays(header, frames)
+
+
+def reply_header(frame) -> dict:
+    """The JSON header of a reply (its first frame: bytes or a zmq frame), checked to be an object."""
+    return _header(bytes(memoryview(frame)))
+
+
+def reply_arrays(header: dict, frames: list) -> dict:
+    """The arrays a reply carries in its frames after the header (each copied once into writable
+    memory), as `header` (``reply_header``) announces them; RequestError when they do not add up."""
     metas = header.pop("arrays", [])
     if not isinstance(metas, list) or len(metas) != len(frames) - 1:
         raise RequestError(f"message announces {len(metas)} arrays but carries {len(frames) - 1}")
@@ -97,7 +126,7 @@ def unpack(frames: list, max_bytes: int) -> tuple[dict, dict]:
         if nbytes != len(buffer):
             raise RequestError(f"array {meta.get('name')!r}: {len(buffer)} bytes do not make {array.dtype} {array.shape}")
         arrays[str(meta.get("name"))] = array
-    return header, arrays
+    return arrays
 
 
 # A request is ONE frame: its sequence number first (8 bytes), then the header's length
@@ -195,14 +224,17 @@ def _array(meta, buffer, offset: int, end: int) -> tuple[np.ndarray, int]:
     return np.frombuffer(buffer, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape), nbytes
 
 
-def placed_meta(name: str, a, offset: int) -> dict:
+# Where a reply placed an array in a result block: [name, dtype, shape, offset]. A list, not
+# an object: a fused answer places ~20 arrays, and the server's json.dumps of their
+# descriptions as objects took ~0.1 ms a call (the keys), more than their numbers.
+def placed_meta(name: str, a, offset: int) -> list:
     """The description of array a at offset in a result block."""
-    return {"name": name, "dtype": dtype_of(a).str, "shape": list(a.shape), "offset": offset}
+    return [name, dtype_of(a).str, list(a.shape), offset]
 
 
 def layout(arrays: dict, start: int = 0) -> tuple[list, int]:
-    """Placement of arrays in one result block from offset start: (metas with offsets, bytes
-    needed up to the end of the last one)."""
+    """Placement of arrays in one result block from offset start: (their ``placed_meta``,
+    bytes needed up to the end of the last one)."""
     metas, offset = [], start
     for name, a in arrays.items():
         metas.append(placed_meta(name, a, offset))
@@ -211,31 +243,37 @@ def layout(arrays: dict, start: int = 0) -> tuple[list, int]:
 
 
 def write_block(block: memoryview, arrays: dict, metas: list) -> None:
-    for meta, a in zip(metas, arrays.values()):
+    """Copy arrays into a result block where ``layout`` placed them."""
+    for (_, _, _, offset), a in zip(metas, arrays.values()):
         a = host(a)
-        view = np.frombuffer(block, dtype=a.dtype, count=a.size, offset=meta["offset"])
+        view = np.frombuffer(block, dtype=a.dtype, count=a.size, offset=offset)
         view[...] = a.reshape(-1)
 
 
-def placed_range(meta, size: int) -> tuple[np.dtype, tuple, int, int]:
-    """(dtype, shape, offset, bytes) of an array a reply places in a result block of `size`
-    bytes, checked to lie inside it: RequestError otherwise."""
-    dtype, shape = _check_meta(meta)
-    offset, nbytes = meta.get("offset"), _nbytes(dtype, shape)
+def placed_range(meta, size: int) -> tuple[str, np.dtype, tuple, int, int]:
+    """(name, dtype, shape, offset, bytes) of an array a reply places in a result block of
+    `size` bytes (``placed_meta``), checked to lie inside it: RequestError otherwise."""
+    if not isinstance(meta, list) or len(meta) != 4:
+        raise RequestError(f"array placement must be [name, dtype, shape, offset]; got {str(meta)[:100]}")
+    name, dtype, shape, offset = meta
+    name = str(name)
+    dtype, shape = _dtype_and_shape(name, dtype, shape)
+    nbytes = _nbytes(dtype, shape)
     if not isinstance(offset, int) or offset < 0 or offset + nbytes > size:
-        raise RequestError(f"array {meta.get('name')!r} is placed at bytes {str(offset)[:40]}..+{nbytes}, outside "
+        raise RequestError(f"array {name!r} is placed at bytes {str(offset)[:40]}..+{nbytes}, outside "
                            f"the {size}-byte result block")
-    return dtype, shape, offset, nbytes
+    return name, dtype, shape, offset, nbytes
 
 
 def read_block(block, metas: list) -> dict:
-    """Arrays that are views of a shared-memory block (no copy)."""
-    out = {}
-    for meta in metas:
-        dtype, shape, offset, nbytes = placed_range(meta, len(block))
-        out[meta["name"]] = np.frombuffer(block, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset
-                                          ).reshape(shape)
-    return out
+    """Arrays that are views of a shared-memory block (no copy), each placement checked first
+    (``placed_range``). Every array is a view of one base array over the block's used part,
+    so a caller watches that one base to know when the last of them is gone
+    (``np.ndarray.base``; an array derived from a view keeps it too)."""
+    placed = [placed_range(meta, len(block)) for meta in metas]
+    base = np.frombuffer(block, np.uint8, count=max((o + n for _, _, _, o, n in placed), default=0))
+    return {name: base[offset:offset + nbytes].view(dtype).reshape(shape)
+            for name, dtype, shape, offset, nbytes in placed}
 
 
 # ---- values <-> (JSON args, arrays) -------------------------------------------------------
@@ -271,9 +309,13 @@ def decode(desc, arrays: dict):
         name = desc["ragged"]
         parts = [f"{name}.values", f"{name}.offsets"] + ([f"{name}.weight"] if desc.get("weight") else [])
         _require(parts, arrays)
+        values, offsets = arrays[parts[0]], arrays[parts[1]]
         weight = arrays[parts[2]] if len(parts) == 3 else None
         try:
-            return RaggedTensor(tensor(arrays[parts[0]]), tensor(arrays[parts[1]]), None if weight is None else tensor(weight))
+            if isinstance(values, np.ndarray) and isinstance(offsets, np.ndarray) \
+                    and (weight is None or isinstance(weight, np.ndarray)):
+                return RaggedTensor._from_arrays(values, offsets, weight)
+            return RaggedTensor(tensor(values), tensor(offsets), None if weight is None else tensor(weight))
         except (ValueError, TypeError, RuntimeError, NotImplementedError) as e:
             raise RequestError(f"{name}: not a valid RaggedTensor: {e}") from None
     if isinstance(desc, dict) and "array" in desc:

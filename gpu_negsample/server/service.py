@@ -80,14 +80,14 @@ class RemoteCudaBlock:
         """Device-to-device copies on the current stream, finished before the answer leaves."""
         rt = self.cp.cuda.runtime
         stream = self.cp.cuda.get_current_stream()
-        for meta, a in zip(metas, arrays.values()):
+        for (_, _, _, offset), a in zip(metas, arrays.values()):
             if isinstance(a, torch.Tensor):
                 a = a.contiguous()
                 src, nbytes = a.data_ptr(), a.numel() * a.element_size()
             else:
                 a = self.cp.ascontiguousarray(a)
                 src, nbytes = a.data.ptr, a.nbytes
-            rt.memcpyAsync(self.ptr + int(meta["offset"]), src, nbytes, rt.memcpyDefault, stream.ptr)
+            rt.memcpyAsync(self.ptr + int(offset), src, nbytes, rt.memcpyDefault, stream.ptr)
         stream.synchronize()
 
     def close(self) -> None:
