@@ -3,8 +3,11 @@
 numba's own cache is keyed by each function's source file only, so a change to a helper
 it inlines from another file (``hashing.probe`` inside ``backends/cpu/lookup.py``) would
 be served stale from ``__pycache__``. The package's numba functions are therefore cached
-in a directory keyed by a digest of every module of the package that uses numba: any
-change to one recompiles them all, once. Other code's numba functions are untouched (the locator answers only for
+in a directory keyed by a digest of the package's import name and of every module of the
+package that uses numba: any change to one recompiles them all, once. The name is in the
+digest because a cache entry names the module its function came from: a copy of the
+package imported under another name (an A/B copy of an older version) would otherwise
+share the directory and serve that module's entries, which fail to load. Other code's numba functions are untouched (the locator answers only for
 files of this package).
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 log = logging.getLogger("gpu_negsample")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_NAME = __name__.rpartition(".")[0]
 
 
 def cache_dir() -> Path:
@@ -28,8 +32,8 @@ def cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def package_digest() -> str:
-    """Digest of every module of the package that defines or imports numba code."""
-    h = hashlib.sha256()
+    """Digest of the package's import name and every module of it that defines or imports numba code."""
+    h = hashlib.sha256(PACKAGE_NAME.encode())
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         text = path.read_bytes()
         if b"numba" in text and path.name != "compile_cache.py":
