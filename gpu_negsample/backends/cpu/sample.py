@@ -98,6 +98,18 @@ def _scan(ix, ex, lo, hi, target, own_lo, own_hi, distinct, out, out_lo, j):
 
 
 @nb.njit(inline="always", cache=True)
+def _scan_weights(ix, lo, hi, target):
+    """_scan where nothing in lo:hi is excluded or drawn: the position where target falls
+    among the weights, without reading ids (a zero weight never holds target: unsigned)."""
+    for p in range(lo, hi):
+        w = ix.seg_weights[p]
+        if target < w:
+            return p
+        target -= w
+    return nb.int64(-1)
+
+
+@nb.njit(inline="always", cache=True)
 def _tail_table(ix, ex, seg):
     """(per-call table?, its first slot, its mass) of the alias table tail draws in seg use:
     ex.batch_alias where the request built one for seg, else ix.seg_alias. A flag, not
@@ -119,8 +131,12 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
     head_lo = ix.seg_offsets[seg]
     tail_lo = head_lo + ix.seg_head[seg]
     if not tail:
-        return _scan(ix, ex, head_lo, tail_lo, mulhi64(_uniform64(r_first), remaining),
-                     own_lo, own_hi, distinct, out, out_lo, j), 0
+        target = mulhi64(_uniform64(r_first), remaining)
+        if remaining == ix.seg_head_mass[seg]:
+            # The head has all its mass: no excluded or drawn item in it has a weight (their
+            # weights leave remaining), so _scan's id checks would skip nothing.
+            return _scan_weights(ix, head_lo, tail_lo, target), 0
+        return _scan(ix, ex, head_lo, tail_lo, target, own_lo, own_hi, distinct, out, out_lo, j), 0
     hi = ix.seg_offsets[seg + 1]
     size = nb.uint64(hi - tail_lo)
     per_call, base, table_mass = _tail_table(ix, ex, seg)
