@@ -8,7 +8,7 @@ from gpu_negsample.alias import build_alias
 from gpu_negsample.backends.cpu.lookup import lookup
 from gpu_negsample.hashing import EMPTY_KEY, build_hash_table, capacity_for
 from gpu_negsample.index import quantize_weights, segments_of
-from gpu_negsample.rng import mul32hi, mulhi64, philox_block
+from gpu_negsample.rng import mul32hi, mulhi64, philox_block, philox_lanes
 
 # Random123's published known-answer vectors for Philox4x32-10.
 KAT = [
@@ -23,6 +23,31 @@ KAT = [
 def test_philox_known_answers(ctr, key, want):
     out = philox_block(np.array([ctr], dtype=np.uint64), np.uint64(key[0]), np.uint64(key[1]))
     assert tuple(int(x) for x in out[0]) == want
+
+
+@pytest.mark.parametrize("ctr,key,want", KAT)
+def test_philox_lanes_known_answers(ctr, key, want):
+    words = np.zeros((4, 3), dtype=np.uint32)
+    c1, c2 = np.full(3, ctr[1], dtype=np.uint32), np.full(3, ctr[2], dtype=np.uint32)
+    philox_lanes(np.uint64(ctr[0]), c1, c2, np.uint64(ctr[3]), np.uint64(key[0]), np.uint64(key[1]), words, 3)
+    assert all(tuple(int(x) for x in words[:, t]) == want for t in range(3))
+
+
+def test_philox_lanes_match_the_scalar_function_on_random_counters():
+    """The vectorised pass the sampling kernels use gives the scalar function's words for
+    any counters (n not a multiple of the vector width, so the remainder loop runs too),
+    and reduces the scalar counters and the key modulo 2**32 as the scalar path does."""
+    rng = np.random.default_rng(5)
+    n = 1003
+    c1, c2 = (rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32) for _ in range(2))
+    c0, c3 = np.uint64(2**40 + 123), np.uint64(7)
+    k0, k1 = np.uint64(0x1_DEADBEEF), np.uint64(0x2_CAFEF00D)
+    words = np.zeros((4, n + 5), dtype=np.uint32)
+    philox_lanes(c0, c1, c2, c3, k0, k1, words, n)
+    mask = np.uint64(0xFFFFFFFF)
+    ctr = np.stack([np.full(n, c0 & mask), c1.astype(np.uint64), c2.astype(np.uint64), np.full(n, c3)], axis=1)
+    assert np.array_equal(words[:, :n], philox_block(ctr, k0 & mask, k1 & mask).T)
+    assert not words[:, n:].any()  # nothing written past n
 
 
 @nb.njit

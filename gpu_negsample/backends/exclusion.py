@@ -8,6 +8,7 @@ at weight 0, so draws there need no rejection.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numba as nb
@@ -115,15 +116,21 @@ def batch_set(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return build_hash_table(unique)[0], unique
 
 
+@functools.lru_cache(maxsize=16)
+def _no_batch(n_seg: int) -> tuple:
+    """The batch-wide fields of a row-wise Exclusion (an empty set, no masses, no tables),
+    made once per segment count: the kernels only read them."""
+    return (np.full((2, 2), EMPTY_KEY, dtype=np.int64), np.zeros(n_seg, np.uint64), np.zeros(n_seg, np.uint64),
+            np.full(n_seg, -1, np.int64), np.zeros((0, 2), np.uint32))
+
+
 def exclusion(ix, own_offsets, own_ids, own_rows, batch) -> Exclusion:
     """The Exclusion of a request (host arrays); batch is None or (hash slots, unique ids) of
     the ids every row excludes. Its per-segment masses and per-call tables are built here, on
     the host, for both backends."""
     n_seg = ix.seg_total.shape[0]
     if batch is None:
-        return Exclusion(own_offsets, own_ids, own_rows, False,
-                         np.full((2, 2), np.iinfo(np.int64).min, dtype=np.int64), np.zeros(n_seg, np.uint64),
-                         np.zeros(n_seg, np.uint64), np.full(n_seg, -1, np.int64), np.zeros((0, 2), np.uint32))
+        return Exclusion(own_offsets, own_ids, own_rows, False, *_no_batch(n_seg))
     batch_slots, unique_ids = batch
     head_out, tail_out = batch_exclusion(ix, unique_ids, n_seg)
     start, tables = batch_tables(ix, batch_slots, tail_out)

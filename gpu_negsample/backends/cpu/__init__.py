@@ -14,6 +14,7 @@ other columns' lengths) and ``gather_ragged``.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 
@@ -99,7 +100,7 @@ class CpuBackend:
         draw = s.sample_distinct if inputs.distinct else s.sample_put_back
         draw(ix, ex, own_rows, inputs.req_offsets, inputs.req_cats, req_segs, remaining, row_total, inputs.out_offsets,
              np.uint64(inputs.call & 0xFFFFFFFF), inputs.key[0], inputs.key[1], np.int64(inputs.fill_id),
-             out, status, attempts)
+             out, status, attempts, numba.get_num_threads())
         rq.count(Counter.UNKNOWN, Counter.FIRST_UNKNOWN, req_segs < 0)
         rq.count(Counter.FAILED, Counter.FIRST_FAILED, status != STATUS_OK)
         rq.counters[Counter.ATTEMPTS] += np.uint64(attempts.sum())
