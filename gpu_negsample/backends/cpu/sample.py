@@ -208,8 +208,9 @@ def _prefetch_alias(ix, ex, seg, r):
 @nb.njit(inline="always", cache=True)
 def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
     """Attempt 0's alias pick of each of n draws, as if each went to its segment's tail:
-    first[t] = its position in the segment arrays (first_id[t] its item id and, where
-    first_w has n entries, first_w[t] its weight), or -1 (no tail, or seg_of[t] < 0).
+    first[t] = its position in the segment arrays (first_id[t] its item id and, unless
+    first_w is empty, first_w[t] its weight), or -1 (no tail, or seg_of[t] < 0).
+    The scratch arrays are a thread's, sized for its largest block: n is this block's.
 
     Only loads, no decisions: the decisions (which part, alias or exact scan, accepted or
     not) are made afterwards in draw order, exactly as without this pass, so the result is
@@ -217,7 +218,7 @@ def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
     prefetched as the words were made (_prefetch_alias); the first loop prefetches the ids
     and weights they name, the second reads them.
     """
-    weights = first_w.shape[0] == n
+    weights = first_w.shape[0] > 0  # without replacement; sized for the largest block, not n
     for t in range(n):
         first[t] = -1
         seg = seg_of[t]
