@@ -106,6 +106,19 @@ def test_without_replacement_including_rows_that_run_out(device):
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_without_replacement_over_many_blocks_of_uneven_counts(device):
+    """A CPU thread's scratch is sized for its largest block of rows; blocks with fewer draws
+    must decide exactly as the kernel's one thread per row does."""
+    ids, cats, table = multi_category_table(seed=2)
+    cpu, dev = pair(table, device, seed=23, put_back=False, unsatisfiable="fill", fill_id=-9)
+    rng = np.random.default_rng(4)
+    rows = rng.choice(len(ids), 500)
+    counts = torch.from_numpy(rng.integers(0, 6, size=rows.size))
+    tags = one_per_row([cats[r][0] for r in rows])
+    assert_same_calls(cpu, dev, [((one_per_row(ids[rows]), counts, tags), {})] * 2)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_unsatisfiable_rows_raise_the_same_error(device):
     table = small_table([1, 2, 3], [1, 1, 2], [1.0, 1.0, 1.0])
     cpu, dev = pair(table, device, put_back=False)
