@@ -385,14 +385,22 @@ def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
 
 
 @nb.njit(inline="always", cache=True)
+def _block_start(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
+                 call, k0, k1, lo, hi, counters, words, touched):
+    """What both kernels do first for rows lo:hi: their part masses (_block_masses) and their
+    draws' attempt-0 words (_block_words). Returns the block's first output slot and its draw count."""
+    _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi, touched)
+    _block_words(call, k0, k1, out_offsets, lo, hi, counters, words)
+    return out_offsets[lo], out_offsets[hi] - out_offsets[lo]
+
+
+@nb.njit(inline="always", cache=True)
 def _put_back_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
                     call, k0, k1, fill_id, out, status, attempts, lo, hi, counters, words, seg_of, first, first_id,
                     first_w, part, touched):
     """sample_put_back's rows lo:hi, with a thread's scratch (part[t] = -1: the head scan decided draw t)."""
-    o_lo = out_offsets[lo]
-    n = out_offsets[hi] - o_lo
-    _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi, touched)
-    _block_words(call, k0, k1, out_offsets, lo, hi, counters, words)
+    o_lo, n = _block_start(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
+                           call, k0, k1, lo, hi, counters, words, touched)
     for i in range(lo, hi):
         o = out_offsets[i]
         status[i] = STATUS_OK
@@ -472,10 +480,8 @@ def _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
                     call, k0, k1, fill_id, out, status, attempts, lo, hi, counters, words, seg_of, first, first_id,
                     first_w, touched):
     """sample_distinct's rows lo:hi, with a thread's scratch."""
-    o_lo = out_offsets[lo]
-    n = out_offsets[hi] - o_lo
-    _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi, touched)
-    _block_words(call, k0, k1, out_offsets, lo, hi, counters, words)
+    o_lo, n = _block_start(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
+                           call, k0, k1, lo, hi, counters, words, touched)
     for i in range(lo, hi):
         o = out_offsets[i]
         seg = req_segs[req_offsets[i]] if row_total[i] > 0 else -1
