@@ -56,18 +56,30 @@ def _clear(slots):
         slots[s, 1] = -1
 
 
+@nb.njit(inline="always", cache=True)
+def home_slot(slots, key):
+    """The slot a key's linear probe starts at."""
+    return splitmix64(key) & np.uint64(slots.shape[0] - 1)
+
+
+@nb.njit(inline="always", cache=True)
+def prefetch_home(slots, key):
+    """Start loading the line of key's home slot, for a probe or insert of it a few keys on."""
+    prefetch(slots, home_slot(slots, key))
+
+
 @nb.njit(nogil=True, cache=True)
 def _insert_all(slots, keys):
     """Insert keys[i] -> i in order; return (-1, -1) or the first duplicate pair (first, second)."""
     mask = np.uint64(slots.shape[0] - 1)
     n = keys.shape[0]
     for i in range(min(_PREFETCH_AHEAD, n)):
-        prefetch(slots, splitmix64(keys[i]) & mask)
+        prefetch_home(slots, keys[i])
     for i in range(n):
         if i + _PREFETCH_AHEAD < n:
-            prefetch(slots, splitmix64(keys[i + _PREFETCH_AHEAD]) & mask)
+            prefetch_home(slots, keys[i + _PREFETCH_AHEAD])
         key = keys[i]
-        slot = splitmix64(key) & mask
+        slot = home_slot(slots, key)
         while True:
             held = slots[slot, 0]
             if held == EMPTY_KEY:
@@ -102,7 +114,7 @@ def probe(slots, key):
     if key == EMPTY_KEY:
         return NOT_FOUND
     mask = np.uint64(slots.shape[0] - 1)
-    slot = splitmix64(key) & mask
+    slot = home_slot(slots, key)
     while True:
         held = slots[slot, 0]
         if held == key:

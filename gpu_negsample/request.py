@@ -85,9 +85,9 @@ def sample_counts(counts, n_positives: int, max_total: int) -> np.ndarray:
         if not 0 <= int(counts) <= max_total:
             raise RequestError(f"sample_cnts = {int(counts)} must be between 0 and the request maximum {max_total:,} "
                                "(max_negatives)")
-        if int(counts) * n_positives <= max_total:  # the checks below hold: no pass over the array
-            return np.full(n_positives, int(counts), dtype=np.int64)
         arr = np.full(n_positives, int(counts), dtype=np.int64)
+        if int(counts) * n_positives <= max_total:  # the checks below hold: no pass over the array
+            return arr
     else:
         arr = int64_array(counts, "sample_cnts")
         if arr.shape[0] == 1:

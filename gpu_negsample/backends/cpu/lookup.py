@@ -5,8 +5,8 @@ import numba as nb
 
 import numpy as np
 
-from ...hashing import probe, splitmix64
-from ...memory_hints import AHEAD, prefetch
+from ...hashing import prefetch_home, probe
+from ...memory_hints import AHEAD
 
 # Ids per block of rows_or_default's parallel loop.
 BLOCK = 1024
@@ -32,11 +32,10 @@ def rows_of(slots, ids, default_row, out, lo, hi):
     many were absent. Each probe's home slot is prefetched AHEAD ids earlier, so many misses
     are in flight."""
     n = ids.shape[0]
-    mask = np.uint64(slots.shape[0] - 1)
     missing = 0
     for i in range(lo, hi):
         if i + AHEAD < n:
-            prefetch(slots, splitmix64(ids[i + AHEAD]) & mask)
+            prefetch_home(slots, ids[i + AHEAD])
         r = probe(slots, ids[i])
         if r < 0:
             r = default_row
