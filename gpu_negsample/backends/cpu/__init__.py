@@ -14,6 +14,8 @@ other columns' lengths) and ``gather_ragged``.
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 import torch
@@ -181,7 +183,7 @@ def _gather(columns: CpuColumns, rows: np.ndarray, alloc: Allocator, slots: np.n
     for name, col in columns.items():
         if col.kind == DENSE:
             dst = alloc(name, (n,) + col.values.shape[1:], col.values.dtype)
-            row_bytes = col.values.itemsize * int(np.prod(col.values.shape[1:], dtype=np.int64))
+            row_bytes = col.values.itemsize * math.prod(col.values.shape[1:])
             _add_dense(dense, columns.address[name, "values"], dst, row_bytes)
             out[name] = torch.from_numpy(dst)
         elif name in columns.fixed:

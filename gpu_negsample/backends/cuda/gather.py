@@ -12,6 +12,7 @@ into the host arrays ``alloc`` gives.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def gather_table(device, rq, columns: dict, kernels: TableKernels, rows: torch.T
     out, dense_words, ragged_words, n_dense_words = {}, [], [], 0
     for name, col in columns.items():
         if col.kind == DENSE:
-            row_bytes = col.values.element_size() * int(np.prod(col.values.shape[1:], dtype=np.int64))
+            row_bytes = col.values.element_size() * math.prod(col.values.shape[1:])
             dst = rq.empty((n,) + tuple(col.values.shape[1:]), col.values.dtype)
             word = _word_bytes(col.values, row_bytes) if row_bytes else 1
             if row_bytes:
