@@ -32,6 +32,7 @@ from ..exclusion import mass_in
 from ..kernel_constants import MAX_ATTEMPTS, STATUS_NO_CANDIDATE, STATUS_OK, STATUS_TOO_FEW
 from ..status import NONE, Counter
 from ...memory_hints import prefetch
+from .atomics import fetch_add
 
 # The request counter words the kernels fill (status.py); a thread's tally uses the same offsets.
 FAILED, FIRST_FAILED, ATTEMPTS = int(Counter.FAILED), int(Counter.FIRST_FAILED), int(Counter.ATTEMPTS)
@@ -289,6 +290,10 @@ def _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, 
         total = np.uint64(0)
         for k in range(req_offsets[i], req_offsets[i + 1]):
             seg = req_segs[k]
+            if seg < 0:  # an unknown category weighs nothing (as in part_masses); the engine raises for it
+                remaining[2 * k] = 0
+                remaining[2 * k + 1] = 0
+                continue
             if ex.use_batch:
                 head_out = ex.batch_head_mass[seg]
                 tail_out = ex.batch_tail_mass[seg]
@@ -329,9 +334,10 @@ def _fail_row(status, why, out, lo, hi, fill_id):
 @nb.njit(inline="always", cache=True)
 def _chunk_plan(n_rows, out_offsets, own_offsets, threads):
     """(blocks, chunks, most draws in a block, most excluded ids in a block) of a request:
-    the kernels' parallel loop runs one chunk of consecutive blocks per thread (the split
-    numba's static schedule makes of a loop over blocks), so each thread allocates its
-    scratch once per call, sized for its largest block, instead of once per block.
+    the kernels' parallel loop runs one chunk per thread, which allocates its scratch once
+    per call, sized for the largest block, and then takes the next block not yet taken
+    (_next_block) until none is left: a thread the machine's other work holds up leaves its
+    share to the other (a fixed split of the blocks would wait for it).
     threads is numba.get_num_threads() of the caller, passed in: called here, it would
     keep numba from caching the kernel (a ctypes pointer)."""
     n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
@@ -366,7 +372,8 @@ def _tally_block(req_offsets, req_segs, status, lo, hi, tally):
     """Add rows lo:hi's unknown categories (req_segs -1) and failed rows to a thread's tally
     while the block's rows are in its cache: the host then reads a few words per thread,
     not the request's arrays (written by both cores, so each line read would be a transfer
-    from the other core). Blocks come in row order, so a first position, once set, stays."""
+    from the other core). A thread takes its blocks in row order, so a first position, once
+    set, stays."""
     for k in range(req_offsets[lo], req_offsets[hi]):
         if req_segs[k] < 0:
             if tally[UNKNOWN] == 0:
@@ -390,9 +397,13 @@ def _report(tallies, counters):
 
 
 @nb.njit(inline="always", cache=True)
-def _chunk_blocks(c, n_blocks, n_chunks):
-    """The blocks chunk c takes: range(first, last)."""
-    return c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks
+def _next_block(taken, n_blocks, n_rows):
+    """(lo, hi) rows of the next block no thread has taken yet, or (0, 0) when none is left.
+    taken[0] counts the blocks handed out; each thread gets its blocks in increasing order."""
+    b = fetch_add(taken, 0, 1)
+    if b >= n_blocks:
+        return 0, 0
+    return b * BLOCK_ROWS, min(b * BLOCK_ROWS + BLOCK_ROWS, n_rows)
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -413,12 +424,14 @@ def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
     n_rows = row_total.shape[0]
     n_blocks, n_chunks, most_draws, most_excluded = _chunk_plan(n_rows, out_offsets, ex.own_offsets, threads)
     tallies = np.empty((n_chunks, TALLY_WORDS), dtype=np.uint64)
+    taken = np.zeros(1, dtype=np.int64)
     for c in nb.prange(n_chunks):
         lanes, words, seg_of, first, first_id, first_w, part, touched, tally = _chunk_scratch(most_draws,
                                                                                              most_excluded, False)
-        b_first, b_last = _chunk_blocks(c, n_blocks, n_chunks)
-        for b in range(b_first, b_last):
-            lo, hi = b * BLOCK_ROWS, min(b * BLOCK_ROWS + BLOCK_ROWS, n_rows)
+        while True:
+            lo, hi = _next_block(taken, n_blocks, n_rows)
+            if lo == hi:
+                break
             _put_back_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
                             call, k0, k1, fill_id, out, status, tally, lo, hi, lanes, words, seg_of, first,
                             first_id, first_w, part, touched)
@@ -509,12 +522,14 @@ def sample_distinct(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
     n_rows = row_total.shape[0]
     n_blocks, n_chunks, most_draws, most_excluded = _chunk_plan(n_rows, out_offsets, ex.own_offsets, threads)
     tallies = np.empty((n_chunks, TALLY_WORDS), dtype=np.uint64)
+    taken = np.zeros(1, dtype=np.int64)
     for c in nb.prange(n_chunks):
         lanes, words, seg_of, first, first_id, first_w, _, touched, tally = _chunk_scratch(most_draws, most_excluded,
                                                                                           True)
-        b_first, b_last = _chunk_blocks(c, n_blocks, n_chunks)
-        for b in range(b_first, b_last):
-            lo, hi = b * BLOCK_ROWS, min(b * BLOCK_ROWS + BLOCK_ROWS, n_rows)
+        while True:
+            lo, hi = _next_block(taken, n_blocks, n_rows)
+            if lo == hi:
+                break
             _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
                             call, k0, k1, fill_id, out, status, tally, lo, hi, lanes, words, seg_of, first,
                             first_id, first_w, touched)
