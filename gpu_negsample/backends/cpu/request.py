@@ -9,8 +9,8 @@ _INITIAL = initial_counters()  # copied per request: one call instead of initial
 
 
 class HostRequest:
-    """Inputs stay where they are; the counters are a numpy array the CPU kernels' wrappers
-    fill as the kernels finish; ``finish`` reads them."""
+    """Inputs stay where they are; the counters are a numpy array that the sampling kernels
+    fill themselves and the other kernels' wrappers fill as they finish; ``finish`` reads them."""
 
     def __init__(self) -> None:
         self.counters = _INITIAL.copy()
