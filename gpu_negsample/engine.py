@@ -25,7 +25,7 @@ from .columns import read_table_input
 from .config import SamplerConfig
 from .errors import NotLoadedError, RequestError, UnsatisfiableRowError
 from .index import Index, build_index
-from .request import id_values, int64_scalar, ragged_rows, row_of_position, sample_counts
+from .request import id_values, int64_scalar, ragged_rows, row_of_position, row_plan, sample_counts
 from .rng import split_seed
 from .table import SamplingColumns, Table, build_table
 
@@ -232,25 +232,18 @@ class Engine:
             if cat_offsets.shape[0] - 1 != n:
                 raise RequestError(f"sample_tag_ragged_tensor has {cat_offsets.shape[0] - 1} rows but there are "
                                    f"{n} positives")
-        per_row = np.diff(cat_offsets)
-        wanted = counts > 0
-        if not self.config.put_back:
-            bad = np.flatnonzero(wanted & (per_row != 1))
-            if bad.size:
-                row = int(bad[0])
-                raise RequestError(
-                    f"positive row {row} has {int(per_row[row])} categories; sampling without replacement "
-                    "(put_back=False) takes exactly one category per positive"
-                )
-        bad = np.flatnonzero(wanted & (per_row == 0))
-        if bad.size:
-            raise RequestError(f"positive row {int(bad[0])} has no category; give at least one sample tag per positive")
+        out_offsets = np.empty(n + 1, dtype=np.int64)
+        row, uniform = row_plan(cat_offsets, counts, not self.config.put_back, out_offsets)
+        if row >= 0 and not self.config.put_back:
+            raise RequestError(
+                f"positive row {row} has {int(cat_offsets[row + 1] - cat_offsets[row])} categories; sampling "
+                "without replacement (put_back=False) takes exactly one category per positive"
+            )
+        if row >= 0:
+            raise RequestError(f"positive row {row} has no category; give at least one sample tag per positive")
         excluded_offsets, excluded = own_offsets, own_ids
         if not avoid_conflict:
             excluded_offsets, excluded = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        out_offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=out_offsets[1:])
-        uniform = int(counts[0]) if n and counts[0] > 0 and (counts == counts[0]).all() else 0
         if one_id_per_row and not avoid_conflict:
             extra["positives"] = own_ids  # (else they are the excluded ids, staged once)
         staged = rq.inputs(own_offsets=excluded_offsets, own_ids=excluded, req_offsets=cat_offsets, req_cats=cats,

@@ -1,6 +1,7 @@
 """Normalising request arguments (tensors, RaggedTensors, ints) into flat int64 arrays."""
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 import torch
 
@@ -15,8 +16,10 @@ def int64_array(x, what: str) -> np.ndarray:
     if isinstance(x, RaggedTensor):
         x = x.values()
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+        x = x.numpy(force=True)  # detach().cpu().numpy() in one call; a CPU tensor's memory is shared
     a = np.asarray(x)
+    if a.dtype == np.int64 and a.ndim == 1 and a.flags.c_contiguous:
+        return a  # already what the checks below would make of it
     if a.ndim == 0:
         a = a.reshape(1)
     if a.ndim != 1:
@@ -57,12 +60,45 @@ def ragged_rows(x, what: str, keep=_never) -> tuple[np.ndarray, np.ndarray | tor
     if isinstance(x, RaggedTensor):
         offsets = int64_array(x.offsets()[0], f"{what} offsets")
         values = id_values(x.values(), what, keep)
-        if offsets.shape[0] == 0 or offsets[0] != 0 or offsets[-1] != values.shape[0] or (np.diff(offsets) < 0).any():
+        if not _offsets_valid(offsets, values.shape[0]):
             raise RequestError(f"{what}: its offsets must start at 0, never decrease and end at its "
                                f"{values.shape[0]} values")
         return offsets, values
     values = id_values(x, what, keep)
     return np.arange(values.shape[0] + 1, dtype=np.int64), values
+
+
+@nb.njit(cache=True, nogil=True)
+def _offsets_valid(offsets, n_values):
+    """Whether offsets start at 0, never decrease and end at n_values: one pass, no temporaries."""
+    if offsets.shape[0] == 0 or offsets[0] != 0 or offsets[-1] != n_values:
+        return False
+    for i in range(1, offsets.shape[0]):
+        if offsets[i] < offsets[i - 1]:
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def row_plan(cat_offsets, counts, one_category, out_offsets):
+    """One pass over a request's rows: out_offsets = 0 then the running sum of counts; the
+    first row that asks for negatives with no category (or, when one_category, with other
+    than one), -1 if none; and the count every row asks for (0: they differ, or there are
+    no rows, or it is 0)."""
+    bad = -1
+    uniform = counts[0] if counts.shape[0] else 0
+    total = 0
+    out_offsets[0] = 0
+    for i in range(counts.shape[0]):
+        c = counts[i]
+        per_row = cat_offsets[i + 1] - cat_offsets[i]
+        if bad < 0 and c > 0 and (per_row == 0 or (one_category and per_row != 1)):
+            bad = i
+        if c != uniform:
+            uniform = 0
+        total += c
+        out_offsets[i + 1] = total
+    return bad, max(uniform, 0)
 
 
 def int64_scalar(value, what: str) -> int:

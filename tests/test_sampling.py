@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from gpu_negsample import RaggedTensor
+from gpu_negsample import RaggedTensor, RequestError, UnsatisfiableRowError
 from conftest import ALPHA, make_sampler, one_per_row, small_table
 
 
@@ -208,3 +208,31 @@ def test_rows_in_blocks_of_different_sizes_keep_their_categories(catalogue):
             if not put_back:
                 starts = np.concatenate([[0], np.cumsum(counts)])
                 assert all(np.unique(neg[a:b]).size == b - a for a, b in zip(starts[:-1], starts[1:]))
+
+
+def test_first_unknown_category_and_failed_row_across_blocks_and_threads(catalogue):
+    """The kernels count unknown categories and failed rows per thread and merge the counts
+    and first positions; the error must name the request's first one, wherever the blocks
+    that hold them ran (300 rows: 5 blocks over 2 threads, taken in any order)."""
+    ids, cats, weights = catalogue
+    rows = np.flatnonzero(weights > 0)[np.arange(300) % 39]
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        s = make_sampler(small_table(ids, cats, weights))
+        tags = cats[rows].copy()
+        tags[[250, 130, 299]] = 99
+        for _ in range(5):
+            with pytest.raises(RequestError, match=r"positive row 130: category 99 is not in the table \(3 unknown"):
+                s.sample_ids(one_per_row(ids[rows]), 2, one_per_row(tags))
+        # a row whose category holds only its own positive cannot get a negative
+        lonely = np.concatenate([ids, [999]])
+        table = small_table(lonely, np.concatenate([cats, [7]]), np.concatenate([weights, [1.0]]))
+        s = make_sampler(table, put_back=False)
+        pos, tags = ids[rows].copy(), cats[rows].copy()
+        pos[[290, 70, 200]], tags[[290, 70, 200]] = 999, 7
+        for _ in range(5):
+            with pytest.raises(UnsatisfiableRowError, match=r"positive row 70 .* 3 row\(s\) fail in all"):
+                s.sample_ids(one_per_row(pos), 2, one_per_row(tags))
+    finally:
+        numba.set_num_threads(before)

@@ -26,7 +26,6 @@ from ...index import Index, IndexArrays
 from ...ragged import RaggedTensor
 from ..common import Placement
 from ..exclusion import batch_set, exclusion
-from ..kernel_constants import STATUS_OK
 from ..protocol import Allocator, Draw, SampleInputs, host_empty
 from ..status import Counter
 from . import combine as c
@@ -98,14 +97,12 @@ class CpuBackend:
         row_total = np.empty(n, dtype=np.uint64)
         out = np.empty(inputs.n_draws, dtype=np.int64)
         status = np.empty(n, dtype=np.int8)
-        attempts = np.empty(n, dtype=np.int64)
         draw = s.sample_distinct if inputs.distinct else s.sample_put_back
+        # The kernel adds its unknown categories, failed rows and alias draws to rq.counters
+        # itself: reading req_segs and status here would fetch every line from the core that wrote it.
         draw(ix, ex, own_rows, inputs.req_offsets, inputs.req_cats, req_segs, remaining, row_total, inputs.out_offsets,
              np.uint64(inputs.call & 0xFFFFFFFF), inputs.key[0], inputs.key[1], np.int64(inputs.fill_id),
-             out, status, attempts, numba.get_num_threads())
-        rq.count(Counter.UNKNOWN, Counter.FIRST_UNKNOWN, req_segs < 0)
-        rq.count(Counter.FAILED, Counter.FIRST_FAILED, status != STATUS_OK)
-        rq.counters[Counter.ATTEMPTS] += np.uint64(attempts.sum())
+             out, status, rq.counters, numba.get_num_threads())
         return Draw(out, req_segs, status)
 
     @staticmethod

@@ -30,7 +30,14 @@ from ...hashing import probe
 from ...rng import MASK32, SHIFT32, mul32hi, mulhi64, philox4x32_10, philox_lanes
 from ..exclusion import mass_in
 from ..kernel_constants import MAX_ATTEMPTS, STATUS_NO_CANDIDATE, STATUS_OK, STATUS_TOO_FEW
+from ..status import NONE, Counter
 from ...memory_hints import prefetch
+from .atomics import fetch_add
+
+# The request counter words the kernels fill (status.py); a thread's tally uses the same offsets.
+FAILED, FIRST_FAILED, ATTEMPTS = int(Counter.FAILED), int(Counter.FIRST_FAILED), int(Counter.ATTEMPTS)
+UNKNOWN, FIRST_UNKNOWN = int(Counter.UNKNOWN), int(Counter.FIRST_UNKNOWN)
+TALLY_WORDS = FIRST_UNKNOWN + 1
 
 @nb.njit(inline="always", cache=True)
 def _is_excluded(item_id, ex, own_lo, own_hi):
@@ -283,6 +290,10 @@ def _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, 
         total = np.uint64(0)
         for k in range(req_offsets[i], req_offsets[i + 1]):
             seg = req_segs[k]
+            if seg < 0:  # an unknown category weighs nothing (as in part_masses); the engine raises for it
+                remaining[2 * k] = 0
+                remaining[2 * k + 1] = 0
+                continue
             if ex.use_batch:
                 head_out = ex.batch_head_mass[seg]
                 tail_out = ex.batch_tail_mass[seg]
@@ -295,17 +306,17 @@ def _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, 
 
 
 @nb.njit(inline="always", cache=True)
-def _block_words(call, k0, k1, out_offsets, lo, hi, counters, words):
+def _block_words(call, k0, k1, out_offsets, lo, hi, lanes, words):
     """Attempt 0's Philox words of every draw of rows lo:hi into words[:, t] (t: the draw's
     position in the block), in one vectorised pass (philox_lanes): the same words as one
-    philox4x32_10 call per draw, ~3x faster. counters is scratch for their (row, draw index)."""
+    philox4x32_10 call per draw, ~3x faster. lanes is scratch for their Philox counters (row, draw index)."""
     o_lo = out_offsets[lo]
     for i in range(lo, hi):
         o = out_offsets[i]
         for j in range(out_offsets[i + 1] - o):
-            counters[0, o + j - o_lo] = nb.uint32(i)  # counters are taken modulo 2**32 (rng.py)
-            counters[1, o + j - o_lo] = nb.uint32(j)
-    philox_lanes(call, counters[0], counters[1], nb.uint64(0), k0, k1, words, out_offsets[hi] - o_lo)
+            lanes[0, o + j - o_lo] = nb.uint32(i)  # counters are taken modulo 2**32 (rng.py)
+            lanes[1, o + j - o_lo] = nb.uint32(j)
+    philox_lanes(call, lanes[0], lanes[1], nb.uint64(0), k0, k1, words, out_offsets[hi] - o_lo)
 
 
 @nb.njit(inline="always", cache=True)
@@ -323,9 +334,10 @@ def _fail_row(status, why, out, lo, hi, fill_id):
 @nb.njit(inline="always", cache=True)
 def _chunk_plan(n_rows, out_offsets, own_offsets, threads):
     """(blocks, chunks, most draws in a block, most excluded ids in a block) of a request:
-    the kernels' parallel loop runs one chunk of consecutive blocks per thread (the split
-    numba's static schedule makes of a loop over blocks), so each thread allocates its
-    scratch once per call, sized for its largest block, instead of once per block.
+    the kernels' parallel loop runs one chunk per thread, which allocates its scratch once
+    per call, sized for the largest block, and then takes the next block not yet taken
+    (_next_block) until none is left: a thread the machine's other work holds up leaves its
+    share to the other (a fixed split of the blocks would wait for it).
     threads is numba.get_num_threads() of the caller, passed in: called here, it would
     keep numba from caching the kernel (a ctypes pointer)."""
     n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
@@ -344,27 +356,65 @@ def _chunk_scratch(draws, excluded, weights):
     """A thread's scratch for blocks of up to `draws` draws and `excluded` excluded ids:
     Philox counters and attempt-0 words, the segment a draw's tail pick is in (-1: none),
     the speculated pick, its id and (when weights: without replacement, where each drawn
-    weight leaves its part) its weight, the part a draw takes, and _block_masses' loads."""
+    weight leaves its part) its weight, the part a draw takes, _block_masses' loads, and
+    the thread's tally of counter words (_tally_block)."""
+    tally = np.zeros(TALLY_WORDS, dtype=np.uint64)
+    tally[FIRST_FAILED] = NONE
+    tally[FIRST_UNKNOWN] = NONE
     return (np.empty((2, draws), dtype=np.uint32), np.empty((4, draws), dtype=np.uint32),
             np.empty(draws, dtype=np.int64), np.empty(draws, dtype=np.int64), np.empty(draws, dtype=np.int64),
             np.empty(draws if weights else 0, dtype=np.uint64), np.empty(draws, dtype=np.int64),
-            np.empty(excluded, dtype=np.int64))
+            np.empty(excluded, dtype=np.int64), tally)
 
 
 @nb.njit(inline="always", cache=True)
-def _chunk_blocks(c, n_blocks, n_chunks):
-    """The blocks chunk c takes: range(first, last)."""
-    return c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks
+def _tally_block(req_offsets, req_segs, status, lo, hi, tally):
+    """Add rows lo:hi's unknown categories (req_segs -1) and failed rows to a thread's tally
+    while the block's rows are in its cache: the host then reads a few words per thread,
+    not the request's arrays (written by both cores, so each line read would be a transfer
+    from the other core). A thread takes its blocks in row order, so a first position, once
+    set, stays."""
+    for k in range(req_offsets[lo], req_offsets[hi]):
+        if req_segs[k] < 0:
+            if tally[UNKNOWN] == 0:
+                tally[FIRST_UNKNOWN] = k
+            tally[UNKNOWN] += 1
+    for i in range(lo, hi):
+        if status[i] != STATUS_OK:
+            if tally[FAILED] == 0:
+                tally[FIRST_FAILED] = i
+            tally[FAILED] += 1
+
+
+@nb.njit(inline="always", cache=True)
+def _report(tallies, counters):
+    """The threads' tallies into the request's counter words (counts add, first positions take the least)."""
+    for c in range(tallies.shape[0]):
+        for w in (FAILED, ATTEMPTS, UNKNOWN):
+            counters[w] += tallies[c, w]
+        for w in (FIRST_FAILED, FIRST_UNKNOWN):
+            counters[w] = min(counters[w], tallies[c, w])
+
+
+@nb.njit(inline="always", cache=True)
+def _next_block(taken, n_blocks, n_rows):
+    """(lo, hi) rows of the next block no thread has taken yet, or (0, 0) when none is left.
+    taken[0] counts the blocks handed out; each thread gets its blocks in increasing order."""
+    b = fetch_add(taken, 0, 1)
+    if b >= n_blocks:
+        return 0, 0
+    return b * BLOCK_ROWS, min(b * BLOCK_ROWS + BLOCK_ROWS, n_rows)
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
 def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                    call, k0, k1, fill_id, out, status, attempts, threads):
+                    call, k0, k1, fill_id, out, status, counters, threads):
     """Row i's negatives with replacement into out[out_offsets[i]:out_offsets[i + 1]].
 
-    status[i] gets STATUS_*; a failed row's slots hold fill_id; attempts[i] counts the
-    alias draws row i made (head and exact scans count none); threads: the caller's
-    numba.get_num_threads(). The CUDA twin runs a thread
+    status[i] gets STATUS_*; a failed row's slots hold fill_id; counters (the request's
+    words, status.Counter) get the failed rows, the unknown categories (req_segs -1) and
+    the alias draws made (head and exact scans count none), the first failed row and
+    unknown position; threads: the caller's numba.get_num_threads(). The CUDA twin runs a thread
     per draw; here a thread takes BLOCK_ROWS rows at a time: every draw's part and head
     scan first (the words of attempt 0; heads are a few hot lines), then _speculate issues
     the tail draws' alias loads all together, then each draw is decided in order: the same
@@ -373,38 +423,44 @@ def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
     call = nb.uint64(call) & MASK32
     n_rows = row_total.shape[0]
     n_blocks, n_chunks, most_draws, most_excluded = _chunk_plan(n_rows, out_offsets, ex.own_offsets, threads)
+    tallies = np.empty((n_chunks, TALLY_WORDS), dtype=np.uint64)
+    taken = np.zeros(1, dtype=np.int64)
     for c in nb.prange(n_chunks):
-        counters, words, seg_of, first, first_id, first_w, part, touched = _chunk_scratch(most_draws, most_excluded,
-                                                                                          False)
-        b_first, b_last = _chunk_blocks(c, n_blocks, n_chunks)
-        for b in range(b_first, b_last):
+        lanes, words, seg_of, first, first_id, first_w, part, touched, tally = _chunk_scratch(most_draws,
+                                                                                             most_excluded, False)
+        while True:
+            lo, hi = _next_block(taken, n_blocks, n_rows)
+            if lo == hi:
+                break
             _put_back_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                            call, k0, k1, fill_id, out, status, attempts, b * BLOCK_ROWS,
-                            min(b * BLOCK_ROWS + BLOCK_ROWS, n_rows), counters, words, seg_of, first, first_id,
-                            first_w, part, touched)
+                            call, k0, k1, fill_id, out, status, tally, lo, hi, lanes, words, seg_of, first,
+                            first_id, first_w, part, touched)
+            _tally_block(req_offsets, req_segs, status, lo, hi, tally)
+        tallies[c] = tally
+    _report(tallies, counters)
 
 
 @nb.njit(inline="always", cache=True)
 def _block_start(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                 call, k0, k1, lo, hi, counters, words, touched):
+                 call, k0, k1, lo, hi, lanes, words, touched):
     """What both kernels do first for rows lo:hi: their part masses (_block_masses) and their
     draws' attempt-0 words (_block_words). Returns the block's first output slot and its draw count."""
     _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi, touched)
-    _block_words(call, k0, k1, out_offsets, lo, hi, counters, words)
+    _block_words(call, k0, k1, out_offsets, lo, hi, lanes, words)
     return out_offsets[lo], out_offsets[hi] - out_offsets[lo]
 
 
 @nb.njit(inline="always", cache=True)
 def _put_back_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                    call, k0, k1, fill_id, out, status, attempts, lo, hi, counters, words, seg_of, first, first_id,
+                    call, k0, k1, fill_id, out, status, tally, lo, hi, lanes, words, seg_of, first, first_id,
                     first_w, part, touched):
-    """sample_put_back's rows lo:hi, with a thread's scratch (part[t] = -1: the head scan decided draw t)."""
+    """sample_put_back's rows lo:hi, with a thread's scratch (part[t] = -1: the head scan decided
+    draw t); the alias draws made go to tally[ATTEMPTS]."""
     o_lo, n = _block_start(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                           call, k0, k1, lo, hi, counters, words, touched)
+                           call, k0, k1, lo, hi, lanes, words, touched)
     for i in range(lo, hi):
         o = out_offsets[i]
         status[i] = STATUS_OK
-        attempts[i] = 0
         total = row_total[i]
         c_lo = req_offsets[i]
         r_lo = 2 * c_lo  # the row's parts: remaining[r_lo:2 * req_offsets[i + 1]] (indices: a slice is reference-counted)
@@ -446,16 +502,16 @@ def _put_back_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
             p, used = _draw(ix, ex, req_segs[c_lo + (q >> 1)], True, remaining[2 * c_lo + q], _stored_words(words, t), call, nb.uint64(i),
                             nb.uint64(j), k0, k1, ex.own_offsets[i], ex.own_offsets[i + 1], False, out, o,
                             first[t], first_id[t])
-            attempts[i] += used
+            tally[ATTEMPTS] += used
             out[o + j] = ix.seg_ids[p]
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
 def sample_distinct(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                    call, k0, k1, fill_id, out, status, attempts, threads):
+                    call, k0, k1, fill_id, out, status, counters, threads):
     """Row i's distinct negatives (one category per row: two parts) into
     out[out_offsets[i]:out_offsets[i + 1]]; each drawn item's mass leaves its part.
-    status, fill and attempts as in sample_put_back.
+    status, fill and counters as in sample_put_back.
 
     Each draw depends on the ones before it (which items are gone, how much mass is left),
     but attempt 0's alias pick does not: a thread takes BLOCK_ROWS rows at a time, computes
@@ -465,23 +521,30 @@ def sample_distinct(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
     call = nb.uint64(call) & MASK32
     n_rows = row_total.shape[0]
     n_blocks, n_chunks, most_draws, most_excluded = _chunk_plan(n_rows, out_offsets, ex.own_offsets, threads)
+    tallies = np.empty((n_chunks, TALLY_WORDS), dtype=np.uint64)
+    taken = np.zeros(1, dtype=np.int64)
     for c in nb.prange(n_chunks):
-        counters, words, seg_of, first, first_id, first_w, _, touched = _chunk_scratch(most_draws, most_excluded, True)
-        b_first, b_last = _chunk_blocks(c, n_blocks, n_chunks)
-        for b in range(b_first, b_last):
+        lanes, words, seg_of, first, first_id, first_w, _, touched, tally = _chunk_scratch(most_draws, most_excluded,
+                                                                                          True)
+        while True:
+            lo, hi = _next_block(taken, n_blocks, n_rows)
+            if lo == hi:
+                break
             _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                            call, k0, k1, fill_id, out, status, attempts, b * BLOCK_ROWS,
-                            min(b * BLOCK_ROWS + BLOCK_ROWS, n_rows), counters, words, seg_of, first, first_id,
-                            first_w, touched)
+                            call, k0, k1, fill_id, out, status, tally, lo, hi, lanes, words, seg_of, first,
+                            first_id, first_w, touched)
+            _tally_block(req_offsets, req_segs, status, lo, hi, tally)
+        tallies[c] = tally
+    _report(tallies, counters)
 
 
 @nb.njit(inline="always", cache=True)
 def _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                    call, k0, k1, fill_id, out, status, attempts, lo, hi, counters, words, seg_of, first, first_id,
+                    call, k0, k1, fill_id, out, status, tally, lo, hi, lanes, words, seg_of, first, first_id,
                     first_w, touched):
-    """sample_distinct's rows lo:hi, with a thread's scratch."""
+    """sample_distinct's rows lo:hi, with a thread's scratch; the alias draws made go to tally[ATTEMPTS]."""
     o_lo, n = _block_start(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, out_offsets,
-                           call, k0, k1, lo, hi, counters, words, touched)
+                           call, k0, k1, lo, hi, lanes, words, touched)
     for i in range(lo, hi):
         o = out_offsets[i]
         seg = req_segs[req_offsets[i]] if row_total[i] > 0 else -1
@@ -495,7 +558,6 @@ def _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
         o = out_offsets[i]
         count = out_offsets[i + 1] - o
         status[i] = STATUS_OK
-        attempts[i] = 0
         if count == 0:
             continue
         total = row_total[i]
@@ -517,7 +579,7 @@ def _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
             from_tail = mul32hi(r[3], total) >= head
             p, used = _draw(ix, ex, seg, from_tail, tail if from_tail else head, r, call, nb.uint64(i),
                             nb.uint64(j), k0, k1, own_lo, own_hi, True, out, o, first[t], first_id[t])
-            attempts[i] += used
+            tally[ATTEMPTS] += used
             out[o + j] = first_id[t] if p == first[t] else ix.seg_ids[p]
             w = first_w[t] if p == first[t] else ix.seg_weights[p]  # the pick's weight: speculated, not a miss here
             if from_tail:
