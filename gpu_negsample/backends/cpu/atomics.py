@@ -1,7 +1,6 @@
 """An atomic add for the numba kernels: the CPU twin of CUDA's atomicAdd on one int64 word."""
 from __future__ import annotations
 
-from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
