@@ -273,8 +273,8 @@ def read_block(block, metas: list) -> dict:
     (``np.ndarray.base``; an array derived from a view keeps it too)."""
     placed = [placed_range(meta, len(block)) for meta in metas]
     base = np.frombuffer(block, np.uint8, count=max((o + n for _, _, _, o, n in placed), default=0))
-    return {name: base[offset:offset + nbytes].view(dtype).reshape(shape)
-            for name, dtype, shape, offset, nbytes in placed}
+    # np.ndarray over base: one call per array (half the cost of slicing, viewing and reshaping)
+    return {name: np.ndarray(shape, dtype, base, offset) for name, dtype, shape, offset, _ in placed}
 
 
 # ---- values <-> (JSON args, arrays) -------------------------------------------------------
