@@ -21,7 +21,7 @@ from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import (SHM_DIR, create_block, job_name, pid_alive, shm_prefix,
                                           sweep_stale_blocks)
-from gpu_negsample.server.service import SharedBlock
+from gpu_negsample.server.service import BlockAllocator, SamplingServer, SharedBlock
 from server_harness import raw_client, server_on_thread
 from server_tables import assert_same_features, catalogue, positives
 
@@ -420,3 +420,38 @@ def test_features_are_gathered_straight_into_the_clients_block(job, monkeypatch)
     ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
     ref.reload(cat.table)
     assert_same_features(features, ref.pack_feature(torch.from_numpy(placed["ids"].copy()), int(cat.ids[0])))
+
+
+def test_only_arrays_the_allocator_handed_out_are_placed_where_they_lie():
+    """An array (or tensor over it) the allocator handed out is placed at its offset; a view into
+    the middle of one, a bigger one or process memory is not (it is copied behind them)."""
+    block = SharedBlock.__new__(SharedBlock)  # its memory only: no file, no client
+    block.bytes, block.size = np.zeros(4096, np.uint8), 4096
+    block.base = block.bytes.ctypes.data
+    alloc = BlockAllocator(block)
+    a, b = alloc("a", (3,), np.int64), alloc("b", (2, 2), np.float32)
+    assert alloc.offset_of(a) == 0 and alloc.offset_of(torch.from_numpy(b)) == p.ALIGN
+    assert alloc.offset_of(a[:2]) == 0  # a prefix lies where a does
+    for elsewhere in (a[1:], torch.from_numpy(b).t(), block.bytes[:64].view(np.int64), np.zeros(3), torch.zeros(3)):
+        assert alloc.offset_of(elsewhere) is None
+
+
+def test_a_cpu_lanes_answers_are_built_by_the_loop(job, monkeypatch):
+    """Before: the CPU lane built each answer's frames (placements, copies of the small arrays,
+    header) while numba's idle pool thread spun beside it; now the loop thread builds them and the
+    lane is free for the next request at once. The answer is the same."""
+    cat = catalogue()
+    built_on = []
+    original = SamplingServer._reply
+
+    def spy(self, *args):
+        built_on.append(threading.current_thread().name)
+        return original(self, *args)
+
+    monkeypatch.setattr(SamplingServer, "_reply", spy)
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        built_on.clear()
+        head = lookup(c, cat)
+    assert head["ok"] and np.array_equal(head["arrays"]["out"], cat.ids[:100])
+    assert built_on == [f"server-{job}"], built_on

@@ -141,7 +141,8 @@ def _metas(arrays: dict) -> list:
     return [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()]
 
 
-def _aligned(n: int) -> int:
+def aligned(n: int) -> int:
+    """n rounded up to the arrays' alignment (ALIGN bytes)."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -153,11 +154,11 @@ def pack_request(seq: int, header: dict, arrays: dict) -> list:
     """The frames of one request (a single frame; see above)."""
     arrays = {name: host(a) for name, a in arrays.items()}
     head = json.dumps(dict(header, arrays=_metas(arrays))).encode()
-    offset = _aligned(_PREFIX.size + len(head))
+    offset = aligned(_PREFIX.size + len(head))
     starts = []
     for a in arrays.values():
         starts.append(offset)
-        offset += _aligned(a.nbytes)
+        offset += aligned(a.nbytes)
     frame = bytearray(offset)
     _PREFIX.pack_into(frame, 0, seq, len(head))
     frame[_PREFIX.size:_PREFIX.size + len(head)] = head
@@ -188,7 +189,7 @@ def unpack_request(frames: list, max_bytes: int) -> tuple[dict, dict]:
     metas = header.pop("arrays", [])
     if not isinstance(metas, list):
         raise RequestError("request header: 'arrays' must be a list")
-    return header, _arrays(metas, frame, _aligned(_PREFIX.size + head_len), len(frame))
+    return header, _arrays(metas, frame, aligned(_PREFIX.size + head_len), len(frame))
 
 
 def _header(text: bytes) -> dict:
@@ -207,7 +208,7 @@ def _arrays(metas: list, buffer: bytearray, offset: int, end: int) -> dict:
     arrays = {}
     for meta in metas:
         arrays[str(meta.get("name"))], nbytes = _array(meta, buffer, offset, end)
-        offset += _aligned(nbytes)
+        offset += aligned(nbytes)
     if offset != end:
         raise RequestError(f"request has {end - offset} bytes beyond its {len(metas)} arrays")
     return arrays
@@ -238,7 +239,7 @@ def layout(arrays: dict, start: int = 0) -> tuple[list, int]:
     metas, offset = [], start
     for name, a in arrays.items():
         metas.append(placed_meta(name, a, offset))
-        offset += _aligned(_nbytes(dtype_of(a), a.shape))
+        offset += aligned(_nbytes(dtype_of(a), a.shape))
     return metas, offset
 
 
@@ -272,8 +273,8 @@ def read_block(block, metas: list) -> dict:
     (``np.ndarray.base``; an array derived from a view keeps it too)."""
     placed = [placed_range(meta, len(block)) for meta in metas]
     base = np.frombuffer(block, np.uint8, count=max((o + n for _, _, _, o, n in placed), default=0))
-    return {name: base[offset:offset + nbytes].view(dtype).reshape(shape)
-            for name, dtype, shape, offset, nbytes in placed}
+    # np.ndarray over base: one call per array (half the cost of slicing, viewing and reshaping)
+    return {name: np.ndarray(shape, dtype, base, offset) for name, dtype, shape, offset, _ in placed}
 
 
 # ---- values <-> (JSON args, arrays) -------------------------------------------------------

@@ -31,6 +31,8 @@ from ..errors import RequestError
 from ..node import DeviceEngines
 from .rank_device import server_ordinal
 
+CPU_LANE = "cpu"  # the one lane (worker thread) of every CPU sampler
+
 
 def settings_key(config: SamplerConfig) -> str:
     """The settings two ranks' samplers must agree on to share a hosted sampler, as one string."""
@@ -53,7 +55,7 @@ class OneEngine:
         """The server's worker thread for this engine's requests: one for every CPU sampler,
         since numba's parallel kernels already use every core (two at once would only
         contend for them)."""
-        return "cpu"
+        return CPU_LANE
 
     def reload(self, data, progress: bool | None = None) -> None:
         self._engine.reload(data, progress)
