@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import (SHM_DIR, create_block, job_name, pid_alive, shm_prefix,
                                           sweep_stale_blocks)
-from gpu_negsample.server.service import BlockAllocator, SamplingServer, SharedBlock
+from gpu_negsample.server.service import BlockAllocator, SamplingServer, SharedBlock, cpu_lane_workers
 from server_harness import raw_client, server_on_thread
 from server_tables import assert_same_features, catalogue, positives
 
@@ -335,6 +336,41 @@ class FakeEngine:
 class BrokenEngine(FakeEngine):
     def describe(self):
         raise ZeroDivisionError("a bug")
+
+
+class CountingThreadsEngine(FakeEngine):
+    """describe() answers with numba's thread count on the lane worker that runs it; with
+    `meet`, it first waits (a barrier) until that many requests are running at once."""
+
+    def __init__(self, meet: int = 1):
+        self.barrier = threading.Barrier(meet, timeout=20)
+
+    def describe(self):
+        self.barrier.wait()  # BrokenBarrierError (an InternalError answer) when run one at a time
+        return str(numba.get_num_threads())
+
+
+@pytest.mark.skipif(cpu_lane_workers() < 2, reason="one numba thread or the workqueue layer: one CPU lane worker")
+def test_two_clients_cpu_requests_run_at_the_same_time_on_numbas_threads_split(job):
+    """Two ranks' requests to one CPU sampler meet inside the engine: answered one at a time
+    (the CPU lane before it had workers), the first would wait at the barrier in vain. A
+    request sets its worker's numba thread count when it starts: cores // requests running."""
+    total = numba.get_num_threads()
+    with server_on_thread(job, engine=CountingThreadsEngine(meet=2)) as server, raw_client(server) as r0, \
+            raw_client(server, rank=1, open=False) as r1:
+        assert r0.hello["ok"] and r1.hello["ok"], (r0.hello, r1.hello)
+        r0.send("describe", {})
+        r1.send("describe", {})
+        answers = [client.receive(30)[0] for client in (r0, r1)]
+    assert all(a["ok"] for a in answers), answers
+    # the one that started second shares the threads (the first set its count when it ran alone)
+    assert min(int(a["text"]) for a in answers) == total // 2, (answers, total)
+
+
+def test_a_cpu_request_running_alone_gets_every_numba_thread(job):
+    with server_on_thread(job, engine=CountingThreadsEngine()) as server, raw_client(server) as c:
+        head = c.ask("describe", {})
+    assert head["ok"] and head["text"] == str(numba.get_num_threads()), head
 
 
 def test_a_failure_of_the_server_is_logged_and_the_caller_gets_no_traceback(job, caplog):

@@ -31,7 +31,7 @@ from ..errors import RequestError
 from ..node import DeviceEngines
 from .rank_device import server_ordinal
 
-CPU_LANE = "cpu"  # the one lane (worker thread) of every CPU sampler
+CPU_LANE = "cpu"  # the one lane (worker threads, service.Lane) of every CPU sampler
 
 
 def settings_key(config: SamplerConfig) -> str:
@@ -52,9 +52,8 @@ class OneEngine:
 
     @staticmethod
     def lane(engine: Engine) -> str:
-        """The server's worker thread for this engine's requests: one for every CPU sampler,
-        since numba's parallel kernels already use every core (two at once would only
-        contend for them)."""
+        """The server's lane for this engine's requests: one for every CPU sampler, whose
+        workers share the machine's cores between the requests running at once."""
         return CPU_LANE
 
     def reload(self, data, progress: bool | None = None) -> None:
