@@ -38,13 +38,20 @@ class RaggedTensor:
         self._weight = None if weight is None else _as_tensor(weight)
         self._check()
 
+    # Every row's length where the package built the rows all alike (a fixed-length column
+    # gathered by the CPU backend), else None: the server then sends this number instead of
+    # the offsets, and the client makes them itself rather than checking the server's.
+    _row_length: int | None = None
+
     @classmethod
-    def _from_parts(cls, values: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor | None = None
-                    ) -> "RaggedTensor":
+    def _from_parts(cls, values: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor | None = None,
+                    row_length: int | None = None) -> "RaggedTensor":
         """Parts the package built itself (offsets valid by construction): no checks, no copies,
-        no device synchronisation."""
+        no device synchronisation. ``row_length``: every row has that many values."""
         self = cls.__new__(cls)
         self._values, self._offsets, self._weight = values, offsets, weight
+        if row_length is not None:
+            self._row_length = row_length
         return self
 
     @classmethod

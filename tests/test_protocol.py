@@ -92,6 +92,38 @@ def test_ragged_offsets_that_would_index_out_of_bounds_are_refused(offsets, mess
         p.decode({"ragged": "r", "weight": False}, arrays)
 
 
+def test_rows_the_package_built_alike_travel_as_their_length_and_the_receiver_makes_the_offsets():
+    """An answer's fixed-length column (every row L values) carries no offsets: the client
+    makes them, so it has none of the server's to check. A caller's RaggedTensor keeps its own."""
+    values, weight = torch.arange(6), torch.ones(6)
+    built = RaggedTensor._from_parts(values, torch.arange(0, 7, 2), weight, row_length=2)
+    callers = RaggedTensor(values, torch.tensor([0, 2, 4, 6]))
+    arrays = {}
+    items = p.encode_table("f", {"built": built, "callers": callers}, arrays)
+    assert sorted(arrays) == ["f0.values", "f0.weight", "f1.offsets", "f1.values"]
+    assert items[0][1] == {"ragged": "f0", "weight": True, "rows": 3, "row_length": 2}
+    got = p.decode_table(items, {k: v.numpy() for k, v in arrays.items()})
+    assert got["built"].offsets()[0].tolist() == [0, 2, 4, 6] and got["built"].weight().tolist() == [1.0] * 6
+    assert got["callers"].offsets()[0].tolist() == [0, 2, 4, 6]
+    requests = {}
+    p.encode("r", built, requests)  # a request (no row_lengths) carries its offsets as they are
+    assert "r.offsets" in requests
+
+
+@pytest.mark.parametrize("rows, length, n_values, message", [
+    (3, 2, 5, "values of shape \\(5,\\) for 3 rows of 2; expected \\(6,\\)"),  # would read past the values
+    (3, 0, 0, "row_length >= 1"),
+    (-1, 2, 0, "rows >= 0"),
+    (True, 2, 2, "expected integers"),
+    (None, 2, 2, "expected integers"),
+    (3, 2.0, 6, "expected integers"),
+])
+def test_a_row_length_that_does_not_match_the_values_is_refused(rows, length, n_values, message):
+    arrays = {"r.values": np.arange(n_values)}
+    with pytest.raises(RequestError, match=message):
+        p.decode({"ragged": "r", "weight": False, "rows": rows, "row_length": length}, arrays)
+
+
 @pytest.mark.parametrize("offset", [-64, 8, "0", None])
 def test_an_array_placed_outside_the_result_block_is_refused(offset):
     """A reply's placement is checked against the block before any view of it is made."""

@@ -17,6 +17,7 @@ import torch
 
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
 from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
+from gpu_negsample.engine import RandomStream
 from gpu_negsample.errors import DeviceFaultError
 from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
@@ -365,6 +366,36 @@ def test_two_clients_cpu_requests_run_at_the_same_time_on_numbas_threads_split(j
     assert all(a["ok"] for a in answers), answers
     # the one that started second shares the threads (the first set its count when it ran alone)
     assert min(int(a["text"]) for a in answers) == total // 2, (answers, total)
+
+
+def test_two_requests_on_one_engine_at_once_answer_as_each_does_alone():
+    """What the CPU lane's workers do to a real engine: two clients' fused requests (own
+    streams, one numba thread each, as the lane splits 2 cores) run at the same time and
+    answer bit for bit what the same requests answer one after the other."""
+    cat = catalogue(20_000, 40)
+    engine = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu").engine
+    engine.reload(cat.table, progress=False)
+    requests = {client: [positives(cat, 10 * client + call, 2048) for call in range(4)] for client in (1, 2)}
+
+    def answers(client, start=None):
+        if start is not None:
+            numba.set_num_threads(1)
+            start.wait()
+        stream = RandomStream(client)
+        return [engine.fused_sample(*r, default_value=int(cat.ids[0]), stream=stream) for r in requests[client]]
+
+    alone = {client: answers(client) for client in (1, 2)}
+    start, together = threading.Barrier(2, timeout=20), {}
+    threads = [threading.Thread(target=lambda c=c: together.__setitem__(c, answers(c, start))) for c in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for client in (1, 2):
+        for got, want in zip(together[client], alone[client], strict=True):
+            for g, w in zip(got[:3] + got[4:5], want[:3] + want[4:5]):
+                assert np.array_equal(np.asarray(g), np.asarray(w)), client
+            assert_same_features(got[3], want[3])
 
 
 def test_a_cpu_request_running_alone_gets_every_numba_thread(job):

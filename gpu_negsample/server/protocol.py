@@ -278,15 +278,21 @@ def read_block(block, metas: list) -> dict:
 
 
 # ---- values <-> (JSON args, arrays) -------------------------------------------------------
-def encode(name: str, value, arrays: dict):
+def encode(name: str, value, arrays: dict, row_lengths: bool = False):
     """The JSON description of value; its arrays go into `arrays` (as they are: host copies are
-    made when the message is sent) under names starting with name."""
+    made when the message is sent) under names starting with name. With `row_lengths` (an
+    answer the server just built), a RaggedTensor whose rows the package built all alike
+    goes as its row count and length, not its offsets."""
     if isinstance(value, RaggedTensor):
         arrays[f"{name}.values"] = value.values()
-        arrays[f"{name}.offsets"] = value.offsets()[0]
+        desc = {"ragged": name, "weight": value.weight() is not None}
+        if row_lengths and value._row_length is not None:
+            desc.update(rows=value.row_count, row_length=value._row_length)
+        else:
+            arrays[f"{name}.offsets"] = value.offsets()[0]
         if value.weight() is not None:
             arrays[f"{name}.weight"] = value.weight()
-        return {"ragged": name, "weight": value.weight() is not None}
+        return desc
     if isinstance(value, (torch.Tensor, np.ndarray)):
         arrays[name] = value
         return {"array": name, "numpy": isinstance(value, np.ndarray)}
@@ -308,10 +314,16 @@ def decode(desc, arrays: dict):
     description names arrays the message does not carry or makes an invalid RaggedTensor."""
     if isinstance(desc, dict) and "ragged" in desc:
         name = desc["ragged"]
-        parts = [f"{name}.values", f"{name}.offsets"] + ([f"{name}.weight"] if desc.get("weight") else [])
-        _require(parts, arrays)
-        values, offsets = arrays[parts[0]], arrays[parts[1]]
-        weight = arrays[parts[2]] if len(parts) == 3 else None
+        weight_part = [f"{name}.weight"] if desc.get("weight") else []
+        if "row_length" in desc:
+            _require([f"{name}.values", *weight_part], arrays)
+            values = arrays[f"{name}.values"]
+            weight = arrays[weight_part[0]] if weight_part else None
+            offsets = _uniform_offsets(name, desc, values, weight)
+        else:
+            _require([f"{name}.values", f"{name}.offsets", *weight_part], arrays)
+            values, offsets = arrays[f"{name}.values"], arrays[f"{name}.offsets"]
+            weight = arrays[weight_part[0]] if weight_part else None
         try:
             if isinstance(values, np.ndarray) and isinstance(offsets, np.ndarray) \
                     and (weight is None or isinstance(weight, np.ndarray)):
@@ -326,6 +338,23 @@ def decode(desc, arrays: dict):
     return desc
 
 
+def _uniform_offsets(name: str, desc: dict, values, weight):
+    """The offsets of `desc`'s rows rows of row_length values each, made here (numpy, or a
+    tensor on the values' device), after checking the values (and weight) hold exactly that
+    many: RequestError otherwise."""
+    rows, length = desc.get("rows"), desc["row_length"]
+    if not all(type(x) is int for x in (rows, length)) or rows < 0 or length < 1:
+        raise RequestError(f"{name}: rows {rows!r} of row_length {length!r}: expected integers, rows >= 0, "
+                           "row_length >= 1")
+    for part, a in (("values", values), ("weight", weight)):
+        if a is not None and (a.ndim != 1 or a.shape[0] != rows * length):
+            raise RequestError(f"{name}: {part} of shape {tuple(a.shape)} for {rows} rows of {length}; "
+                               f"expected ({rows * length},)")
+    if isinstance(values, np.ndarray):
+        return np.arange(0, (rows + 1) * length, length, dtype=np.int64)
+    return torch.arange(0, (rows + 1) * length, length, dtype=torch.int64, device=values.device)
+
+
 def _require(names: list, arrays: dict) -> None:
     missing = [n for n in names if not isinstance(n, str) or n not in arrays]
     if missing:
@@ -334,7 +363,8 @@ def _require(names: list, arrays: dict) -> None:
 
 def encode_table(prefix: str, table: dict, arrays: dict) -> list:
     """A feature table (name -> tensor / RaggedTensor / bytes array) as a list of (name, desc)."""
-    return [[name, encode(f"{prefix}{k}", value, arrays)] for k, (name, value) in enumerate(table.items())]
+    return [[name, encode(f"{prefix}{k}", value, arrays, row_lengths=True)]
+            for k, (name, value) in enumerate(table.items())]
 
 
 def decode_table(items: list, arrays: dict) -> dict:

@@ -207,8 +207,8 @@ class Lane:
     """Worker threads that run one device's requests in the order they were submitted:
     requests of ranks on different devices run at the same time. A GPU's lane has one worker
     (its engine's kernels already fill the GPU). The CPU lane has up to ``CPU_LANE_WORKERS``,
-    which split numba's threads between the requests running at once (``_numba_threads``):
-    one request alone gets every thread, two share them. With many clients, two requests
+    which split numba's threads between the requests running at once (``_run``): one
+    request alone gets every thread, two share them. With many clients, two requests
     each on one core make more answers per second than one request at a time on both
     (measured, 2 cores, fused 4096x10, 7 rounds: 1.17x), because a request's parallel
     regions end in barriers and numba's TBB worker spins idle 1-3 ms after each."""
@@ -216,7 +216,8 @@ class Lane:
     def __init__(self, name: str, workers: int = 1):
         self.name = name
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads_total = numba.get_num_threads()
+        # numba is asked only where the work is split (cpu_lane_workers started its layer)
+        self._threads_total = numba.get_num_threads() if workers > 1 else 0
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._workers = [threading.Thread(target=self._run, name=f"lane {name}" + (f" {i}" if workers > 1 else ""),
@@ -234,8 +235,9 @@ class Lane:
             with self._busy_lock:
                 self._busy += 1
                 busy = self._busy
+            if self._threads_total:  # in [1, NUMBA_NUM_THREADS]: cannot raise; this thread's own setting
+                numba.set_num_threads(max(1, self._threads_total // busy))
             try:
-                numba.set_num_threads(max(1, self._threads_total // busy))  # this thread's own setting
                 job()
             except Exception:  # a job answers its own errors; this is a bug of the server, logged
                 log.exception("lane %s: a request's job failed", self.name)
@@ -258,10 +260,16 @@ class Lane:
 
 def cpu_lane_workers() -> int:
     """How many requests the CPU lane runs at once: one per numba thread, at most
-    CPU_LANE_WORKERS; one under numba's workqueue layer, which two threads may not enter at
-    once (TBB, the layer threading_layer.py picks, and OpenMP allow it)."""
-    threads = numba.get_num_threads()  # starts numba's layer, so threading_layer() can answer
-    return 1 if numba.threading_layer() == "workqueue" else min(CPU_LANE_WORKERS, threads)
+    CPU_LANE_WORKERS, under numba's TBB layer (the one threading_layer.py picks, measured);
+    one under any other (workqueue may not be entered by two threads at once; OpenMP gives
+    each caller a team of its own, unmeasured) or when numba's layer cannot start (the
+    request then fails in its own answer, not here on the loop)."""
+    try:
+        threads = numba.get_num_threads()  # starts numba's layer, so threading_layer() can answer
+        return min(CPU_LANE_WORKERS, threads) if numba.threading_layer() == "tbb" else 1
+    except (ValueError, RuntimeError) as e:
+        log.warning("numba's threading layer did not start (%s): the CPU lane runs one request at a time", e)
+        return 1
 
 
 @dataclass

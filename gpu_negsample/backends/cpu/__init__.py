@@ -227,7 +227,7 @@ def _fixed_length_column(dense: list, columns: CpuColumns, name: str, n: int, al
         weight = alloc(f"{name}.weight", (n * length,), col.weight.dtype)
         _add_dense(dense, columns.address[name, "weight"], weight, length * col.weight.itemsize)
     return RaggedTensor._from_parts(torch.from_numpy(values), torch.from_numpy(offsets),
-                                    None if weight is None else torch.from_numpy(weight))
+                                    None if weight is None else torch.from_numpy(weight), length)
 
 
 def _gather_measured(columns: CpuColumns, n: int, starts, lengths, block_base, totals, longest,
