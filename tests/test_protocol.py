@@ -105,6 +105,8 @@ def test_rows_the_package_built_alike_travel_as_their_length_and_the_receiver_ma
     got = p.decode_table(items, {k: v.numpy() for k, v in arrays.items()})
     assert got["built"].offsets()[0].tolist() == [0, 2, 4, 6] and got["built"].weight().tolist() == [1.0] * 6
     assert got["callers"].offsets()[0].tolist() == [0, 2, 4, 6]
+    on_device = p.decode_table(items, arrays)["built"]  # tensors (a GPU result block's views): offsets beside them
+    assert torch.equal(on_device.offsets()[0], torch.tensor([0, 2, 4, 6])) and on_device.values() is values
     requests = {}
     p.encode("r", built, requests)  # a request (no row_lengths) carries its offsets as they are
     assert "r.offsets" in requests

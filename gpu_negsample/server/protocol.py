@@ -319,11 +319,12 @@ def decode(desc, arrays: dict):
             _require([f"{name}.values", *weight_part], arrays)
             values = arrays[f"{name}.values"]
             weight = arrays[weight_part[0]] if weight_part else None
-            offsets = _uniform_offsets(name, desc, values, weight)
-        else:
-            _require([f"{name}.values", f"{name}.offsets", *weight_part], arrays)
-            values, offsets = arrays[f"{name}.values"], arrays[f"{name}.offsets"]
-            weight = arrays[weight_part[0]] if weight_part else None
+            offsets = _uniform_offsets(name, desc, values, weight)  # made here: nothing to check
+            return RaggedTensor._from_parts(tensor(values), tensor(offsets), None if weight is None else tensor(weight),
+                                            desc["row_length"])
+        _require([f"{name}.values", f"{name}.offsets", *weight_part], arrays)
+        values, offsets = arrays[f"{name}.values"], arrays[f"{name}.offsets"]
+        weight = arrays[weight_part[0]] if weight_part else None
         try:
             if isinstance(values, np.ndarray) and isinstance(offsets, np.ndarray) \
                     and (weight is None or isinstance(weight, np.ndarray)):
