@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence, Union
 
+import numba as nb
 import numpy as np
 import torch
 
@@ -63,7 +64,7 @@ class RaggedTensor:
         if offsets.ndim != 1 or offsets.dtype != np.int64 or values.ndim == 0:
             return cls(torch.from_numpy(values), torch.from_numpy(offsets),
                        None if weight is None else torch.from_numpy(weight))
-        _check_parts(offsets, values.shape[0], None if weight is None else weight.shape[0])
+        check_offsets(offsets, values.shape[0], None if weight is None else weight.shape[0])
         return cls._from_parts(torch.from_numpy(values), torch.from_numpy(offsets),
                                None if weight is None else torch.from_numpy(weight))
 
@@ -71,11 +72,11 @@ class RaggedTensor:
         off = self._offsets
         if off.dim() != 1:
             raise ValueError("RaggedTensor offsets must be a non-empty 1-D tensor (rows + 1 entries)")
-        # On the CPU one numpy pass: torch's comparisons over tens of thousands of offsets wake
-        # its intra-op thread pool, whose threads then spin on the cores a sampler needs (~3 ms
-        # a check on 2 cores, several checks per sampled batch).
-        _check_parts(off.numpy() if off.device.type == "cpu" else off, self._values.shape[0],
-                     None if self._weight is None else self._weight.shape[0])
+        # On the CPU one pass over numpy: torch's comparisons over tens of thousands of offsets
+        # wake its intra-op thread pool, whose threads then spin on the cores a sampler needs
+        # (~3 ms a check on 2 cores, several checks per sampled batch).
+        check_offsets(off.numpy() if off.device.type == "cpu" else off, self._values.shape[0],
+                      None if self._weight is None else self._weight.shape[0])
 
     def values(self) -> torch.Tensor:
         """Every row's values, concatenated."""
@@ -162,9 +163,14 @@ class RaggedTensor:
         return f"RaggedTensor(rows={self.row_count}, values={tuple(self._values.shape)}, dtype={self._values.dtype})"
 
 
-def _check_parts(o, n_values: int, n_weights: int | None) -> None:
+def check_offsets(o, n_values: int, n_weights: int | None = None) -> None:
     """ValueError unless 1-D offsets `o` (numpy, or a tensor on a GPU) start at 0, end at
-    n_values and never decrease, and a weight (n_weights entries) is aligned with the values."""
+    n_values and never decrease, and a weight (n_weights entries) is aligned with the values.
+    Host int64 offsets are passed once, without temporaries (``_offsets_valid``); only
+    invalid ones are read again, to say where."""
+    if isinstance(o, np.ndarray) and o.dtype == np.int64 and _offsets_valid(o, n_values) \
+            and n_weights in (None, n_values):
+        return
     if o.shape[0] == 0:
         raise ValueError("RaggedTensor offsets must be a non-empty 1-D tensor (rows + 1 entries)")
     first, last = int(o[0]), int(o[-1])
@@ -177,6 +183,17 @@ def _check_parts(o, n_values: int, n_weights: int | None) -> None:
         raise ValueError(f"RaggedTensor offsets decrease at row {row}: {int(o[row])} -> {int(o[row + 1])}")
     if n_weights is not None and n_weights != n_values:
         raise ValueError(f"RaggedTensor weight has {n_weights} entries for {n_values} values")
+
+
+@nb.njit(cache=True, nogil=True)
+def _offsets_valid(offsets, n_values):
+    """Whether offsets start at 0, never decrease and end at n_values."""
+    if offsets.shape[0] == 0 or offsets[0] != 0 or offsets[-1] != n_values:
+        return False
+    for i in range(1, offsets.shape[0]):
+        if offsets[i] < offsets[i - 1]:
+            return False
+    return True
 
 
 def _as_tensor(x) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .errors import RequestError
-from .ragged import RaggedTensor
+from .ragged import RaggedTensor, check_offsets
 
 
 def int64_array(x, what: str) -> np.ndarray:
@@ -60,23 +60,13 @@ def ragged_rows(x, what: str, keep=_never) -> tuple[np.ndarray, np.ndarray | tor
     if isinstance(x, RaggedTensor):
         offsets = int64_array(x.offsets()[0], f"{what} offsets")
         values = id_values(x.values(), what, keep)
-        if not _offsets_valid(offsets, values.shape[0]):
-            raise RequestError(f"{what}: its offsets must start at 0, never decrease and end at its "
-                               f"{values.shape[0]} values")
+        try:
+            check_offsets(offsets, values.shape[0])
+        except ValueError as e:
+            raise RequestError(f"{what}: {e}") from None
         return offsets, values
     values = id_values(x, what, keep)
     return np.arange(values.shape[0] + 1, dtype=np.int64), values
-
-
-@nb.njit(cache=True, nogil=True)
-def _offsets_valid(offsets, n_values):
-    """Whether offsets start at 0, never decrease and end at n_values: one pass, no temporaries."""
-    if offsets.shape[0] == 0 or offsets[0] != 0 or offsets[-1] != n_values:
-        return False
-    for i in range(1, offsets.shape[0]):
-        if offsets[i] < offsets[i - 1]:
-            return False
-    return True
 
 
 @nb.njit(cache=True, nogil=True)
