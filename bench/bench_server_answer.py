@@ -4,8 +4,9 @@ the three ways interleaved (so load from other processes hits all three alike):
 * in_process: the engine gathers the features into fresh process memory (NegativeSampler);
 * copy_after: the same, then every answer array is copied into a client's shared-memory
   block (the server before it gathered in place);
-* in_place: the engine gathers the features straight into the block (``BlockAllocator``)
-  and only the negatives, ids and counts are copied behind them (the server now).
+* in_place: the engine writes its outputs (negatives, valid and combined ids, features)
+  straight into the block (``BlockAllocator``) and only the request's counts are copied
+  behind them (the server now).
 
 No socket and no client: the end-to-end figures are bench_server.py's. Prints medians and
 the paired median overhead over in_process, in ms.
@@ -72,7 +73,7 @@ def main(argv=None) -> dict:
 
     def in_place() -> None:
         alloc = BlockAllocator(block)
-        rest = {n: a for n, a in answer(alloc).items() if block.offset_of(a) is None}
+        rest = {n: a for n, a in answer(alloc).items() if alloc.offset_of(a) is None}
         block.write(rest, protocol.layout(rest, alloc.used)[0])
 
     ways = {"in_process": lambda: answer(host_empty), "copy_after": copy_after, "in_place": in_place}

@@ -174,7 +174,7 @@ class Engine:
                      stream: RandomStream | None = None, alloc: Allocator = host_empty):
         """sample_ids -> valid ids -> combine -> pack in one request on one table: (negatives,
         valid positives, combined ids, features, counts, float32 log q or None) as backend
-        arrays; the features' host arrays come from ``alloc``."""
+        arrays; host arrays of the negatives, valid ids, combined ids and features come from ``alloc``."""
         state = self.state
         default_value = int64_scalar(default_value, "default_value")
         b = self.backend
@@ -183,9 +183,10 @@ class Engine:
                                      avoid_conflict, avoid_conflict_with_all_dedup_tags, stream or self.stream,
                                      one_id_per_row=True)
             inputs, positives = prepared.inputs, prepared.positives
-            draw = b.sample(rq, inputs)
-            valid = b.valid_ids(rq, state.placed_index, positives, default_value)
-            ids = b.combine(rq, valid, inputs.out_offsets, _uniform(inputs), draw.ids)
+            # every array handed back comes from alloc: the server's lands in the client's block
+            draw = b.sample(rq, inputs, alloc)
+            valid = b.valid_ids(rq, state.placed_index, positives, default_value, alloc)
+            ids = b.combine(rq, valid, inputs.out_offsets, _uniform(inputs), draw.ids, alloc)
             features = self._gather(state, rq, ids, default_value, alloc)
             log_q = None
             if return_log_q:

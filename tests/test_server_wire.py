@@ -454,7 +454,8 @@ def test_the_server_explains_itself_with_help():
 # ---- features gathered where the client reads them ---------------------------------------------
 def test_features_are_gathered_straight_into_the_clients_block(job, monkeypatch):
     """Before: the engine gathered into process memory and the server copied every array into
-    the block; now only the small arrays (negatives, ids, counts) are copied."""
+    the block; then the negatives, valid and combined ids were still copied; now the engine
+    writes every array into the block itself but the request's counts (staged inputs)."""
     cat = catalogue()
     copied = []
     original = SharedBlock.write
@@ -483,7 +484,9 @@ def test_features_are_gathered_straight_into_the_clients_block(job, monkeypatch)
     features = p.decode_table(head["table"], placed)
     feature_arrays = {n for n in placed if n.startswith("f")}
     assert feature_arrays and not feature_arrays & set(copied), copied
-    assert set(copied) == {"neg", "valid", "ids", "counts"}
+    assert set(copied) == {"counts"}
+    rows = placed["ids"].reshape(-1, 7)  # per positive: its valid id, then its 6 negatives
+    assert np.array_equal(rows[:, 0], placed["valid"]) and np.array_equal(rows[:, 1:].ravel(), placed["neg"])
     ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
     ref.reload(cat.table)
     assert_same_features(features, ref.pack_feature(torch.from_numpy(placed["ids"].copy()), int(cat.ids[0])))

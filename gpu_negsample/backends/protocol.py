@@ -105,16 +105,19 @@ class Backend(Protocol):
     def to_host(self, a) -> np.ndarray:
         """A backend array as a host numpy array (a wait on a device)."""
 
-    def sample(self, rq: Request, inputs: SampleInputs) -> Draw:
-        """Negatives of one request (see backends/cpu/sample.py for the decisions)."""
+    def sample(self, rq: Request, inputs: SampleInputs, alloc: Allocator = host_empty) -> Draw:
+        """Negatives of one request (see backends/cpu/sample.py for the decisions). Like every
+        output below that may be handed back to a caller, a host backend takes its array from
+        ``alloc``; a device backend's outputs stay on its device and it ignores ``alloc``."""
 
-    def valid_ids(self, rq: Request, ix, ids, default_id: int) -> Any:
+    def valid_ids(self, rq: Request, ix, ids, default_id: int, alloc: Allocator = host_empty) -> Any:
         """ids, with each id absent from the table replaced by default_id."""
 
     def rows_or_default(self, rq: Request, ix, ids, default_row: int, report_missing: bool) -> Any:
         """Table rows of ids, default_row where absent (counted when report_missing)."""
 
-    def combine(self, rq: Request, origin, sampled_offsets, uniform_count: int, sampled) -> Any:
+    def combine(self, rq: Request, origin, sampled_offsets, uniform_count: int, sampled,
+                alloc: Allocator = host_empty) -> Any:
         """origin[0], its sampled entries, origin[1], its entries, ... (uniform_count < 0: counts differ)."""
 
     def log_q(self, rq: Request, ix, req_offsets, req_segs, sampled_offsets, uniform_count: int, ids) -> Any:

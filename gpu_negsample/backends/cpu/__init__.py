@@ -88,14 +88,14 @@ class CpuBackend:
         return np.asarray(a)
 
     @staticmethod
-    def sample(rq: HostRequest, inputs: SampleInputs) -> Draw:
+    def sample(rq: HostRequest, inputs: SampleInputs, alloc: Allocator = host_empty) -> Draw:
         ix, n = inputs.ix, inputs.n_rows
         req_segs = np.empty(inputs.req_cats.shape[0], dtype=np.int64)
         own_rows = np.empty(inputs.own_ids.shape[0], np.int64)  # filled by the draw kernel (row-wise exclusion)
         ex = exclusion(ix, inputs.own_offsets, inputs.own_ids, own_rows, batch_set(inputs.own_ids) if inputs.batch else None)
         remaining = np.empty(2 * req_segs.shape[0], dtype=np.uint64)
         row_total = np.empty(n, dtype=np.uint64)
-        out = np.empty(inputs.n_draws, dtype=np.int64)
+        out = alloc("negatives", (inputs.n_draws,), np.dtype(np.int64))
         status = np.empty(n, dtype=np.int8)
         draw = s.sample_distinct if inputs.distinct else s.sample_put_back
         # The kernel adds its unknown categories, failed rows and alias draws to rq.counters
@@ -106,8 +106,9 @@ class CpuBackend:
         return Draw(out, req_segs, status)
 
     @staticmethod
-    def valid_ids(rq: HostRequest, ix: IndexArrays, ids: np.ndarray, default_id: int) -> np.ndarray:
-        out = np.empty_like(ids)
+    def valid_ids(rq: HostRequest, ix: IndexArrays, ids: np.ndarray, default_id: int,
+                  alloc: Allocator = host_empty) -> np.ndarray:
+        out = alloc("valid_ids", ids.shape, np.dtype(np.int64))
         lk.valid_ids(ix.id_slots, ids, np.int64(default_id), out)
         return out
 
@@ -122,10 +123,10 @@ class CpuBackend:
 
     @staticmethod
     def combine(rq: HostRequest, origin: np.ndarray, sampled_offsets: np.ndarray, uniform_count: int,
-                sampled: np.ndarray) -> np.ndarray:
+                sampled: np.ndarray, alloc: Allocator = host_empty) -> np.ndarray:
         n = origin.shape[0]
         out_offsets = sampled_offsets[:-1] + np.arange(n, dtype=np.int64)
-        out = np.empty(sampled.shape[0] + n, dtype=np.int64)
+        out = alloc("combined_ids", (sampled.shape[0] + n,), np.dtype(np.int64))
         c.combine_with_counts(origin, out_offsets, sampled, sampled_offsets, out)
         return out
 

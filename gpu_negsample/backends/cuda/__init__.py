@@ -75,7 +75,7 @@ class CudaBackend:
             return self.device.fetch([a])[0]
 
     # ---- sampling ------------------------------------------------------------------
-    def sample(self, rq: DeviceRequest, inputs: SampleInputs) -> Draw:
+    def sample(self, rq: DeviceRequest, inputs: SampleInputs, alloc: Allocator = host_empty) -> Draw:
         dev, ix = self.device, inputs.ix
         n, n_cats = inputs.n_rows, int(inputs.req_cats.shape[0])
         batch = self._batch_exclusion(rq, inputs) if inputs.batch else dict(ix.no_batch, use_batch=0)
@@ -118,7 +118,7 @@ class CudaBackend:
                 "batch_table_start": start, "batch_alias": tables}
 
     # ---- lookups -------------------------------------------------------------------
-    def valid_ids(self, rq: DeviceRequest, ix: IndexMirror, ids, default_id: int):
+    def valid_ids(self, rq: DeviceRequest, ix: IndexMirror, ids, default_id: int, alloc: Allocator = host_empty):
         out = rq.empty(ids.shape, torch.int64)
         self.device.launch("valid_ids", ids.shape[0], ix.arrays["id_slots"], ix.host.id_slots.shape[0], ids,
                            ids.shape[0], default_id, out)
@@ -130,7 +130,8 @@ class CudaBackend:
                            ids.shape[0], default_row, int(report_missing), out, rq.counter(Counter.MISSING))
         return out
 
-    def combine(self, rq: DeviceRequest, origin, sampled_offsets, uniform_count: int, sampled):
+    def combine(self, rq: DeviceRequest, origin, sampled_offsets, uniform_count: int, sampled,
+                alloc: Allocator = host_empty):
         n = int(origin.shape[0])
         out = rq.empty((n + int(sampled.shape[0]),), torch.int64)
         self.device.launch("combine_with_counts", out.shape[0], origin, sampled, sampled_offsets, n, uniform_count,
