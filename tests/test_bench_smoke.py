@@ -133,3 +133,12 @@ def test_device_checks_node_server_step_says_it_skipped_without_pyzmq(tmp_path, 
     bench.main(node_step_args(tmp_path))
     results = json.loads((tmp_path / "bench_server_node.json").read_text())
     assert "pyzmq is not installed" in results["skipped"] and "start" not in results
+
+
+def test_bench_server_answer_runs_at_toy_size(monkeypatch):
+    """bench_server_answer.py (the answer path without a socket) runs its three ways; it once
+    failed on every run after the server's placement lookup moved, and nothing noticed."""
+    results = load_bench(monkeypatch, "bench_server_answer").main(
+        ["--items", "3000", "--categories", "10", "--batch-size", "64", "--rounds", "2"])
+    assert set(results["median_ms"]) == {"in_process", "copy_after", "in_place"}
+    assert all(t > 0 for t in results["median_ms"].values()), results
