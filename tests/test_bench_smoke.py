@@ -3,6 +3,7 @@ peers are skipped there), device_check.sh's node server step with its own argume
 emulation, and bench/device_check.sh parses, so the check a GPU machine runs is known to work
 before it gets there; bench_cpu.py reports only figures of its own run."""
 import importlib.util
+import inspect
 import json
 import shlex
 import shutil
@@ -142,3 +143,13 @@ def test_bench_server_answer_runs_at_toy_size(monkeypatch):
         ["--items", "3000", "--categories", "10", "--batch-size", "64", "--rounds", "2"])
     assert set(results["median_ms"]) == {"in_process", "copy_after", "in_place"}
     assert all(t > 0 for t in results["median_ms"].values()), results
+
+
+def test_timeline_instruments_the_current_sampling_kernels(monkeypatch):
+    """bench/timeline_sample.py stamps a copy of sample.py's kernels by text substitution:
+    a kernel changed so that a stamp no longer fits must fail here, not in a timing run."""
+    timeline = load_bench(monkeypatch, "timeline_sample")
+    kernels = timeline.instrumented_kernels()
+    for kernel in (kernels.sample_put_back, kernels.sample_distinct):
+        assert list(inspect.signature(kernel.py_func).parameters)[-3:] == ["meta", "cst", "bst"]
+        assert inspect.getsource(kernel.py_func).count("rdtsc()") == 8
