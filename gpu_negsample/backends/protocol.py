@@ -106,9 +106,10 @@ class Backend(Protocol):
         """A backend array as a host numpy array (a wait on a device)."""
 
     def sample(self, rq: Request, inputs: SampleInputs, alloc: Allocator = host_empty) -> Draw:
-        """Negatives of one request (see backends/cpu/sample.py for the decisions). Like every
-        output below that may be handed back to a caller, a host backend takes its array from
-        ``alloc``; a device backend's outputs stay on its device and it ignores ``alloc``."""
+        """Negatives of one request (see backends/cpu/sample.py for the decisions). Here and in
+        valid_ids and combine (the fused request's other outputs handed back to a caller), a
+        host backend takes its output array from ``alloc``; a device backend's outputs stay on
+        its device and it ignores ``alloc``."""
 
     def valid_ids(self, rq: Request, ix, ids, default_id: int, alloc: Allocator = host_empty) -> Any:
         """ids, with each id absent from the table replaced by default_id."""
