@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -94,15 +95,39 @@ def check_column(col: Column) -> None:
             raise TableError(f"{where}: ragged weight length {w.shape[0]} != values {values.shape[0]}")
 
 
+@nb.njit(nogil=True, cache=True)
+def offsets_summary(offsets):
+    """One pass over int64 offsets: (whether they fall anywhere, whether any row's length is
+    not 1, the longest row's length). The lengths mean something only once the offsets are
+    known not to fall. Reductions only, no first-row search, so the loop vectorises: a
+    reload asks this of every ragged column, where numpy needed a temporary or two per
+    question (np.diff, a comparison, flatnonzero). Error paths find the row with numpy."""
+    falls = False
+    off_one = False
+    longest = 0
+    for r in range(offsets.shape[0] - 1):
+        falls |= offsets[r + 1] < offsets[r]  # compared, not subtracted: hostile offsets may overflow
+        length = offsets[r + 1] - offsets[r]
+        off_one |= length != 1
+        longest = max(longest, length)
+    return falls, off_one, longest
+
+
+def first_row_off_one(offsets: np.ndarray) -> tuple[int, int]:
+    """(first row whose length is not 1, its length), for an error message."""
+    lengths = np.diff(offsets)
+    row = int(np.flatnonzero(lengths != 1)[0])
+    return row, int(lengths[row])
+
+
 def _check_offsets(where: str, offsets, n_values: int) -> None:
     if not isinstance(offsets, np.ndarray) or offsets.dtype != np.int64 or offsets.ndim != 1 or offsets.size == 0:
         raise TableError(f"{where}: offsets must be a non-empty 1-D int64 array (rows + 1 entries); got "
                          f"{getattr(offsets, 'dtype', type(offsets).__name__)} of shape {getattr(offsets, 'shape', '?')}")
     if offsets[0] != 0:
         raise TableError(f"{where}: offsets must start at 0; row 0 starts at {int(offsets[0])}")
-    falls = np.flatnonzero(offsets[1:] < offsets[:-1])
-    if falls.size:
-        row = int(falls[0])
+    if offsets_summary(offsets)[0]:
+        row = int(np.flatnonzero(offsets[1:] < offsets[:-1])[0])
         raise TableError(f"{where}: offsets decrease at row {row}: {int(offsets[row])} -> {int(offsets[row + 1])}")
     if offsets[-1] != n_values:
         row = int(np.argmax(offsets > n_values)) - 1 if offsets[-1] > n_values else offsets.size - 2

@@ -56,6 +56,14 @@ def _clear(slots):
         slots[s, 1] = -1
 
 
+@nb.njit(nogil=True, cache=True)
+def _clear_here(slots):
+    """_clear on the calling thread only (the same bytes)."""
+    for s in range(slots.shape[0]):
+        slots[s, 0] = EMPTY_KEY
+        slots[s, 1] = -1
+
+
 @nb.njit(inline="always", cache=True)
 def home_slot(slots, key):
     """The slot a key's linear probe starts at."""
@@ -92,17 +100,21 @@ def _insert_all(slots, keys):
     return np.int64(-1), np.int64(-1)
 
 
-def build_hash_table(keys: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
+def build_hash_table(keys: np.ndarray, all_threads: bool = True) -> tuple[np.ndarray, tuple[int, int] | None]:
     """Hash table mapping keys[i] -> i.
 
     Returns (slots, duplicate): duplicate is None or the first (row, row) pair that holds
     the same key, for the caller's error message. Keys must not contain EMPTY_KEY.
+    ``all_threads=False`` keeps the work on the calling thread (no parallel region), for a
+    caller that builds the table beside other work; the bytes are the same.
     """
     slots = np.empty((capacity_for(keys.shape[0]), 2), dtype=np.int64)
-    if slots.shape[0] >= _PARALLEL_CLEAR_SLOTS:
+    if slots.shape[0] < _PARALLEL_CLEAR_SLOTS:
+        slots[:] = (EMPTY_KEY, -1)
+    elif all_threads:
         _clear(slots)
     else:
-        slots[:] = (EMPTY_KEY, -1)
+        _clear_here(slots)
     first, second = _insert_all(slots, np.ascontiguousarray(keys, dtype=np.int64))
     return slots, (None if first < 0 else (int(first), int(second)))
 

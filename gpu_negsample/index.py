@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import NamedTuple
 
@@ -242,21 +243,50 @@ def _build_tail_alias(seg_offsets, seg_weights, seg_total, seg_head, seg_head_ma
             build_alias(seg_weights[lo:hi], seg_alias[lo:hi])
 
 
+class _IdHash(threading.Thread):
+    """The id hash table, built on its own thread: its serial insert waits on one cache
+    miss per id and depends on nothing but the ids, so the pair sort runs on the other
+    core meanwhile (numba's nogil kernels release the GIL). It opens no parallel region,
+    so two threads never launch one at once (numba's workqueue layer would abort)."""
+
+    def __init__(self, ids: np.ndarray):
+        super().__init__(name="gpu_negsample-id-hash", daemon=True)
+        self._ids = ids
+        self._result = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._result = build_hash_table(self._ids, all_threads=False)
+        except BaseException as exc:  # re-raised on the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> tuple[np.ndarray, tuple[int, int] | None]:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 def build_index(sc: SamplingColumns, sample_tag: str) -> Index:
     """Index of validated sampling columns; raises TableError for duplicate ids and all-zero categories."""
     t0 = time.perf_counter()
-    id_slots, duplicate = build_hash_table(sc.ids)
+    id_hash = _IdHash(sc.ids)
+    try:
+        categories, pair_seg = segments_of(sc.categories)
+        pair_weights, scale_log2 = quantize_weights(sc.weights)
+        n_seg = categories.shape[0]
+        n_pairs = pair_seg.shape[0]
+        seg_rows, seg_ids = np.empty(n_pairs, dtype=np.int64), np.empty(n_pairs, dtype=np.int64)
+        seg_weights = np.empty(n_pairs, dtype=np.uint64)
+        seg_offsets, seg_total = _bucket_by_segment(pair_seg, pair_weights, sc.cat_offsets, sc.ids, n_seg,
+                                                    seg_rows, seg_ids, seg_weights)
+    finally:
+        id_slots, duplicate = id_hash.result()
     if duplicate is not None:
         a, b = duplicate
         raise TableError(f"dedup_tag id {int(sc.ids[a])} appears in rows {a} and {b}; ids must be unique")
-    categories, pair_seg = segments_of(sc.categories)
-    pair_weights, scale_log2 = quantize_weights(sc.weights)
-    n_seg = categories.shape[0]
-    n_pairs = pair_seg.shape[0]
-    seg_rows, seg_ids = np.empty(n_pairs, dtype=np.int64), np.empty(n_pairs, dtype=np.int64)
-    seg_weights = np.empty(n_pairs, dtype=np.uint64)
-    seg_offsets, seg_total = _bucket_by_segment(pair_seg, pair_weights, sc.cat_offsets, sc.ids, n_seg,
-                                                seg_rows, seg_ids, seg_weights)
     empty = np.flatnonzero(seg_total == 0)
     if empty.size:
         raise TableError(

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from .arena import Arena, default_allocate
-from .columns import DENSE, RAGGED, STRING, Column
+from .columns import DENSE, RAGGED, STRING, Column, first_row_off_one, offsets_summary
 from .errors import TableError
 from .hashing import EMPTY_KEY
 
@@ -82,13 +83,15 @@ def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, wei
     if reserved.size:
         raise TableError(f"column {dedup_tag!r} row {int(reserved[0])}: id {EMPTY_KEY} is reserved as the hash table's empty marker")
     cat_offsets, categories = _multi_valued_ints(columns[sample_tag])
-    weights = _weights(columns[weight_tag], cat_offsets, n)
+    _, several, most_categories = offsets_summary(cat_offsets)
+    weights = _weights(columns[weight_tag], cat_offsets, n, one_category_per_row=not several)
     _check_weights(weight_tag, weights, cat_offsets)
     if weight_exponent != 1.0:
         if not np.isfinite(weight_exponent) or weight_exponent <= 0:
             raise TableError(f"weight_exponent must be a positive finite number; got {weight_exponent}")
         weights = np.power(weights, weight_exponent)
-    _check_duplicate_categories(sample_tag, cat_offsets, categories)
+    if most_categories >= 2:
+        _check_duplicate_categories(sample_tag, cat_offsets, categories)
     return Table(columns, SamplingColumns(ids, cat_offsets, categories, weights), arena)
 
 
@@ -108,11 +111,10 @@ def _single_valued_ints(col: Column, role: str) -> np.ndarray:
             raise TableError(f"column {col.name!r} ({role}) is multi-valued ({values.shape[1]} per row); it must hold one id per row")
         return np.ascontiguousarray(_int64(col, values.reshape(-1), role))
     if col.kind == RAGGED:
-        lengths = np.diff(col.offsets)
-        bad = np.flatnonzero(lengths != 1)
-        if bad.size:
-            row = int(bad[0])
-            raise TableError(f"column {col.name!r} ({role}) row {row} has {int(lengths[row])} values; it must hold exactly one id per row")
+        if offsets_summary(col.offsets)[1]:
+            row, length = first_row_off_one(col.offsets)
+            raise TableError(f"column {col.name!r} ({role}) row {row} has {length} values; "
+                             "it must hold exactly one id per row")
         return np.ascontiguousarray(_int64(col, col.values, role))
     raise TableError(f"column {col.name!r} ({role}) holds strings; it must hold int64 ids")
 
@@ -128,7 +130,9 @@ def _multi_valued_ints(col: Column) -> tuple[np.ndarray, np.ndarray]:
     raise TableError(f"column {col.name!r} (sample_tag) holds strings; categories must be int64")
 
 
-def _weights(col: Column, cat_offsets: np.ndarray, n: int) -> np.ndarray:
+def _weights(col: Column, cat_offsets: np.ndarray, n: int, one_category_per_row: bool) -> np.ndarray:
+    """float64 weights, one per (item, category) pair: a per-row weight is repeated over the
+    row's categories (no copy where every row has one category)."""
     def as_float(values):
         if values.dtype.kind not in "biuf":
             raise TableError(f"column {col.name!r} (weight_tag) has dtype {values.dtype}; it must be numeric")
@@ -142,23 +146,34 @@ def _weights(col: Column, cat_offsets: np.ndarray, n: int) -> np.ndarray:
             raise TableError(f"column {col.name!r} (weight_tag) has {values.shape[1]} values per row; give one weight per row")
         per_row = as_float(values.reshape(-1))
     else:
-        lengths = np.diff(col.offsets)
         if np.array_equal(col.offsets, cat_offsets):
             return np.ascontiguousarray(as_float(col.values))
-        bad = np.flatnonzero(lengths != 1)
-        if bad.size:
-            row = int(bad[0])
+        if offsets_summary(col.offsets)[1]:
+            row, length = first_row_off_one(col.offsets)
             raise TableError(
-                f"column {col.name!r} (weight_tag) row {row} has {int(lengths[row])} weights but "
+                f"column {col.name!r} (weight_tag) row {row} has {length} weights but "
                 f"{int(cat_offsets[row + 1] - cat_offsets[row])} categories; give one weight per row or one per category"
             )
         per_row = as_float(col.values)
+    if one_category_per_row:
+        return np.ascontiguousarray(per_row)
     return np.repeat(per_row, np.diff(cat_offsets))
 
 
+@nb.njit(nogil=True, cache=True)
+def _all_valid(weights):
+    """Every weight finite and >= 0, in one pass (NaN fails both comparisons); numpy's test
+    made four temporaries. A count, not a running boolean: LLVM vectorises the sum. The
+    error path finds the row with numpy."""
+    invalid = 0
+    for i in range(weights.shape[0]):
+        invalid += not ((weights[i] >= 0.0) & (weights[i] < np.inf))
+    return invalid == 0
+
+
 def _check_weights(name: str, weights: np.ndarray, cat_offsets: np.ndarray) -> None:
-    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
-    if bad.size:
+    if not _all_valid(weights):
+        bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
         pos = int(bad[0])
         row = int(np.searchsorted(cat_offsets, pos, side="right") - 1)
         raise TableError(
@@ -174,8 +189,6 @@ def _check_weights(name: str, weights: np.ndarray, cat_offsets: np.ndarray) -> N
 
 def _check_duplicate_categories(name: str, cat_offsets: np.ndarray, categories: np.ndarray) -> None:
     lengths = np.diff(cat_offsets)
-    if categories.size == 0 or lengths.max(initial=0) < 2:
-        return
     rows = np.repeat(np.arange(lengths.shape[0]), lengths)
     order = np.lexsort((categories, rows))
     same = (rows[order][1:] == rows[order][:-1]) & (categories[order][1:] == categories[order][:-1])

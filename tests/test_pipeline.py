@@ -129,6 +129,25 @@ def test_arena_views_start_on_a_cache_line():
     assert [int(v.sum()) for v in arena.views] == [3, 64, 1000, 5]
 
 
+def test_arena_copies_large_arrays_exactly():
+    """Arrays over the parallel-copy threshold are copied in chunks on every thread: sizes
+    off the chunk size, several dimensions, a non-contiguous view and a small array beside
+    them must all come out as given."""
+    from gpu_negsample.arena import _COPY_CHUNK, _PARALLEL_COPY_BYTES, Arena
+
+    rng = np.random.default_rng(5)
+    arrays = [
+        rng.integers(0, 2**62, size=_COPY_CHUNK // 8 * 3 + 5, dtype=np.int64),
+        rng.random((_PARALLEL_COPY_BYTES // 64 + 3, 16), dtype=np.float32),
+        rng.random((_PARALLEL_COPY_BYTES // 4, 2))[:, 1],  # strided: copied by numpy
+        np.arange(7, dtype=np.int16),
+    ]
+    arena = Arena(arrays)
+    for given, packed in zip(arrays, arena.views):
+        assert packed.dtype == given.dtype and packed.shape == given.shape
+        assert np.array_equal(packed, given)
+
+
 def test_recis_combine_tiles_group_id_and_indicators():
     s = make_sampler(small_table([1], [1], [1.0]))
     batch = [

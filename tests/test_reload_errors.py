@@ -88,6 +88,8 @@ def good():
     (lambda t: t.update(item=torch.tensor([1.0, 2.0, 3.0, 4.0])), "dtype float32"),
     (lambda t: t.update(cat=RaggedTensor.from_rows([[7], [7, 7], [8], [8]]), w=torch.ones(4)),
      "row 1 lists category 7 more than once"),
+    (lambda t: t.update(w=RaggedTensor.from_rows([[1.0], [1.0, 2.0], [1.0], [1.0]])),
+     "row 1 has 2 weights but 1 categories"),
     (lambda t: t.update(skey=torch.zeros(4)), "must hold strings"),
     (lambda t: t.update(w=["a", "b", "c", "d"]), "weights must be numbers"),
     (lambda t: t.update(item=one_per_row([1, 2, 3, np.iinfo(np.int64).min])), "reserved"),
@@ -100,6 +102,24 @@ def test_bad_table_is_refused_and_previous_table_stays(mutate, message):
         s.reload(bad)
     assert message in str(err.value)
     assert s.valid_sample_ids(torch.tensor([1, 99]), -1).tolist() == [1, -1]
+
+
+def test_offsets_summary_answers_each_check_in_one_pass():
+    from gpu_negsample.columns import offsets_summary
+
+    assert offsets_summary(np.array([0, 1, 2, 3], np.int64)) == (False, False, 1)
+    assert offsets_summary(np.array([0, 1, 1, 4], np.int64)) == (False, True, 3)
+    assert offsets_summary(np.array([0], np.int64)) == (False, False, 0)
+    # a fall that subtraction would hide: the difference wraps round to a length of 1
+    assert offsets_summary(np.array([0, 2**63 - 1, -(2**63)], np.int64))[0]
+
+
+def test_dense_weights_repeat_over_several_categories():
+    table = small_table([1, 2, 3], [7, 7, 8], [1.0, 2.0, 3.0])
+    table["cat"] = RaggedTensor.from_rows([[7], [7, 8], [8]])
+    s = make_sampler(table)
+    sc = s.engine.state.table.sampling
+    assert sc.weights.tolist() == [1.0, 2.0, 2.0, 3.0]
 
 
 def test_bad_requests_name_the_problem():

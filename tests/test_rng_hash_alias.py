@@ -82,6 +82,25 @@ def test_hash_table_finds_every_key_and_nothing_else():
     assert (slots[:, 0] == EMPTY_KEY).sum() == slots.shape[0] - keys.size
 
 
+def test_hash_table_built_on_one_thread_has_the_same_bytes():
+    """The index builds its id hash on a helper thread with all_threads=False (no parallel
+    region); the slots must be the bytes the parallel clear gives."""
+    from gpu_negsample.hashing import _PARALLEL_CLEAR_SLOTS
+
+    keys = np.random.default_rng(1).permutation(np.arange(_PARALLEL_CLEAR_SLOTS, dtype=np.int64) * 7 - 5)
+    parallel, dup_parallel = build_hash_table(keys)
+    here, dup_here = build_hash_table(keys, all_threads=False)
+    assert dup_parallel is None and dup_here is None
+    assert parallel.tobytes() == here.tobytes()
+
+
+def test_id_hash_thread_raises_on_the_callers_thread():
+    from gpu_negsample.index import _IdHash
+
+    with pytest.raises(ValueError):
+        _IdHash(np.array(["not an id"])).result()
+
+
 def test_hash_table_reports_first_duplicate():
     _, dup = build_hash_table(np.array([4, 9, 7, 9, 4], dtype=np.int64))
     assert dup == (1, 3)
