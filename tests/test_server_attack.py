@@ -1,0 +1,42 @@
+"""The node server attacked by a hostile local client and used by a careless one: what an
+attack found (issue 9, second pass), each held by a test that failed before its fix."""
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from gpu_negsample import NegativeSampler, RequestError
+from gpu_negsample.columns import read_table_input
+from gpu_negsample.server import protocol as p
+from server_harness import raw_client, server_on_thread
+from server_tables import catalogue
+
+_jobs = itertools.count()
+
+
+@pytest.fixture
+def job():
+    return f"x{os.getpid()}-{next(_jobs)}"
+
+
+def load(c, cat) -> None:
+    arrays = {}
+    assert c.ask("reload", {"columns": p.encode_columns(read_table_input(cat.table), arrays)}, arrays)["ok"]
+
+
+@pytest.mark.parametrize("n", [-1, 2**40])
+def test_a_log_q_request_whose_positive_count_the_ids_cannot_hold_is_refused_before_allocating(job, n):
+    """Before: the server allocated n counts first (2**40: MemoryError, -1: ValueError), both an
+    InternalError with a traceback in its log; n = 10**8 took 1.6 GB and 2.6 s before the ids' check."""
+    cat = catalogue()
+    ids = cat.ids[:9]
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        arrays = {}
+        head = c.ask("log_q", {"ids": p.encode("ids", ids, arrays), "counts": 0, "tags": None, "n": n}, arrays)
+    assert head["error"] == "RequestError" and f"log q of {n} positives: ids has 9 entries" in head["message"], head
+    engine = NegativeSampler("category", "item_id", "weight", "skey", device="cpu").engine
+    engine.reload(cat.table)
+    with pytest.raises(RequestError, match=f"log q of {n} positives"):
+        engine.log_q(ids, 0, None, n)
