@@ -5,8 +5,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
-from gpu_negsample import NegativeSampler, RequestError
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
 from gpu_negsample.columns import read_table_input
 from gpu_negsample.server import protocol as p
 from server_harness import raw_client, server_on_thread
@@ -40,3 +41,24 @@ def test_a_log_q_request_whose_positive_count_the_ids_cannot_hold_is_refused_bef
     engine.reload(cat.table)
     with pytest.raises(RequestError, match=f"log q of {n} positives"):
         engine.log_q(ids, 0, None, n)
+
+
+def test_ids_counts_and_defaults_in_every_documented_form_work_through_the_server_as_in_process(job):
+    """Before: lists (ids and counts, documented in sampler.py) were refused ("a list cannot be
+    sent"), a one-element tensor default_value was refused naming a dict, and an object array
+    raised numpy's TypeError from inside the transport."""
+    cat = catalogue()
+    ids = [int(i) for i in cat.ids[:8]]
+    tags = tuple(int(c) for c in cat.categories[:8])
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+    with LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=1, device="cpu", name=job) as s:
+        s.reload(cat.table)
+        assert torch.equal(s.sample_ids(ids, [2] * 8, tags), ref.sample_ids(ids, [2] * 8, tags))
+        default = torch.tensor(ids[0])
+        assert torch.equal(s.valid_sample_ids(ids + [-5], default), ref.valid_sample_ids(ids + [-5], default))
+        assert torch.equal(s.combine_vector_with_sample_counts(ids[:2], (1, 2), ids[:3]),
+                           ref.combine_vector_with_sample_counts(ids[:2], (1, 2), ids[:3]))
+        for bad in (np.array([1, "a"], dtype=object), [2**70]):
+            with pytest.raises(RequestError, match="has dtype object"):
+                s.valid_sample_ids(bad)

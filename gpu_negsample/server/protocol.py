@@ -283,6 +283,11 @@ def encode(name: str, value, arrays: dict, row_lengths: bool = False):
     made when the message is sent) under names starting with name. With `row_lengths` (an
     answer the server just built), a RaggedTensor whose rows the package built all alike
     goes as its row count and length, not its offsets."""
+    if isinstance(value, (list, tuple)):  # ids and counts may be lists (sampler.py): numpy reads them as in-process
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray) and (value.dtype.kind not in ALLOWED_KINDS or value.dtype.hasobject):
+        raise RequestError(f"{name} has dtype {value.dtype}, which cannot be sent to the sampling server; ids and "
+                           "counts must be integers (int64), e.g. torch.tensor([...], dtype=torch.int64)")
     if isinstance(value, RaggedTensor):
         arrays[f"{name}.values"] = value.values()
         desc = {"ragged": name, "weight": value.weight() is not None}
@@ -301,7 +306,7 @@ def encode(name: str, value, arrays: dict, row_lengths: bool = False):
     if value is None or isinstance(value, (int, float, bool, str)):
         return value
     raise RequestError(f"{name}: a {type(value).__name__} cannot be sent to the sampling server; "
-                       "give tensors, RaggedTensors, numpy arrays or numbers")
+                       "give tensors, RaggedTensors, numpy arrays, lists or numbers")
 
 
 def tensor(a) -> torch.Tensor:
