@@ -285,7 +285,7 @@ def encode(name: str, value, arrays: dict, row_lengths: bool = False):
     goes as its row count and length, not its offsets."""
     if isinstance(value, (list, tuple)):  # ids and counts may be lists (sampler.py): numpy reads them as in-process
         value = np.asarray(value)
-    if isinstance(value, np.ndarray) and (value.dtype.kind not in ALLOWED_KINDS or value.dtype.hasobject):
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:  # no bytes to send; the server refuses other dtypes
         raise RequestError(f"{name} has dtype {value.dtype}, which cannot be sent to the sampling server; ids and "
                            "counts must be integers (int64), e.g. torch.tensor([...], dtype=torch.int64)")
     if isinstance(value, RaggedTensor):
