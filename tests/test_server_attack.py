@@ -10,6 +10,8 @@ import torch
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
 from gpu_negsample.columns import read_table_input
 from gpu_negsample.server import protocol as p
+from gpu_negsample.server.endpoint import create_block
+from gpu_negsample.server.service import MAX_CLIENT_BLOCKS
 from server_harness import raw_client, server_on_thread
 from server_tables import catalogue
 
@@ -62,3 +64,27 @@ def test_ids_counts_and_defaults_in_every_documented_form_work_through_the_serve
         for bad in (np.array([1, "a"], dtype=object), [2**70]):
             with pytest.raises(RequestError, match="has dtype object"):
                 s.valid_sample_ids(bad)
+
+
+def test_a_client_holds_a_bounded_number_of_result_blocks_and_a_replaced_one_is_closed(job):
+    """Before: every map_block added a mapping to the server (2,000 a second, unbounded); at
+    vm.max_map_count (65,530) the server's own allocations would fail, for every client."""
+    blocks = []
+    try:
+        with server_on_thread(job) as server, raw_client(server) as c:
+            def map_block(ident: int) -> dict:
+                fd, path = create_block(job, os.getpid(), len(blocks), 4096)
+                blocks.append(path)
+                os.close(fd)
+                return c.ask("map_block", {"path": str(path), "size": 4096, "block": ident})
+            for ident in range(MAX_CLIENT_BLOCKS):
+                assert map_block(ident)["ok"]
+            head = map_block(MAX_CLIENT_BLOCKS)
+            assert head["error"] == "RequestError" and "unmap one" in head["message"], head
+            (client,) = server.clients.values()
+            first = client.blocks[0]
+            assert map_block(0)["ok"]  # the same id again: replaces (and closes) the block it names
+            assert len(client.blocks) == MAX_CLIENT_BLOCKS and first.bytes is None and client.blocks[0] is not first
+    finally:
+        for path in blocks:
+            path.unlink()
