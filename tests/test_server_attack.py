@@ -2,6 +2,7 @@
 attack found (issue 9, second pass), each held by a test that failed before its fix."""
 import itertools
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
 from gpu_negsample.columns import read_table_input
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import create_block
-from gpu_negsample.server.service import MAX_CLIENT_BLOCKS
+from gpu_negsample.server.service import MAX_CLIENT_BLOCKS, MAX_WAITING
 from server_harness import raw_client, server_on_thread
 from server_tables import catalogue
 
@@ -88,3 +89,45 @@ def test_a_client_holds_a_bounded_number_of_result_blocks_and_a_replaced_one_is_
     finally:
         for path in blocks:
             path.unlink()
+
+
+class _Waiting:
+    """An engine whose valid_sample_ids waits until released (a request being answered)."""
+
+    seed = 1
+    loaded = True
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def valid_sample_ids(self, ids, default):
+        if not self.release.wait(20):
+            raise RuntimeError("never released")
+        return ids
+
+    def swap(self, state) -> None:
+        """The table is dropped with the sampler (there is none)."""
+
+
+def test_requests_a_client_sends_without_waiting_for_answers_are_refused_not_buffered(job):
+    """Before: every request received while the client's first was answered was kept: 60
+    requests of 20 MB grew the server by 1.9 GB (and nothing bounded how many)."""
+    engine = _Waiting()
+    ids = np.zeros(40_000, np.int64)  # 320 kB: three fit under the 1 MiB max_request_bytes, four do not
+    with server_on_thread(job, max_request_bytes=1 << 20, engine=engine) as server, raw_client(server) as c:
+        def send() -> int:
+            arrays = {}
+            c.seq += 1
+            c.send_frames(p.pack_request(c.seq, {"op": "valid_sample_ids",
+                                                 "args": {"ids": p.encode("ids", ids, arrays), "default": 0}}, arrays))
+            return c.seq
+        sent = [send() for _ in range(5)]  # the first runs; three wait; the fifth would pass 1 MiB waiting
+        head, _ = c.receive(10)
+        assert head["seq"] == sent[4] and head["error"] == "RequestError" and "already wait" in head["message"], head
+        for _ in range(MAX_WAITING + 1):
+            send()  # with small requests the count bounds it
+        refused = [c.receive(10)[0] for _ in range(MAX_WAITING + 1)]
+        assert all(h["error"] == "RequestError" for h in refused)
+        engine.release.set()
+        answered = [c.receive(10)[0] for _ in range(4)]
+        assert [h["seq"] for h in answered] == sent[:4] and all(h["ok"] for h in answered), answered

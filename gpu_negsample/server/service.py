@@ -64,6 +64,10 @@ LANE_STOP_S = 5.0  # at exit: how long the lanes get to finish the request they 
 # client mapping blocks without end (2,000 a second, measured) would make the server's own
 # allocations fail, for every client. The client keeps at most 8 (client.MAX_BLOCKS).
 MAX_CLIENT_BLOCKS = 16
+# Its requests received while one of its own is answered wait in memory: the client sends
+# one at a time (a timed-out one may still be answered), so more than this, or more than
+# max_request_bytes in all, is a client not waiting for its answers; they are refused.
+MAX_WAITING = 16
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -429,10 +433,15 @@ class SamplingServer:
     def _receive(self, frames: list) -> None:
         """A request from the socket: started now, or after its client's request in flight."""
         client = self.clients.get(frames[0].bytes)
-        if client is not None and (client.in_flight or client.waiting):
+        if client is None or not (client.in_flight or client.waiting):
+            self._start(frames)
+        elif len(client.waiting) < MAX_WAITING and \
+                sum(len(f) for queued in (*client.waiting, frames) for f in queued[1:]) <= self.max_request_bytes:
             client.waiting.append(frames)
         else:
-            self._start(frames)
+            error = RequestError(f"{len(client.waiting)} requests of this client already wait for the one being "
+                                 "answered; send a request after the answer to the one before")
+            self.sock.send_multipart([frames[0], *self._failure(p.request_seq(frames[1:]), error)], copy=False)
 
     def _start(self, frames: list) -> None:
         """Parse a request and answer it: on the loop thread when it changes the server's state
