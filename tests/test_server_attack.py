@@ -2,6 +2,7 @@
 attack found (issue 9, second pass), each held by a test that failed before its fix."""
 import itertools
 import os
+import re
 import threading
 
 import numpy as np
@@ -13,7 +14,7 @@ from gpu_negsample.columns import read_table_input
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import create_block
 from gpu_negsample.server.service import MAX_CLIENT_BLOCKS, MAX_WAITING
-from server_harness import raw_client, server_on_thread
+from server_harness import CONFIG, raw_client, server_on_thread
 from server_tables import catalogue
 
 _jobs = itertools.count()
@@ -131,3 +132,17 @@ def test_requests_a_client_sends_without_waiting_for_answers_are_refused_not_buf
         engine.release.set()
         answered = [c.receive(10)[0] for _ in range(4)]
         assert [h["seq"] for h in answered] == sent[:4] and all(h["ok"] for h in answered), answered
+
+
+@pytest.mark.parametrize("config, message", [
+    ([1], "must be a JSON object"),
+    ({}, "missing 3 required positional arguments"),
+    ({"evil": 1}, "unknown sampler settings \\['evil'\\]"),
+    (dict(CONFIG.to_wire(), seed=2**80), "seed must be a 64-bit unsigned integer"),
+])
+def test_a_hello_whose_settings_are_refused_is_a_request_error(job, config, message):
+    """Before: an InternalError ("a failure of the sampling server") with a traceback in its log."""
+    with server_on_thread(job) as server, raw_client(server) as c:
+        head = c.ask("hello", dict(c.hello_args, config=config))
+    assert head["error"] == "RequestError" and re.search(f"hello: the sampler's settings are refused: .*{message}",
+                                                         head["message"]), head

@@ -621,7 +621,10 @@ class SamplingServer:
         """A client for one hosted sampler: local rank 0 opens it (args "open"), another rank joins
         rank 0's of the same settings and place (answered "pending" until rank 0 made it), a
         DataLoader worker attaches to it by id."""
-        theirs = SamplerConfig.from_wire(args["config"])
+        try:
+            theirs = SamplerConfig.from_wire(args["config"])
+        except ValueError as e:  # from_wire's every refusal of untrusted settings
+            raise RequestError(f"hello: the sampler's settings are refused: {e}") from None
         if args.get("attach") is not None:
             hosted = self.samplers.attach(args.int("attach"))
         elif args.get("open"):
