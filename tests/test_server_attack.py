@@ -3,6 +3,7 @@ attack found (issue 9, second pass), each held by a test that failed before its 
 import itertools
 import os
 import re
+import struct
 import threading
 
 import numpy as np
@@ -146,3 +147,12 @@ def test_a_hello_whose_settings_are_refused_is_a_request_error(job, config, mess
         head = c.ask("hello", dict(c.hello_args, config=config))
     assert head["error"] == "RequestError" and re.search(f"hello: the sampler's settings are refused: .*{message}",
                                                          head["message"]), head
+
+
+def test_a_header_nested_too_deeply_for_json_is_a_request_error_with_its_sequence_number(job):
+    """Before: json's RecursionError became an InternalError with a traceback in the server's log."""
+    header = b'{"op": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with server_on_thread(job) as server, raw_client(server) as c:
+        c.send_frames([struct.pack("<QI", 77, len(header)) + header])
+        head, _ = c.receive()
+    assert head["seq"] == 77 and head["error"] == "RequestError" and "too deeply" in head["message"], head

@@ -197,6 +197,8 @@ def _header(text: bytes) -> dict:
         header = json.loads(text)
     except (UnicodeDecodeError, ValueError) as e:
         raise RequestError(f"message header is not JSON: {e}") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise RequestError("message header nests its JSON too deeply") from None
     if not isinstance(header, dict):
         raise RequestError(f"message header must be a JSON object; got {type(header).__name__}")
     return header
