@@ -295,10 +295,15 @@ class Engine:
     def log_q(self, ids, sample_cnts, sample_tag_ragged_tensor, n_positives: int):
         """float32 log q (a backend array) of combined ids (each positive followed by its negatives)."""
         state = self.state
+        ids = id_values(ids, "ids", self.backend.keeps_device_tensors)
+        # n_positives sizes the arrays below: bounded by the ids before anything is allocated
+        # (a server's client sends it as a number of its own)
+        if not 0 <= n_positives <= ids.shape[0]:
+            raise RequestError(f"log q of {n_positives} positives: ids has {ids.shape[0]} entries, each positive "
+                               f"followed by its negatives, so between 0 and {ids.shape[0]} positives")
         counts = sample_counts(sample_cnts, n_positives, self.config.max_negatives)
         sampled_offsets = np.zeros(n_positives + 1, dtype=np.int64)
         np.cumsum(counts, out=sampled_offsets[1:])
-        ids = id_values(ids, "ids", self.backend.keeps_device_tensors)
         if ids.shape[0] != n_positives + int(sampled_offsets[-1]):
             raise RequestError(f"ids has {ids.shape[0]} entries; positives + sum(sample_cnts) = "
                                f"{n_positives + int(sampled_offsets[-1])}")

@@ -22,6 +22,7 @@ from ..columns import read_table_input
 from ..config import DEFAULT_MAX_NEGATIVES, SamplerConfig
 from ..errors import (DeviceFaultError, NegSampleError, NotLoadedError, RequestError, TableError,
                       UnsatisfiableRowError)
+from ..request import int64_scalar
 from ..sampler import SamplerBase
 from ..transport import SampleResult
 from . import protocol as p
@@ -526,6 +527,8 @@ class ServerTransport:
 
     @staticmethod
     def _encode(**values) -> tuple[dict, dict]:
+        if "default" in values:  # a one-element tensor or numpy integer, as in-process takes it, goes as a number
+            values["default"] = int64_scalar(values["default"], "default_value")
         arrays = {}
         return {k: p.encode(k, v, arrays) for k, v in values.items()}, arrays
 

@@ -197,6 +197,8 @@ def _header(text: bytes) -> dict:
         header = json.loads(text)
     except (UnicodeDecodeError, ValueError) as e:
         raise RequestError(f"message header is not JSON: {e}") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise RequestError("message header nests its JSON too deeply") from None
     if not isinstance(header, dict):
         raise RequestError(f"message header must be a JSON object; got {type(header).__name__}")
     return header
@@ -283,6 +285,11 @@ def encode(name: str, value, arrays: dict, row_lengths: bool = False):
     made when the message is sent) under names starting with name. With `row_lengths` (an
     answer the server just built), a RaggedTensor whose rows the package built all alike
     goes as its row count and length, not its offsets."""
+    if isinstance(value, (list, tuple)):  # ids and counts may be lists (sampler.py): numpy reads them as in-process
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:  # no bytes to send; the server refuses other dtypes
+        raise RequestError(f"{name} has dtype {value.dtype}, which cannot be sent to the sampling server; ids and "
+                           "counts must be integers (int64), e.g. torch.tensor([...], dtype=torch.int64)")
     if isinstance(value, RaggedTensor):
         arrays[f"{name}.values"] = value.values()
         desc = {"ragged": name, "weight": value.weight() is not None}
@@ -301,7 +308,7 @@ def encode(name: str, value, arrays: dict, row_lengths: bool = False):
     if value is None or isinstance(value, (int, float, bool, str)):
         return value
     raise RequestError(f"{name}: a {type(value).__name__} cannot be sent to the sampling server; "
-                       "give tensors, RaggedTensors, numpy arrays or numbers")
+                       "give tensors, RaggedTensors, numpy arrays, lists or numbers")
 
 
 def tensor(a) -> torch.Tensor:

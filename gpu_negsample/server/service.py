@@ -59,6 +59,15 @@ LOOP_OPS = ("hello", "bye", "map_block", "map_cuda_block", "unmap_block", "reloa
 # fused call), and past a few the cores are split too finely to gain (measured on 2 cores).
 CPU_LANE_WORKERS = 4
 LANE_STOP_S = 5.0  # at exit: how long the lanes get to finish the request they are running
+# What one client may hold in the server. Its result blocks are mappings of the server's,
+# of which a process has vm.max_map_count (65,530) shared with numpy's and numba's own: a
+# client mapping blocks without end (2,000 a second, measured) would make the server's own
+# allocations fail, for every client. The client keeps at most 8 (client.MAX_BLOCKS).
+MAX_CLIENT_BLOCKS = 16
+# Its requests received while one of its own is answered wait in memory: the client sends
+# one at a time (a timed-out one may still be answered), so more than this, or more than
+# max_request_bytes in all, is a client not waiting for its answers; they are refused.
+MAX_WAITING = 16
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -424,10 +433,15 @@ class SamplingServer:
     def _receive(self, frames: list) -> None:
         """A request from the socket: started now, or after its client's request in flight."""
         client = self.clients.get(frames[0].bytes)
-        if client is not None and (client.in_flight or client.waiting):
+        if client is None or not (client.in_flight or client.waiting):
+            self._start(frames)
+        elif len(client.waiting) < MAX_WAITING and \
+                sum(len(f) for queued in (*client.waiting, frames) for f in queued[1:]) <= self.max_request_bytes:
             client.waiting.append(frames)
         else:
-            self._start(frames)
+            error = RequestError(f"{len(client.waiting)} requests of this client already wait for the one being "
+                                 "answered; send a request after the answer to the one before")
+            self.sock.send_multipart([frames[0], *self._failure(p.request_seq(frames[1:]), error)], copy=False)
 
     def _start(self, frames: list) -> None:
         """Parse a request and answer it: on the loop thread when it changes the server's state
@@ -607,7 +621,10 @@ class SamplingServer:
         """A client for one hosted sampler: local rank 0 opens it (args "open"), another rank joins
         rank 0's of the same settings and place (answered "pending" until rank 0 made it), a
         DataLoader worker attaches to it by id."""
-        theirs = SamplerConfig.from_wire(args["config"])
+        try:
+            theirs = SamplerConfig.from_wire(args["config"])
+        except ValueError as e:  # from_wire's every refusal of untrusted settings
+            raise RequestError(f"hello: the sampler's settings are refused: {e}") from None
         if args.get("attach") is not None:
             hosted = self.samplers.attach(args.int("attach"))
         elif args.get("open"):
@@ -634,17 +651,32 @@ class SamplingServer:
             self.stopping = True
         return {}, {}
 
+    def _add_block(self, identity, args: Args, open_block) -> None:
+        """Hold the block open_block() opens as the client's block args["block"], closing one it
+        replaces; a client holds at most MAX_CLIENT_BLOCKS (checked before opening)."""
+        blocks, ident = self.clients[identity].blocks, args.int("block")
+        if ident not in blocks and len(blocks) >= MAX_CLIENT_BLOCKS:
+            raise RequestError(f"{args.op}: this client has {len(blocks)} result blocks mapped, the most it may; "
+                               "unmap one (unmap_block) first")
+        block = open_block()
+        replaced = blocks.pop(ident, None)
+        if replaced is not None:
+            replaced.close()
+        blocks[ident] = block
+
     def op_map_block(self, identity, args, arrays):
         client = self.clients[identity]
-        try:
-            block = SharedBlock(self.job, client.pid, str(args["path"]), args.int("size"))
-        except ValueError as e:
-            raise RequestError(f"map_block: {e}") from None
-        except OSError as e:
-            raise RequestError(f"map_block: cannot reserve {args.int('size'):,} bytes in {SHM_DIR}: {e.strerror} "
-                               "(enlarge /dev/shm, e.g. docker run --shm-size=1g); answers go through the socket"
-                               ) from None
-        client.blocks[args.int("block")] = block
+
+        def open_shared():
+            try:
+                return SharedBlock(self.job, client.pid, str(args["path"]), args.int("size"))
+            except ValueError as e:
+                raise RequestError(f"map_block: {e}") from None
+            except OSError as e:
+                raise RequestError(f"map_block: cannot reserve {args.int('size'):,} bytes in {SHM_DIR}: {e.strerror} "
+                                   "(enlarge /dev/shm, e.g. docker run --shm-size=1g); answers go through the socket"
+                                   ) from None
+        self._add_block(identity, args, open_shared)
         return {}, {}
 
     def op_map_cuda_block(self, identity, args, arrays):
@@ -670,8 +702,8 @@ class SamplingServer:
         if getattr(device, "cp", None) is None:
             raise RequestError("results='cuda' needs the node's server on a GPU (this one runs the CPU emulation); "
                                "use results='shm'")
-        block = RemoteCudaBlock(device.cp, device.ordinal, bytes.fromhex(args["handle"]), args.int("size"))
-        self.clients[identity].blocks[args.int("block")] = block
+        handle = bytes.fromhex(args["handle"])
+        self._add_block(identity, args, lambda: RemoteCudaBlock(device.cp, device.ordinal, handle, args.int("size")))
         return {}, {}
 
     def op_unmap_block(self, identity, args, arrays):

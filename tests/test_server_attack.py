@@ -1,0 +1,158 @@
+"""The node server attacked by a hostile local client and used by a careless one: what an
+attack found (issue 9, second pass), each held by a test that failed before its fix."""
+import itertools
+import os
+import re
+import struct
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
+from gpu_negsample.columns import read_table_input
+from gpu_negsample.server import protocol as p
+from gpu_negsample.server.endpoint import create_block
+from gpu_negsample.server.service import MAX_CLIENT_BLOCKS, MAX_WAITING
+from server_harness import CONFIG, raw_client, server_on_thread
+from server_tables import catalogue
+
+_jobs = itertools.count()
+
+
+@pytest.fixture
+def job():
+    return f"x{os.getpid()}-{next(_jobs)}"
+
+
+def load(c, cat) -> None:
+    arrays = {}
+    assert c.ask("reload", {"columns": p.encode_columns(read_table_input(cat.table), arrays)}, arrays)["ok"]
+
+
+@pytest.mark.parametrize("n", [-1, 2**40])
+def test_a_log_q_request_whose_positive_count_the_ids_cannot_hold_is_refused_before_allocating(job, n):
+    """Before: the server allocated n counts first (2**40: MemoryError, -1: ValueError), both an
+    InternalError with a traceback in its log; n = 10**8 took 1.6 GB and 2.6 s before the ids' check."""
+    cat = catalogue()
+    ids = cat.ids[:9]
+    with server_on_thread(job) as server, raw_client(server) as c:
+        load(c, cat)
+        arrays = {}
+        head = c.ask("log_q", {"ids": p.encode("ids", ids, arrays), "counts": 0, "tags": None, "n": n}, arrays)
+    assert head["error"] == "RequestError" and f"log q of {n} positives: ids has 9 entries" in head["message"], head
+    engine = NegativeSampler("category", "item_id", "weight", "skey", device="cpu").engine
+    engine.reload(cat.table)
+    with pytest.raises(RequestError, match=f"log q of {n} positives"):
+        engine.log_q(ids, 0, None, n)
+
+
+def test_ids_counts_and_defaults_in_every_documented_form_work_through_the_server_as_in_process(job):
+    """Before: lists (ids and counts, documented in sampler.py) were refused ("a list cannot be
+    sent"), a one-element tensor default_value was refused naming a dict, and an object array
+    raised numpy's TypeError from inside the transport."""
+    cat = catalogue()
+    ids = [int(i) for i in cat.ids[:8]]
+    tags = tuple(int(c) for c in cat.categories[:8])
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+    with LocalRpcDataSampler("category", "item_id", "weight", "skey", seed=1, device="cpu", name=job) as s:
+        s.reload(cat.table)
+        assert torch.equal(s.sample_ids(ids, [2] * 8, tags), ref.sample_ids(ids, [2] * 8, tags))
+        default = torch.tensor(ids[0])
+        assert torch.equal(s.valid_sample_ids(ids + [-5], default), ref.valid_sample_ids(ids + [-5], default))
+        assert torch.equal(s.combine_vector_with_sample_counts(ids[:2], (1, 2), ids[:3]),
+                           ref.combine_vector_with_sample_counts(ids[:2], (1, 2), ids[:3]))
+        for bad in (np.array([1, "a"], dtype=object), [2**70]):
+            with pytest.raises(RequestError, match="has dtype object"):
+                s.valid_sample_ids(bad)
+
+
+def test_a_client_holds_a_bounded_number_of_result_blocks_and_a_replaced_one_is_closed(job):
+    """Before: every map_block added a mapping to the server (2,000 a second, unbounded); at
+    vm.max_map_count (65,530) the server's own allocations would fail, for every client."""
+    blocks = []
+    try:
+        with server_on_thread(job) as server, raw_client(server) as c:
+            def map_block(ident: int) -> dict:
+                fd, path = create_block(job, os.getpid(), len(blocks), 4096)
+                blocks.append(path)
+                os.close(fd)
+                return c.ask("map_block", {"path": str(path), "size": 4096, "block": ident})
+            for ident in range(MAX_CLIENT_BLOCKS):
+                assert map_block(ident)["ok"]
+            head = map_block(MAX_CLIENT_BLOCKS)
+            assert head["error"] == "RequestError" and "unmap one" in head["message"], head
+            (client,) = server.clients.values()
+            first = client.blocks[0]
+            assert map_block(0)["ok"]  # the same id again: replaces (and closes) the block it names
+            assert len(client.blocks) == MAX_CLIENT_BLOCKS and first.bytes is None and client.blocks[0] is not first
+    finally:
+        for path in blocks:
+            path.unlink()
+
+
+class _Waiting:
+    """An engine whose valid_sample_ids waits until released (a request being answered)."""
+
+    seed = 1
+    loaded = True
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def valid_sample_ids(self, ids, default):
+        if not self.release.wait(20):
+            raise RuntimeError("never released")
+        return ids
+
+    def swap(self, state) -> None:
+        """The table is dropped with the sampler (there is none)."""
+
+
+def test_requests_a_client_sends_without_waiting_for_answers_are_refused_not_buffered(job):
+    """Before: every request received while the client's first was answered was kept: 60
+    requests of 20 MB grew the server by 1.9 GB (and nothing bounded how many)."""
+    engine = _Waiting()
+    ids = np.zeros(40_000, np.int64)  # 320 kB: three fit under the 1 MiB max_request_bytes, four do not
+    with server_on_thread(job, max_request_bytes=1 << 20, engine=engine) as server, raw_client(server) as c:
+        def send() -> int:
+            arrays = {}
+            c.seq += 1
+            c.send_frames(p.pack_request(c.seq, {"op": "valid_sample_ids",
+                                                 "args": {"ids": p.encode("ids", ids, arrays), "default": 0}}, arrays))
+            return c.seq
+        sent = [send() for _ in range(5)]  # the first runs; three wait; the fifth would pass 1 MiB waiting
+        head, _ = c.receive(10)
+        assert head["seq"] == sent[4] and head["error"] == "RequestError" and "already wait" in head["message"], head
+        for _ in range(MAX_WAITING + 1):
+            send()  # with small requests the count bounds it
+        refused = [c.receive(10)[0] for _ in range(MAX_WAITING + 1)]
+        assert all(h["error"] == "RequestError" for h in refused)
+        engine.release.set()
+        answered = [c.receive(10)[0] for _ in range(4)]
+        assert [h["seq"] for h in answered] == sent[:4] and all(h["ok"] for h in answered), answered
+
+
+@pytest.mark.parametrize("config, message", [
+    ([1], "must be a JSON object"),
+    ({}, "missing 3 required positional arguments"),
+    ({"evil": 1}, "unknown sampler settings \\['evil'\\]"),
+    (dict(CONFIG.to_wire(), seed=2**80), "seed must be a 64-bit unsigned integer"),
+])
+def test_a_hello_whose_settings_are_refused_is_a_request_error(job, config, message):
+    """Before: an InternalError ("a failure of the sampling server") with a traceback in its log."""
+    with server_on_thread(job) as server, raw_client(server) as c:
+        head = c.ask("hello", dict(c.hello_args, config=config))
+    assert head["error"] == "RequestError" and re.search(f"hello: the sampler's settings are refused: .*{message}",
+                                                         head["message"]), head
+
+
+def test_a_header_nested_too_deeply_for_json_is_a_request_error_with_its_sequence_number(job):
+    """Before: json's RecursionError became an InternalError with a traceback in the server's log."""
+    header = b'{"op": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with server_on_thread(job) as server, raw_client(server) as c:
+        c.send_frames([struct.pack("<QI", 77, len(header)) + header])
+        head, _ = c.receive()
+    assert head["seq"] == 77 and head["error"] == "RequestError" and "too deeply" in head["message"], head
