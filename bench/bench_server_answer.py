@@ -30,7 +30,7 @@ from gpu_negsample.config import SamplerConfig
 from gpu_negsample.engine import Engine, RandomStream
 from gpu_negsample.server import protocol
 from gpu_negsample.server.endpoint import create_block
-from gpu_negsample.server.service import BlockAllocator, SharedBlock
+from gpu_negsample.server.service import AnswerMemory, BlockAllocator, SharedBlock, default_max_answer_bytes
 from gpu_negsample.synthetic import DEDUP_TAG, SAMPLE_TAG, SKEY, WEIGHT_TAG, make_catalogue, positive_batch
 
 K = 10
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
         block.write(out, protocol.layout(out)[0])
 
     def in_place() -> None:
-        alloc = BlockAllocator(block)
+        alloc = BlockAllocator(block, AnswerMemory(default_max_answer_bytes()))
         rest = {n: a for n, a in answer(alloc).items() if alloc.offset_of(a) is None}
         block.write(rest, protocol.layout(rest, alloc.used)[0])
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
+from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RaggedTensor, RequestError
 from gpu_negsample.columns import read_table_input
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import create_block
@@ -156,3 +156,30 @@ def test_a_header_nested_too_deeply_for_json_is_a_request_error_with_its_sequenc
         c.send_frames([struct.pack("<QI", 77, len(header)) + header])
         head, _ = c.receive()
     assert head["seq"] == 77 and head["error"] == "RequestError" and "too deeply" in head["message"], head
+
+
+def test_an_answer_bigger_than_the_server_lets_one_take_is_refused_and_the_server_answers_on(job):
+    """Before: an answer took whatever process memory it asked for: a request within every other
+    bound (k up to max_negatives, ids up to max_request_bytes) could ask for tens of GB of
+    features, and the kernel's OOM killer would end the server of every rank."""
+    cat = catalogue()
+    default = int(cat.ids[0])
+    with server_on_thread(job, max_answer_bytes=64 << 10) as server, raw_client(server) as c:
+        load(c, cat)
+
+        def pack(ids) -> dict:
+            arrays = {}
+            return c.ask("pack_feature", {"ids": p.encode("ids", ids, arrays), "default": default}, arrays)
+
+        def sample(k: int) -> dict:
+            arrays = {}
+            args = {"dedup": p.encode("dedup", RaggedTensor.from_rows([[int(i)] for i in cat.ids[:4]]), arrays),
+                    "counts": k, "tags": p.encode("tags", RaggedTensor.from_rows([[int(t)] for t in cat.categories[:4]]),
+                                                  arrays),
+                    "default": default, "avoid_conflict": True, "avoid_all": False, "log_q": False}
+            return c.ask("sample", args, arrays)
+
+        for big in (pack(np.repeat(cat.ids[:4], 4000)), sample(4000)):
+            assert big["error"] == "RequestError" and "more of the server's memory than one answer may take" \
+                in big["message"], big
+        assert pack(cat.ids[:4])["ok"] and sample(2)["ok"]

@@ -23,7 +23,7 @@ from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
 from gpu_negsample.server.endpoint import (SHM_DIR, create_block, job_name, pid_alive, shm_prefix,
                                           sweep_stale_blocks)
-from gpu_negsample.server.service import BlockAllocator, SamplingServer, SharedBlock, cpu_lane_workers
+from gpu_negsample.server.service import AnswerMemory, BlockAllocator, SamplingServer, SharedBlock, cpu_lane_workers
 from server_harness import raw_client, server_on_thread
 from server_tables import assert_same_features, catalogue, positives
 
@@ -498,7 +498,7 @@ def test_only_arrays_the_allocator_handed_out_are_placed_where_they_lie():
     block = SharedBlock.__new__(SharedBlock)  # its memory only: no file, no client
     block.bytes, block.size = np.zeros(4096, np.uint8), 4096
     block.base = block.bytes.ctypes.data
-    alloc = BlockAllocator(block)
+    alloc = BlockAllocator(block, AnswerMemory(1 << 20))
     a, b = alloc("a", (3,), np.int64), alloc("b", (2, 2), np.float32)
     assert alloc.offset_of(a) == 0 and alloc.offset_of(torch.from_numpy(b)) == p.ALIGN
     assert alloc.offset_of(a[:2]) == 0  # a prefix lies where a does

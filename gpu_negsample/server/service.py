@@ -70,6 +70,16 @@ MAX_CLIENT_BLOCKS = 16
 MAX_WAITING = 16
 
 
+def default_max_answer_bytes() -> int:
+    """The most process memory one answer may take beyond its client's result block (what
+    does not fit there, or all of it when answers go through the socket): an eighth of the
+    machine's memory, so the CPU lanes answering at once (at most CPU_LANE_WORKERS) leave
+    half of it. A request within every other bound (k up to max_negatives, ids up to
+    max_request_bytes) can still ask for tens of GB of features, and the kernel's OOM killer
+    would then end the server that every rank of the node depends on."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of one rank's stream: rank 0 uses the seed itself, rank r a Weyl step away."""
     return (int(seed) + int(rank) * GOLDEN) % 2**64
@@ -133,14 +143,31 @@ class SharedBlock:
             pass  # an array still views it: the mapping goes when that array does
 
 
+class AnswerMemory:
+    """An Allocator (backends.protocol) of process memory for one answer: what would take the
+    answer past ``limit`` bytes is refused, before it is allocated, with a RequestError."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def __call__(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if self.used + nbytes > self.limit:
+            raise RequestError(f"the answer needs more of the server's memory than one answer may take "
+                               f"({self.limit:,} bytes): {name} is {nbytes:,} bytes after {self.used:,}; ask for "
+                               "fewer ids or negatives per request (split the batch)")
+        self.used += nbytes
+        return host_empty(name, shape, dtype)
+
+
 class BlockAllocator:
     """An Allocator (backends.protocol) that carves a request's host outputs out of the
     client's block, one after the other at 64-byte aligned offsets, so the engine gathers
     features straight into the memory the client reads; what does not fit comes from
-    process memory (and is copied or sent afterwards)."""
+    ``overflow``, the answer's process memory (and is copied or sent afterwards)."""
 
-    def __init__(self, block: SharedBlock):
-        self.block, self.used = block, 0
+    def __init__(self, block: SharedBlock, overflow: AnswerMemory):
+        self.block, self.used, self.overflow = block, 0, overflow
         self._given: dict[int, tuple[int, int]] = {}  # address -> (offset, bytes) of each array handed out
         self._handed: dict[int, tuple[np.ndarray, int]] = {}  # id -> (the array itself, its offset)
 
@@ -148,7 +175,7 @@ class BlockAllocator:
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         if self.used + nbytes > self.block.size:
-            return host_empty(name, shape, dtype)
+            return self.overflow(name, shape, dtype)
         a = self.block.bytes[self.used:self.used + nbytes].view(dtype).reshape(shape)
         self._given[self.block.base + self.used] = (self.used, nbytes)
         self._handed[id(a)] = (a, self.used)  # holding a: its id cannot be reused while this lives
@@ -309,9 +336,11 @@ def _per_thread(name: str, doc: str) -> property:
 
 
 class SamplingServer:
-    def __init__(self, directory: str, job: str, parent_pid: int, max_request_bytes: int):
+    def __init__(self, directory: str, job: str, parent_pid: int, max_request_bytes: int,
+                 max_answer_bytes: int | None = None):
         self.directory, self.job, self.parent_pid = directory, job, parent_pid
         self.max_request_bytes = max_request_bytes
+        self.max_answer_bytes = default_max_answer_bytes() if max_answer_bytes is None else max_answer_bytes
         self.samplers = SamplerRegistry()
         self.clients: dict[bytes, Client] = {}
         self.had_clients = False
@@ -343,6 +372,7 @@ class SamplingServer:
     _current_seq = _per_thread("seq", "the sequence number of the request this thread answers")
     _block = _per_thread("block", "the result block that request offers, checked once")
     _alloc = _per_thread("alloc", "where that request's features are gathered (a BlockAllocator) or None")
+    _memory = _per_thread("memory", "that request's process memory (an AnswerMemory)")
 
     # ---- the loop --------------------------------------------------------------------------
     def serve(self) -> None:
@@ -490,12 +520,13 @@ class SamplingServer:
         they are made of, for the loop to build: ``_Unbuilt``), or None when it is answered later
         (reload)."""
         self._current_seq, self._alloc, self._block = header["seq"], None, None
+        self._memory = AnswerMemory(self.max_answer_bytes)
         try:
             if self.fault is not None:  # a lane's queue may hold requests sent before the fault
                 raise DeviceFaultError(self.fault)
             self._block = self._offered_block(identity, header)
             if op in GATHERING_OPS and isinstance(self._block, SharedBlock):
-                self._alloc = BlockAllocator(self._block)
+                self._alloc = BlockAllocator(self._block, self._memory)
             result = handler(identity, Args(op, header.get("args", {})), arrays)
             if result is None:
                 return None
@@ -508,7 +539,7 @@ class SamplingServer:
         except Exception as e:
             reply = self._failure(header["seq"], e, op)
         finally:
-            self._alloc, self._block = None, None  # the client's block is not held past its answer
+            self._alloc, self._block, self._memory = None, None, None  # nothing is held past its answer
         return [identity, *reply]
 
     def _answered(self, reply: "list | _Unbuilt") -> None:
@@ -768,7 +799,7 @@ class SamplingServer:
     def op_pack_feature(self, identity, args, arrays):
         out = {}
         features = self._engine(identity).pack_feature(p.decode(args["ids"], arrays), args["default"],
-                                                       self._alloc or host_empty)
+                                                       self._alloc or self._memory)
         table = p.encode_table("f", features, out)
         return {"table": table}, out
 
@@ -781,7 +812,7 @@ class SamplingServer:
         neg, valid, ids, features, counts, log_q = self._engine(identity).fused_sample(
             p.decode(args["dedup"], arrays), p.decode(args["counts"], arrays), p.decode(args["tags"], arrays),
             args["default"], args["avoid_conflict"], args["avoid_all"], args["log_q"], self._stream(identity),
-            self._alloc or host_empty)
+            self._alloc or self._memory)
         out = {"neg": neg, "valid": valid, "ids": ids, "counts": counts}
         if log_q is not None:
             out["log_q"] = log_q
