@@ -41,7 +41,9 @@ class RawClient:
     def send_frames(self, frames: list) -> None:
         self.sock.send_multipart(frames, copy=False)
 
-    def receive(self, timeout: float = 10.0) -> tuple[dict, dict]:
+    # The first requests of a checkout whose compile cache is cold compile the kernels inside
+    # the server (tens of seconds on 2 cores); no test waits for a reply that should not come.
+    def receive(self, timeout: float = 180.0) -> tuple[dict, dict]:
         """The next reply (header, socket arrays); TimeoutError when none comes."""
         if not self.sock.poll(int(timeout * 1000)):
             raise TimeoutError("the server did not answer")
