@@ -9,6 +9,16 @@ from .errors import RequestError
 from .ragged import RaggedTensor, check_offsets
 
 
+def listed_array(x, what: str) -> np.ndarray:
+    """np.asarray(x) of a value given for ``what``; RequestError (not numpy's ValueError) when x
+    is a nested list whose rows differ in length."""
+    try:
+        return np.asarray(x)
+    except ValueError as e:
+        raise RequestError(f"{what} cannot be read as an array ({e}); give a flat list, a tensor or an array of "
+                           "int64 ids, or a RaggedTensor for rows of several ids") from None
+
+
 def int64_array(x, what: str) -> np.ndarray:
     """A contiguous 1-D int64 numpy array of ids: a tensor, numpy array or list of integers
     (any integer dtype; one id per entry; an (n, 1) column counts as n ids), or a
@@ -17,7 +27,7 @@ def int64_array(x, what: str) -> np.ndarray:
         x = x.values()
     if isinstance(x, torch.Tensor):
         x = x.numpy(force=True)  # detach().cpu().numpy() in one call; a CPU tensor's memory is shared
-    a = np.asarray(x)
+    a = listed_array(x, what)
     if a.dtype == np.int64 and a.ndim == 1 and a.flags.c_contiguous:
         return a  # already what the checks below would make of it
     if a.ndim == 0:

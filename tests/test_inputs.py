@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from gpu_negsample import RaggedTensor, TableError
+from gpu_negsample import RaggedTensor, RequestError, TableError
+from gpu_negsample.server import protocol as p
 from tests.conftest import make_sampler, small_table
 
 IDS = np.arange(100, 120)
@@ -27,6 +28,16 @@ def test_valid_sample_ids_takes_a_ragged_tensors_values(sampler):
                                  [101, 5], torch.tensor([[101], [5]])])
 def test_plain_ids_are_one_id_per_row_whatever_their_integer_type(sampler, ids):
     assert sampler.valid_sample_ids(ids, default_value=-1).tolist() == [101, -1]
+
+
+def test_a_nested_list_whose_rows_differ_is_a_request_error_in_process_and_on_the_wire(sampler):
+    """Before: numpy's ValueError ("inhomogeneous shape") from inside the conversion, on both
+    transports (the server's client converts lists before sending)."""
+    for call in (lambda: sampler.valid_sample_ids([[101, 102], [5]], default_value=-1),
+                 lambda: sampler.sample_ids([101], [[1, 2], [3]], [1]),
+                 lambda: p.encode("ids", [[101, 102], [5]], {})):
+        with pytest.raises(RequestError, match="cannot be read as an array .* RaggedTensor for rows of several ids"):
+            call()
 
 
 def test_a_path_that_is_not_parquet_raises_table_error_and_keeps_the_table(sampler, tmp_path):

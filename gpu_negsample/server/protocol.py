@@ -18,6 +18,7 @@ import torch
 from ..columns import Column, check_column
 from ..errors import RequestError, TableError
 from ..ragged import RaggedTensor
+from ..request import listed_array
 
 ALLOWED_KINDS = "biufS"  # bool, signed, unsigned, float, fixed-width bytes
 ALIGN = 64
@@ -286,7 +287,7 @@ def encode(name: str, value, arrays: dict, row_lengths: bool = False):
     answer the server just built), a RaggedTensor whose rows the package built all alike
     goes as its row count and length, not its offsets."""
     if isinstance(value, (list, tuple)):  # ids and counts may be lists (sampler.py): numpy reads them as in-process
-        value = np.asarray(value)
+        value = listed_array(value, name)
     if isinstance(value, np.ndarray) and value.dtype.hasobject:  # no bytes to send; the server refuses other dtypes
         raise RequestError(f"{name} has dtype {value.dtype}, which cannot be sent to the sampling server; ids and "
                            "counts must be integers (int64), e.g. torch.tensor([...], dtype=torch.int64)")
