@@ -2,7 +2,6 @@
 for what they cannot take."""
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 import torch
 
