@@ -20,7 +20,7 @@ import torch
 
 from .errors import TableError
 from .fixed_strings import fixed_width_to_bytes
-from .ragged import RaggedTensor
+from .ragged import RaggedTensor, _offsets_valid
 
 DENSE, RAGGED, STRING = "dense", "ragged", "string"
 
@@ -96,21 +96,19 @@ def check_column(col: Column) -> None:
 
 
 @nb.njit(nogil=True, cache=True)
-def offsets_summary(offsets):
-    """One pass over int64 offsets: (whether they fall anywhere, whether any row's length is
-    not 1, the longest row's length). The lengths mean something only once the offsets are
-    known not to fall. Reductions only, no first-row search, so the loop vectorises: a
-    reload asks this of every ragged column, where numpy needed a temporary or two per
-    question (np.diff, a comparison, flatnonzero). Error paths find the row with numpy."""
-    falls = False
+def row_length_summary(offsets):
+    """One pass over valid int64 offsets (``_check_offsets``): (whether any row's length is
+    not 1, the longest row's length). Reductions only, no first-row search, so the loop
+    vectorises: a reload asks this of its id, category and weight columns, where numpy
+    needed a temporary or two per question (np.diff, a comparison, flatnonzero). Error paths
+    find the row with numpy."""
     off_one = False
     longest = 0
     for r in range(offsets.shape[0] - 1):
-        falls |= offsets[r + 1] < offsets[r]  # compared, not subtracted: hostile offsets may overflow
         length = offsets[r + 1] - offsets[r]
         off_one |= length != 1
         longest = max(longest, length)
-    return falls, off_one, longest
+    return off_one, longest
 
 
 def first_row_off_one(offsets: np.ndarray) -> tuple[int, int]:
@@ -124,10 +122,13 @@ def _check_offsets(where: str, offsets, n_values: int) -> None:
     if not isinstance(offsets, np.ndarray) or offsets.dtype != np.int64 or offsets.ndim != 1 or offsets.size == 0:
         raise TableError(f"{where}: offsets must be a non-empty 1-D int64 array (rows + 1 entries); got "
                          f"{getattr(offsets, 'dtype', type(offsets).__name__)} of shape {getattr(offsets, 'shape', '?')}")
+    if _offsets_valid(offsets, n_values):  # one branch-free pass; the checks below only say where
+        return
     if offsets[0] != 0:
         raise TableError(f"{where}: offsets must start at 0; row 0 starts at {int(offsets[0])}")
-    if offsets_summary(offsets)[0]:
-        row = int(np.flatnonzero(offsets[1:] < offsets[:-1])[0])
+    falls = np.flatnonzero(offsets[1:] < offsets[:-1])
+    if falls.size:
+        row = int(falls[0])
         raise TableError(f"{where}: offsets decrease at row {row}: {int(offsets[row])} -> {int(offsets[row + 1])}")
     if offsets[-1] != n_values:
         row = int(np.argmax(offsets > n_values)) - 1 if offsets[-1] > n_values else offsets.size - 2

@@ -7,7 +7,7 @@ import numba as nb
 import numpy as np
 
 from .arena import Arena, default_allocate
-from .columns import DENSE, RAGGED, STRING, Column, first_row_off_one, offsets_summary
+from .columns import DENSE, RAGGED, STRING, Column, first_row_off_one, row_length_summary
 from .errors import TableError
 from .hashing import EMPTY_KEY
 
@@ -83,7 +83,7 @@ def build_table(columns: dict[str, Column], sample_tag: str, dedup_tag: str, wei
     if reserved.size:
         raise TableError(f"column {dedup_tag!r} row {int(reserved[0])}: id {EMPTY_KEY} is reserved as the hash table's empty marker")
     cat_offsets, categories = _multi_valued_ints(columns[sample_tag])
-    _, several, most_categories = offsets_summary(cat_offsets)
+    several, most_categories = row_length_summary(cat_offsets)
     weights = _weights(columns[weight_tag], cat_offsets, n, one_category_per_row=not several)
     _check_weights(weight_tag, weights, cat_offsets)
     if weight_exponent != 1.0:
@@ -111,7 +111,7 @@ def _single_valued_ints(col: Column, role: str) -> np.ndarray:
             raise TableError(f"column {col.name!r} ({role}) is multi-valued ({values.shape[1]} per row); it must hold one id per row")
         return np.ascontiguousarray(_int64(col, values.reshape(-1), role))
     if col.kind == RAGGED:
-        if offsets_summary(col.offsets)[1]:
+        if row_length_summary(col.offsets)[0]:
             row, length = first_row_off_one(col.offsets)
             raise TableError(f"column {col.name!r} ({role}) row {row} has {length} values; "
                              "it must hold exactly one id per row")
@@ -148,7 +148,7 @@ def _weights(col: Column, cat_offsets: np.ndarray, n: int, one_category_per_row:
     else:
         if np.array_equal(col.offsets, cat_offsets):
             return np.ascontiguousarray(as_float(col.values))
-        if offsets_summary(col.offsets)[1]:
+        if row_length_summary(col.offsets)[0]:
             row, length = first_row_off_one(col.offsets)
             raise TableError(
                 f"column {col.name!r} (weight_tag) row {row} has {length} weights but "

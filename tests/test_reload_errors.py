@@ -104,14 +104,20 @@ def test_bad_table_is_refused_and_previous_table_stays(mutate, message):
     assert s.valid_sample_ids(torch.tensor([1, 99]), -1).tolist() == [1, -1]
 
 
-def test_offsets_summary_answers_each_check_in_one_pass():
-    from gpu_negsample.columns import offsets_summary
+def test_row_length_summary_answers_each_check_in_one_pass():
+    from gpu_negsample.columns import row_length_summary
 
-    assert offsets_summary(np.array([0, 1, 2, 3], np.int64)) == (False, False, 1)
-    assert offsets_summary(np.array([0, 1, 1, 4], np.int64)) == (False, True, 3)
-    assert offsets_summary(np.array([0], np.int64)) == (False, False, 0)
-    # a fall that subtraction would hide: the difference wraps round to a length of 1
-    assert offsets_summary(np.array([0, 2**63 - 1, -(2**63)], np.int64))[0]
+    assert row_length_summary(np.array([0, 1, 2, 3], np.int64)) == (False, 1)
+    assert row_length_summary(np.array([0, 1, 1, 4], np.int64)) == (True, 3)
+    assert row_length_summary(np.array([0], np.int64)) == (False, 0)
+
+
+def test_offsets_that_fall_by_more_than_int64_holds_are_refused():
+    """A fall that subtraction would hide (the difference wraps round to a length of 1)."""
+    from gpu_negsample.columns import _check_offsets
+
+    with pytest.raises(TableError, match="offsets decrease at row 1"):
+        _check_offsets("column 'x'", np.array([0, 2**63 - 1, -(2**63), 0], np.int64), 0)
 
 
 def test_dense_weights_repeat_over_several_categories():

@@ -71,9 +71,9 @@ MAX_WAITING = 16
 
 
 def default_max_answer_bytes() -> int:
-    """The most process memory one answer may take beyond its client's result block (what
-    does not fit there, or all of it when answers go through the socket): an eighth of the
-    machine's memory, so the CPU lanes answering at once (at most CPU_LANE_WORKERS) leave
+    """The most process memory one `sample` or `pack_feature` answer (its features) may take
+    beyond its client's result block (what does not fit there, or all of it when answers go
+    through the socket): an eighth of the machine's memory, so the CPU lanes answering at once (at most CPU_LANE_WORKERS) leave
     half of it. A request within every other bound (k up to max_negatives, ids up to
     max_request_bytes) can still ask for tens of GB of features, and the kernel's OOM killer
     would then end the server that every rank of the node depends on."""
