@@ -52,13 +52,11 @@ def main(argv=None) -> dict:
     rows = torch.arange(args.batch_size + 1)
     items, tags = RaggedTensor(batch[DEDUP_TAG].values(), rows), RaggedTensor(batch[SAMPLE_TAG].values(), rows)
     default, stream = int(cat.ids[0]), RandomStream(0)
-    job = f"bench-answer{os.getpid()}"
-    fd, path = create_block(job, os.getpid(), 0, BLOCK_BYTES)
+    fd = create_block(BLOCK_BYTES)
     try:
-        block = SharedBlock(job, os.getpid(), str(path), BLOCK_BYTES)
+        block = SharedBlock(os.getpid(), fd, BLOCK_BYTES)
     finally:
         os.close(fd)
-        path.unlink()
 
     def answer(alloc) -> dict:
         neg, valid, ids, features, counts, _ = engine.fused_sample(items, K, tags, default, True, False, False,

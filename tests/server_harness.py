@@ -69,7 +69,7 @@ def server_on_thread(job: str, max_request_bytes: int = 1 << 20, engine=None, ma
     outlives the test); yields the server. `engine` replaces the Engine of every sampler it
     hosts (a fake one)."""
     directory = job_dir(job)
-    server = SamplingServer(str(directory), job, os.getppid(), max_request_bytes, max_answer_bytes)
+    server = SamplingServer(str(directory), os.getppid(), max_request_bytes, max_answer_bytes)
     if engine is not None:
         server.samplers = SamplerRegistry(lambda config: OneEngine(config, engine))
     thread = threading.Thread(target=server.serve, name=f"server-{job}", daemon=True)

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("zmq", reason="the node server needs pyzmq")
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError, ServerError
-from gpu_negsample.server.endpoint import EXIT_JOB_TAKEN, SHM_DIR, job_dir, job_name, pid_alive, shm_prefix
+from gpu_negsample.server.endpoint import EXIT_JOB_TAKEN, job_dir, job_name, pid_alive
 from gpu_negsample.server.service import rank_seed
 from server_tables import assert_same_features, catalogue, positives
 import server_workers as w
@@ -33,10 +33,9 @@ def job():
 
 
 def leftovers(job):
-    """Shared-memory blocks and the socket directory of a job that still exist."""
+    """The socket directory of a job and its files, where they still exist."""
     found = []
     for name in (job_name(job), w.job_of_ranks(job)):  # by explicit name, and as the workers' MASTER_PORT
-        found += [str(p) for p in SHM_DIR.glob(f"{shm_prefix(name)}*")]
         path = job_dir(name, create=False)
         if path.exists():
             found += [str(path)] + [str(path / f) for f in os.listdir(path)]
@@ -159,7 +158,7 @@ def _is_server_of(pid, job):
             cmd = f.read().split(b"\0")
     except OSError:
         return False
-    return b"gpu_negsample.server" in cmd and job_name(job).encode() in cmd
+    return b"gpu_negsample.server" in cmd and str(job_dir(job_name(job), create=False)).encode() in cmd
 
 
 def test_hot_reload_while_another_rank_samples(job):
@@ -271,7 +270,7 @@ def test_a_second_server_for_the_same_job_is_refused_and_the_first_keeps_serving
         procs[0].join(30)
         assert (server_pid, started_one, shape) == (first.server_pid, False, 128 * 6)
         racer = subprocess.run([sys.executable, "-m", "gpu_negsample.server", "--dir", str(first._transport.directory),
-                                "--job", first.job, "--parent", str(os.getpid()), "--max-request-bytes", "4096"],
+                                "--parent", str(os.getpid()), "--max-request-bytes", "4096"],
                                capture_output=True, text=True, timeout=120)
         assert (racer.returncode, racer.stderr) == (EXIT_JOB_TAKEN, "")
         assert first.sample_ids(*positives(cat, 1)).shape == (128 * 6,)

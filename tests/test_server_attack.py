@@ -76,10 +76,8 @@ def test_a_client_holds_a_bounded_number_of_result_blocks_and_a_replaced_one_is_
     try:
         with server_on_thread(job) as server, raw_client(server) as c:
             def map_block(ident: int) -> dict:
-                fd, path = create_block(job, os.getpid(), len(blocks), 4096)
-                blocks.append(path)
-                os.close(fd)
-                return c.ask("map_block", {"path": str(path), "size": 4096, "block": ident})
+                blocks.append(create_block(4096))
+                return c.ask("map_block", {"fd": blocks[-1], "size": 4096, "block": ident})
             for ident in range(MAX_CLIENT_BLOCKS):
                 assert map_block(ident)["ok"]
             head = map_block(MAX_CLIENT_BLOCKS)
@@ -89,8 +87,8 @@ def test_a_client_holds_a_bounded_number_of_result_blocks_and_a_replaced_one_is_
             assert map_block(0)["ok"]  # the same id again: replaces (and closes) the block it names
             assert len(client.blocks) == MAX_CLIENT_BLOCKS and first.bytes is None and client.blocks[0] is not first
     finally:
-        for path in blocks:
-            path.unlink()
+        for fd in blocks:
+            os.close(fd)
 
 
 class _Waiting:

@@ -37,7 +37,7 @@ SEED = 11
 def server():
     """A server in this process (its handlers called directly, so each device's counters can be read)."""
     directory = tempfile.mkdtemp(prefix="gns-route-")  # short: the socket path must fit sun_path
-    s = SamplingServer(directory, "route-test", os.getpid(), 1 << 26)
+    s = SamplingServer(directory, os.getpid(), 1 << 26)
     yield s
     s.close()
     shutil.rmtree(directory, ignore_errors=True)

@@ -19,10 +19,8 @@ from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RequestError
 from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
 from gpu_negsample.engine import RandomStream
 from gpu_negsample.errors import DeviceFaultError
-from gpu_negsample.server import endpoint
 from gpu_negsample.server import protocol as p
-from gpu_negsample.server.endpoint import (SHM_DIR, create_block, job_name, pid_alive, shm_prefix,
-                                          sweep_stale_blocks)
+from gpu_negsample.server.endpoint import create_block, job_name
 from gpu_negsample.server.service import AnswerMemory, BlockAllocator, SamplingServer, SharedBlock, cpu_lane_workers
 from server_harness import raw_client, server_on_thread
 from server_tables import assert_same_features, catalogue, positives
@@ -104,107 +102,65 @@ def lookup(c, cat, **header) -> dict:
     return c.ask("valid_sample_ids", {"ids": p.encode("ids", cat.ids[:100], arrays), "default": -1}, arrays, **header)
 
 
-def test_a_block_its_client_truncated_is_answered_through_the_socket(job):
-    """Before: the server wrote into the truncated file and died of SIGBUS."""
+def test_a_block_cannot_be_truncated_and_an_unsealed_one_is_refused(job):
+    """Before: a block was a /dev/shm file its client could truncate while the server wrote
+    an answer into it (a 4096x10 `sample` truncated 4 ms after sending killed the server with
+    SIGBUS). Now the server maps only a memfd sealed against shrinking."""
     cat = catalogue()
     with server_on_thread(job) as server, raw_client(server) as c:
         load(c, cat)
-        fd, path = create_block(job, os.getpid(), 0, 1 << 20)
+        fd = create_block(1 << 20)
+        unsealed = os.memfd_create("gpu_negsample-block", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(unsealed, 1 << 20)
+        memory = mmap.mmap(fd, 1 << 20)
         try:
-            assert c.ask("map_block", {"path": str(path), "size": 1 << 20, "block": 0})["ok"]
-            assert "placed" in lookup(c, cat, block=0)  # the block works
-            os.ftruncate(fd, 0)
-            head = lookup(c, cat, block=0)
-            assert head["ok"] and "placed" not in head and np.array_equal(head["arrays"]["out"], cat.ids[:100])
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 0)  # not even its creator can shrink it
+            assert c.ask("map_block", {"fd": fd, "size": 1 << 20, "block": 0})["ok"]
+            head = c.ask("map_block", {"fd": unsealed, "size": 1 << 20, "block": 1})
+            assert head["error"] == "RequestError" and "sealed against shrinking" in head["message"], head
         finally:
             os.close(fd)
-            path.unlink()
+            os.close(unsealed)
+        head = lookup(c, cat, block=0)  # the block outlives the client's fd: the mappings hold it
+        assert np.array_equal(p.read_block(memory, head["placed"])["out"], cat.ids[:100])
 
 
-def test_a_full_dev_shm_is_a_clear_error_not_a_sigbus(job, monkeypatch):
-    cat = catalogue()
-    with server_on_thread(job) as server, raw_client(server) as c:
-        load(c, cat)
-        fd, path = create_block(job, os.getpid(), 0, 1 << 20)
-        os.close(fd)
-        try:
-            def full(fd, offset, size):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-            monkeypatch.setattr(os, "posix_fallocate", full)
-            head = c.ask("map_block", {"path": str(path), "size": 1 << 20, "block": 0})
-            assert head["error"] == "RequestError" and "shm-size" in head["message"], head
-        finally:
-            path.unlink()
-        assert lookup(c, cat)["ok"]
-
-
-def test_a_client_falls_back_to_the_socket_when_dev_shm_is_full(job, monkeypatch):
+def test_a_client_falls_back_to_the_socket_when_no_block_memory_can_be_reserved(job, monkeypatch):
     cat = catalogue()
     ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
     ref.reload(cat.table)
 
     def full(fd, offset, size):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     with LocalRpcDataSampler("category", "item_id", "weight", "skey", device="cpu", name=job, seed=1) as s:
         s.reload(cat.table)
         for call in range(2):
             assert torch.equal(s.sample_ids(*positives(cat, call)), ref.sample_ids(*positives(cat, call)))
-    assert not list(SHM_DIR.glob(f"{shm_prefix(job_name(job))}*"))
+        assert s._transport.results == "socket"
 
 
-def test_map_block_accepts_only_the_jobs_own_blocks(job, tmp_path):
+def test_map_block_accepts_only_a_sealed_block_of_the_clients_own(job, tmp_path):
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep" * 1024)
-    fd, path = create_block(job, os.getpid(), 0, 4096)
-    os.close(fd)
-    link = SHM_DIR / f"{shm_prefix(job)}{os.getpid()}-1-{'0' * 16}"
-    link.symlink_to(victim)
-    other_pid = SHM_DIR / f"{shm_prefix(job)}{os.getppid()}-2-{'0' * 16}"
-    other_pid.write_bytes(b"\0" * 4096)
-    cases = [(victim, 4096, "is not a result block"), (link, 4096, "a link"), (path, 8192, "not the announced 8192"),
-             (other_pid, 4096, "not created by this client"), (SHM_DIR / f"{shm_prefix(job)}x", 4096, "not a result")]
+    regular = os.open(victim, os.O_RDWR)
+    fd = create_block(4096)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    cases = [(os.getpid(), regular, 4096, "sealed against shrinking"), (os.getpid(), fd, 8192, "not the announced 8192"),
+             (os.getpid(), 999_999, 4096, "cannot open"), (gone.pid, fd, 4096, "cannot open")]
     try:
-        with server_on_thread(job) as server, raw_client(server) as c:
-            for block, (where, size, message) in enumerate(cases):
-                head = c.ask("map_block", {"path": str(where), "size": size, "block": block})
-                assert head["error"] == "RequestError" and message in head["message"], (where, head)
+        with server_on_thread(job) as server:
+            for block, (pid, client_fd, size, message) in enumerate(cases):
+                with raw_client(server, pid=pid) as c:
+                    head = c.ask("map_block", {"fd": client_fd, "size": size, "block": block})
+                    assert head["error"] == "RequestError" and message in head["message"], (client_fd, head)
         assert victim.read_bytes() == b"keep" * 1024
     finally:
-        for leftover in (path, link, other_pid):
-            leftover.unlink()
-
-
-def test_block_names_are_unpredictable_and_a_taken_name_is_retried(job, monkeypatch):
-    tokens = iter(["a" * 16, "b" * 16])
-    monkeypatch.setattr(endpoint.secrets, "token_hex", lambda n: next(tokens))
-    taken = SHM_DIR / f"{shm_prefix(job)}{os.getpid()}-0-{'a' * 16}"
-    taken.write_bytes(b"")
-    try:
-        fd, path = create_block(job, os.getpid(), 0, 4096)
+        os.close(regular)
         os.close(fd)
-        path.unlink()
-        assert path.name.endswith("b" * 16)
-    finally:
-        taken.unlink()
-
-
-def test_sweeping_a_job_leaves_the_blocks_of_a_job_whose_name_extends_it(job):
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    assert not pid_alive(proc.pid)
-    own = SHM_DIR / f"{shm_prefix(job)}{proc.pid}-0-{'c' * 16}"
-    other = SHM_DIR / f"{shm_prefix(job + '-31999')}{proc.pid}-0-{'c' * 16}"
-    for path in (own, other):
-        path.write_bytes(b"")
-    try:
-        assert sweep_stale_blocks(job) == 1
-        assert not own.exists() and other.exists()
-    finally:
-        for path in (own, other):
-            path.unlink(missing_ok=True)
 
 
 # ---- every request is answered ------------------------------------------------------------------
@@ -467,10 +423,10 @@ def test_features_are_gathered_straight_into_the_clients_block(job, monkeypatch)
     monkeypatch.setattr(SharedBlock, "write", spy)
     with server_on_thread(job) as server, raw_client(server) as c:
         load(c, cat)
-        fd, path = create_block(job, os.getpid(), 0, 8 << 20)
+        fd = create_block(8 << 20)
         try:
             memory = mmap.mmap(fd, 8 << 20)
-            assert c.ask("map_block", {"path": str(path), "size": 8 << 20, "block": 0})["ok"]
+            assert c.ask("map_block", {"fd": fd, "size": 8 << 20, "block": 0})["ok"]
             arrays = {}
             args = {"dedup": p.encode("dedup", positives(cat, 0)[0], arrays), "counts": 6,
                     "tags": p.encode("tags", positives(cat, 0)[2], arrays), "default": int(cat.ids[0]),
@@ -478,7 +434,6 @@ def test_features_are_gathered_straight_into_the_clients_block(job, monkeypatch)
             head = c.ask("sample", args, arrays, block=0)
         finally:
             os.close(fd)
-            path.unlink()
     assert head["ok"] and not head["arrays"], "everything should be in the block"
     placed = p.read_block(memory, head["placed"])
     features = p.decode_table(head["table"], placed)

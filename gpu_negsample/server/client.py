@@ -30,7 +30,7 @@ from .rank_device import VISIBLE, rank_device
 from .registry import settings_key
 from .endpoint import (EXIT_JOB_TAKEN, RANK_VARIABLES, check_job_path, create_block, global_rank, job_dir,
                        job_name, live_server_pid, local_rank, pid_alive, process_group_peers, ranks_by_process_group,
-                       remove_empty_dirs, socket_path, sweep_stale_blocks)
+                       remove_empty_dirs, socket_path)
 
 log = logging.getLogger("gpu_negsample")
 
@@ -88,7 +88,7 @@ class _Block:
 
 
 class _ShmBlock(_Block):
-    """Shared memory: mapped here and in the server, its /dev/shm name already unlinked."""
+    """Shared memory: a sealed memfd (``create_block``) mapped here and in the server."""
 
     kind = "shm"
 
@@ -171,8 +171,7 @@ class _StartedServer:
 
     def __init__(self, job: str, directory, max_request_bytes: int):
         self.job, self.directory, self.owner, self.users = job, directory, os.getpid(), 0
-        sweep_stale_blocks(job)
-        cmd = [sys.executable, "-m", "gpu_negsample.server", "--dir", str(directory), "--job", job,
+        cmd = [sys.executable, "-m", "gpu_negsample.server", "--dir", str(directory),
                "--parent", str(os.getpid()), "--max-request-bytes", str(max_request_bytes)]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
 
@@ -484,23 +483,22 @@ class ServerTransport:
             self._blocks.append(block)
             return block
         try:
-            fd, path = create_block(self.job, os.getpid(), ident, size)
+            fd = create_block(size)
         except OSError as e:
-            log.warning("no result block of %d bytes in /dev/shm (%s): answers come through the socket from now "
-                        "on (enlarge /dev/shm, e.g. docker run --shm-size=1g)", size, e)
+            log.warning("no memory for a result block of %d bytes (%s): answers come through the socket from now on",
+                        size, e)
             self.results = "socket"
             return None
         try:
             block = _ShmBlock(ident, size, mmap.mmap(fd, size))
-            self._request("map_block", {"path": str(path), "size": size, "block": ident}, {})
-        except RequestError as e:  # the server could not map it (no room in /dev/shm): use the socket
+            self._request("map_block", {"fd": fd, "size": size, "block": ident}, {})
+        except RequestError as e:  # the server could not map it (e.g. /proc hidden from it): use the socket
             log.warning("%s", e)
             self.results = "socket"
             block.close()
             return None
         finally:
-            os.close(fd)
-            path.unlink(missing_ok=True)  # both sides have it mapped: no name is left behind
+            os.close(fd)  # both sides have it mapped: the memory lives as long as a mapping does
         self._blocks.append(block)
         return block
 

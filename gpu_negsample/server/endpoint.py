@@ -1,17 +1,16 @@
 """Where a job's sampling server lives: local rank, job name, a private socket directory and
-the shared-memory names of its result blocks."""
+its result blocks (sealed memfds)."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import mmap
 import os
 import re
-import secrets
 import stat
 import tempfile
 from pathlib import Path
 
-SHM_DIR = Path("/dev/shm")
 # A job name is at most 40 + 1 + 16 characters, so the socket path stays well inside the
 # 107 bytes an AF_UNIX address holds; 64 bits of digest make an accidental meeting of two
 # jobs' names (birthday bound over the jobs of one machine) negligible.
@@ -230,78 +229,54 @@ def claim_job(directory: Path) -> None:
     raise RuntimeError(f"could not claim {path}")
 
 
-def shm_prefix(job: str) -> str:
-    """The start of every result block name of this user's job."""
-    return f"gpu_negsample-{os.getuid()}-{job}-"
+BLOCK_NAME = "gpu_negsample-block"  # what /proc/<pid>/fd shows of a block: "/memfd:gpu_negsample-block (deleted)"
+# The seals a result block carries: no one, its creator included, can shrink it (a write
+# past the end of a shrunk file would kill the server with SIGBUS) or change its seals.
+BLOCK_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
-_BLOCK_SUFFIX = re.compile(r"(\d+)-(\d+)-([0-9a-f]{16})")  # pid-serial-token: no field holds a "-"
+def create_block(size: int) -> int:
+    """A result block of `size` bytes: a sealed memfd with its memory reserved; its fd.
 
-
-def parse_block_name(job: str, name: str) -> tuple[int, int] | None:
-    """(creator pid, serial) of one of the job's block names, else None. The part after the
-    prefix must be exactly pid-serial-token, so job "train" never claims a block of job
-    "train-31999" (whose names continue "31999-pid-serial-token")."""
-    prefix = shm_prefix(job)
-    match = _BLOCK_SUFFIX.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
-    return (int(match[1]), int(match[2])) if match else None
-
-
-def create_block(job: str, pid: int, serial: int, size: int) -> tuple[int, Path]:
-    """Create one of the job's result blocks, 0600, with its memory reserved: (fd, path).
-    The name ends in a random token (another user cannot pre-create it; a clash retries).
-    OSError(ENOSPC) when /dev/shm has no room for it (Docker's default is 64 MB): a block
-    that is only sized, not reserved, kills whoever first touches a page that is not there."""
-    for _ in range(8):
-        path = SHM_DIR / f"{shm_prefix(job)}{pid}-{serial}-{secrets.token_hex(8)}"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        return fd, path
-    raise FileExistsError(f"could not create a result block in {SHM_DIR}: 8 random names were taken")
-
-
-def open_block(job: str, client_pid: int, path: str, size: int) -> mmap.mmap:
-    """Map a result block a client created (``create_block``), accepting only the job's own
-    blocks of that client: a regular file under /dev/shm with the job's name, not a link,
-    owned by this user and of the announced size, with its memory reserved. ValueError says
-    which check failed; OSError(ENOSPC) when /dev/shm has no room for it."""
-    where = Path(path)
-    if where.parent != SHM_DIR or parse_block_name(job, where.name) is None:
-        raise ValueError(f"{path!r} is not a result block of job {job!r} (expected {SHM_DIR}/{shm_prefix(job)}...)")
-    if parse_block_name(job, where.name)[0] != client_pid:
-        raise ValueError(f"{path!r} was not created by this client (pid {client_pid})")
+    A memfd has no name in any directory (nothing to pre-create, collide with or leave behind
+    when its processes die) and is not bound by the size of /dev/shm (Docker's default is
+    64 MB). OSError when the memory cannot be reserved: a block only sized, not reserved,
+    would kill whoever first touches a page the system cannot give."""
+    fd = os.memfd_create(BLOCK_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        fd = os.open(where, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        os.posix_fallocate(fd, 0, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, BLOCK_SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_block(client_pid: int, client_fd: int, size: int) -> mmap.mmap:
+    """Map the result block a client holds open as fd `client_fd` (``create_block``), through
+    /proc/<client_pid>/fd. Only a memfd sealed against shrinking, of the announced size, is
+    mapped, so nothing the client does later (truncating it, say) can fault the server. The
+    kernel lets this process open another's fd only where it could trace it (same user).
+    ValueError says which check failed."""
+    where = f"/proc/{client_pid}/fd/{client_fd}"
+    try:
+        fd = os.open(where, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as e:
-        raise ValueError(f"cannot open result block {path!r}: {e.strerror} (a link, or gone)") from None
+        raise ValueError(f"cannot open the client's result block {where}: {e.strerror}") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            raise ValueError(f"result block {path!r} must be a regular file of uid {os.geteuid()}; it is "
-                             f"{stat.filemode(info.st_mode)} of uid {info.st_uid}")
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:
+            seals = 0  # not a memfd: it has no seals
+        if not stat.S_ISREG(info.st_mode) or not seals & fcntl.F_SEAL_SHRINK:
+            raise ValueError(f"{where} is not a result block: a block is a memfd sealed against shrinking "
+                             "(endpoint.create_block)")
         if size <= 0 or info.st_size != size:
-            raise ValueError(f"result block {path!r} has {info.st_size} bytes, not the announced {size}")
-        os.posix_fallocate(fd, 0, size)  # the client's reservation, made sure of: no page is missing later
+            raise ValueError(f"result block {where} has {info.st_size} bytes, not the announced {size}")
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)
-
-
-def mapped_size(memory: mmap.mmap) -> int:
-    """The block's size now (fstat of the mapped file): a client may have truncated it, and
-    writing past the end of the file would kill this process with SIGBUS."""
-    try:
-        return memory.size()
-    except OSError:
-        return 0
 
 
 def pid_alive(pid: int) -> bool:
@@ -317,15 +292,3 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
         return True
-
-
-def sweep_stale_blocks(job: str) -> int:
-    """Remove result blocks of this job whose creating process is gone (a client killed in the
-    moment between creating a block and handing it over). Returns how many were removed."""
-    removed = 0
-    for path in SHM_DIR.glob(f"{shm_prefix(job)}*"):
-        parsed = parse_block_name(job, path.name)
-        if parsed is not None and not pid_alive(parsed[0]):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed

@@ -39,8 +39,7 @@ from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import DeviceFaultError, NegSampleError, RequestError
 from . import protocol as p
-from .endpoint import (EXIT_JOB_TAKEN, SHM_DIR, JobTakenError, claim_job, mapped_size, open_block, pid_alive,
-                       pid_path, socket_path, sweep_stale_blocks)
+from .endpoint import EXIT_JOB_TAKEN, JobTakenError, claim_job, open_block, pid_alive, pid_path, socket_path
 from .rank_device import VISIBLE, server_ordinal
 from .registry import CPU_LANE, HostedSampler, SamplerRegistry
 
@@ -120,17 +119,14 @@ class RemoteCudaBlock:
 
 
 class SharedBlock:
-    """A client's shared-memory result block, mapped here (``open_block`` checks it is one)."""
+    """A client's shared-memory result block, mapped here (``open_block`` checks it is one:
+    sealed, so it keeps its size whatever its client does)."""
 
-    def __init__(self, job: str, client_pid: int, path: str, size: int):
-        self.memory = open_block(job, client_pid, path, size)
+    def __init__(self, client_pid: int, client_fd: int, size: int):
+        self.memory = open_block(client_pid, client_fd, size)
         self.size = size
         self.bytes = np.frombuffer(self.memory, dtype=np.uint8)
         self.base = self.bytes.ctypes.data
-
-    def intact(self) -> bool:
-        """Whether the file still has its size (the client may have truncated it)."""
-        return mapped_size(self.memory) >= self.size
 
     def write(self, arrays: dict, metas: list) -> None:
         p.write_block(memoryview(self.memory), arrays, metas)
@@ -336,9 +332,8 @@ def _per_thread(name: str, doc: str) -> property:
 
 
 class SamplingServer:
-    def __init__(self, directory: str, job: str, parent_pid: int, max_request_bytes: int,
-                 max_answer_bytes: int | None = None):
-        self.directory, self.job, self.parent_pid = directory, job, parent_pid
+    def __init__(self, directory: str, parent_pid: int, max_request_bytes: int, max_answer_bytes: int | None = None):
+        self.directory, self.parent_pid = directory, parent_pid
         self.max_request_bytes = max_request_bytes
         self.max_answer_bytes = default_max_answer_bytes() if max_answer_bytes is None else max_answer_bytes
         self.samplers = SamplerRegistry()
@@ -457,7 +452,6 @@ class SamplingServer:
             os.rmdir(self.directory)
         except OSError:
             pass  # another file is there: not ours to remove
-        sweep_stale_blocks(self.job)
 
     # ---- one request -----------------------------------------------------------------------
     def _receive(self, frames: list) -> None:
@@ -599,16 +593,10 @@ class SamplingServer:
         return p.pack({"ok": False, "seq": header.get("seq"), "error": kind, "message": message}, {})
 
     def _offered_block(self, identity: bytes, request: dict):
-        """The result block the request offers (None if none, or if its client truncated it)."""
+        """The result block the request offers (None if none)."""
         client = self.clients.get(identity)
         block_id = request.get("block")
-        block = client.blocks.get(block_id) if client and isinstance(block_id, int) else None
-        if isinstance(block, SharedBlock) and not block.intact():
-            log.warning("client pid %d truncated its result block %s: answering through the socket",
-                        client.pid, block_id)
-            client.blocks.pop(block_id).close()
-            block = None
-        return block
+        return client.blocks.get(block_id) if client and isinstance(block_id, int) else None
 
     def _reply(self, identity: bytes, request: dict, header: dict, arrays: dict, block,
                alloc: BlockAllocator | None) -> list:
@@ -700,13 +688,12 @@ class SamplingServer:
 
         def open_shared():
             try:
-                return SharedBlock(self.job, client.pid, str(args["path"]), args.int("size"))
+                return SharedBlock(client.pid, args.int("fd"), args.int("size"))
             except ValueError as e:
                 raise RequestError(f"map_block: {e}") from None
-            except OSError as e:
-                raise RequestError(f"map_block: cannot reserve {args.int('size'):,} bytes in {SHM_DIR}: {e.strerror} "
-                                   "(enlarge /dev/shm, e.g. docker run --shm-size=1g); answers go through the socket"
-                                   ) from None
+            except OSError as e:  # mmap's: no address space, or no more mappings (vm.max_map_count)
+                raise RequestError(f"map_block: cannot map {args.int('size'):,} bytes: {e.strerror}; answers go "
+                                   "through the socket") from None
         self._add_block(identity, args, open_shared)
         return {}, {}
 
@@ -864,7 +851,6 @@ environment:
 exit status: 0 when its clients are gone, 1 on a start-up error (another server already
 serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unusable).""")
     ap.add_argument("--dir", required=True, help="the job's private (0700) directory; the socket is created in it")
-    ap.add_argument("--job", required=True, help="the job's name (names its shared-memory result blocks)")
     ap.add_argument("--parent", type=int, required=True,
                     help="pid of the process that starts the server; the server exits when it dies")
     ap.add_argument("--max-request-bytes", type=int, required=True,
@@ -873,7 +859,7 @@ serves the job), {EXIT_DEVICE_FAULT} after a GPU fault (the GPU context was unus
     _configure_logging()
     os.umask(0o077)  # the socket is 0600 from the moment it exists: a client refuses any other mode
     try:
-        server = SamplingServer(args.dir, args.job, args.parent, args.max_request_bytes)
+        server = SamplingServer(args.dir, args.parent, args.max_request_bytes)
     except JobTakenError as e:  # processes that each think they are local rank 0 (DataLoader workers)
         log.debug("%s: this one exits; its starter joins that one", e)  # normal: nothing to print
         sys.exit(EXIT_JOB_TAKEN)
