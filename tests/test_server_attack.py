@@ -5,6 +5,7 @@ import os
 import re
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from gpu_negsample import LocalRpcDataSampler, NegativeSampler, RaggedTensor, RequestError
 from gpu_negsample.columns import read_table_input
 from gpu_negsample.server import protocol as p
-from gpu_negsample.server.endpoint import create_block
+from gpu_negsample.server.endpoint import PID_MAX_LIMIT, create_block, pid_alive
 from gpu_negsample.server.service import MAX_CLIENT_BLOCKS, MAX_WAITING
 from server_harness import CONFIG, raw_client, server_on_thread
 from server_tables import catalogue
@@ -145,6 +146,25 @@ def test_a_hello_whose_settings_are_refused_is_a_request_error(job, config, mess
         head = c.ask("hello", dict(c.hello_args, config=config))
     assert head["error"] == "RequestError" and re.search(f"hello: the sampler's settings are refused: .*{message}",
                                                          head["message"]), head
+
+
+@pytest.mark.parametrize("pid", [-1, 2**31, PID_MAX_LIMIT + 1])
+def test_a_hello_with_a_pid_no_process_can_have_is_refused_and_the_server_answers_on(job, pid):
+    """Before: the pid was taken as it came; os.kill(2**31, 0) in the server's liveness check
+    raised OverflowError out of its loop (the server closed, no client was answered), and a
+    client of pid -1 was never dropped (os.kill(-1, 0) asks about every process)."""
+    cat = catalogue()
+    with server_on_thread(job) as server, raw_client(server) as good:
+        with raw_client(server, pid=pid) as bad:
+            assert bad.hello["error"] == "RequestError" and "process id" in bad.hello["message"], bad.hello
+        time.sleep(1.5)  # past the loop's next check of its clients' pids
+        arrays = {}
+        good.seq += 1
+        good.send_frames(p.pack_request(good.seq, {"op": "reload", "args": {
+            "columns": p.encode_columns(read_table_input(cat.table), arrays)}}, arrays))
+        head, _ = good.receive(60)  # bounded: a dead server would leave it unanswered
+        assert head["ok"], head
+        assert pid_alive(os.getpid()) and not pid_alive(pid)
 
 
 def test_a_header_nested_too_deeply_for_json_is_a_request_error_with_its_sequence_number(job):

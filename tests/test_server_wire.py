@@ -1,6 +1,7 @@
 """The node server against what a broken or hostile client puts on the wire: every bad input
 is an error reply naming the cause, never a crash or a hang of the node's server."""
 import errno
+import fcntl
 import itertools
 import mmap
 import os
@@ -20,6 +21,7 @@ from gpu_negsample.columns import DENSE, RAGGED, STRING, Column
 from gpu_negsample.engine import RandomStream
 from gpu_negsample.errors import DeviceFaultError
 from gpu_negsample.server import protocol as p
+from gpu_negsample.server import endpoint
 from gpu_negsample.server.endpoint import create_block, job_name
 from gpu_negsample.server.service import AnswerMemory, BlockAllocator, SamplingServer, SharedBlock, cpu_lane_workers
 from server_harness import raw_client, server_on_thread
@@ -142,25 +144,44 @@ def test_a_client_falls_back_to_the_socket_when_no_block_memory_can_be_reserved(
         assert s._transport.results == "socket"
 
 
-def test_map_block_accepts_only_a_sealed_block_of_the_clients_own(job, tmp_path):
+def test_map_block_accepts_only_a_sealed_reserved_memfd(job, tmp_path, monkeypatch):
+    """Before: any file a client named by fd was opened for writing first and checked after, so
+    a FUSE file whose daemon never answers hung the server's loop (and every client) in open;
+    a block sized but not reserved let a client make the server map terabytes it never had."""
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep" * 1024)
     regular = os.open(victim, os.O_RDWR)
     fd = create_block(4096)
+    unreserved = os.memfd_create("gpu_negsample-block", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(unreserved, 1 << 40)
+    fcntl.fcntl(unreserved, fcntl.F_ADD_SEALS, endpoint.BLOCK_SEALS)
     gone = subprocess.Popen(["true"])
     gone.wait()
     cases = [(os.getpid(), regular, 4096, "sealed against shrinking"), (os.getpid(), fd, 8192, "not the announced 8192"),
+             (os.getpid(), unreserved, 1 << 40, "only 0 of its 1,099,511,627,776 bytes are reserved"),
              (os.getpid(), 999_999, 4096, "cannot open"), (gone.pid, fd, 4096, "cannot open")]
+    opened = []
+    real_open = os.open
+
+    def spy(path, flags, *rest, **kw):
+        if str(path).startswith("/proc/"):
+            opened.append((str(path), flags))
+        return real_open(path, flags, *rest, **kw)
+
     try:
         with server_on_thread(job) as server:
+            monkeypatch.setattr(os, "open", spy)
             for block, (pid, client_fd, size, message) in enumerate(cases):
                 with raw_client(server, pid=pid) as c:
                     head = c.ask("map_block", {"fd": client_fd, "size": size, "block": block})
                     assert head["error"] == "RequestError" and message in head["message"], (client_fd, head)
         assert victim.read_bytes() == b"keep" * 1024
+        client_paths = [(path, flags) for path, flags in opened if not path.startswith("/proc/self/")]
+        assert client_paths and all(flags & os.O_PATH for _, flags in client_paths), client_paths
+        assert not any(path == f"/proc/{os.getpid()}/fd/{regular}" and not flags & os.O_PATH for path, flags in opened)
     finally:
-        os.close(regular)
-        os.close(fd)
+        for closing in (regular, fd, unreserved):
+            os.close(closing)
 
 
 # ---- every request is answered ------------------------------------------------------------------

@@ -3,6 +3,7 @@ its result blocks (sealed memfds)."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import mmap
 import os
@@ -252,35 +253,71 @@ def create_block(size: int) -> int:
     return fd
 
 
+def _mount_id(fd: int) -> int:
+    """The id of the mount the file open as `fd` lies on (/proc/self/fdinfo)."""
+    with open(f"/proc/self/fdinfo/{fd}") as info:
+        for line in info:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/fdinfo/{fd} has no mnt_id")
+
+
+@functools.cache
+def _memfd_mount_id() -> int:
+    """The mount every plain memfd lies on (the kernel's internal shmem mount)."""
+    fd = os.memfd_create(BLOCK_NAME, os.MFD_CLOEXEC)
+    try:
+        return _mount_id(fd)
+    finally:
+        os.close(fd)
+
+
 def open_block(client_pid: int, client_fd: int, size: int) -> mmap.mmap:
     """Map the result block a client holds open as fd `client_fd` (``create_block``), through
-    /proc/<client_pid>/fd. Only a memfd sealed against shrinking, of the announced size, is
-    mapped, so nothing the client does later (truncating it, say) can fault the server. The
-    kernel lets this process open another's fd only where it could trace it (same user).
-    ValueError says which check failed."""
+    /proc/<client_pid>/fd. Only a plain memfd sealed against shrinking, of the announced size
+    and with that memory reserved, is mapped, so nothing the client does later (truncating it,
+    say) can fault the server. ValueError says which check failed.
+
+    The kernel lets this process open another's fd only where it could trace it (the same
+    user). The path is first taken with O_PATH, which does not call the file's filesystem (a
+    FUSE file whose daemon never answers an open would hang the server), and is opened for
+    writing only once it is known to lie on the memfd mount, through that handle, so the
+    file checked is the file mapped."""
     where = f"/proc/{client_pid}/fd/{client_fd}"
+    not_a_block = f"{where} is not a result block: a block is a memfd sealed against shrinking, its memory " \
+                  "reserved (endpoint.create_block)"
     try:
-        fd = os.open(where, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        handle = os.open(where, os.O_PATH | os.O_CLOEXEC)
     except OSError as e:
         raise ValueError(f"cannot open the client's result block {where}: {e.strerror}") from None
     try:
+        if _mount_id(handle) != _memfd_mount_id():
+            raise ValueError(not_a_block)
+        fd = os.open(f"/proc/self/fd/{handle}", os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    finally:
+        os.close(handle)
+    try:
         info = os.fstat(fd)
-        try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-        except OSError:
-            seals = 0  # not a memfd: it has no seals
-        if not stat.S_ISREG(info.st_mode) or not seals & fcntl.F_SEAL_SHRINK:
-            raise ValueError(f"{where} is not a result block: a block is a memfd sealed against shrinking "
-                             "(endpoint.create_block)")
+        if not stat.S_ISREG(info.st_mode) or not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+            raise ValueError(not_a_block)
         if size <= 0 or info.st_size != size:
             raise ValueError(f"result block {where} has {info.st_size} bytes, not the announced {size}")
+        if info.st_blocks * 512 < size:  # else a client could make the server map terabytes it never had
+            raise ValueError(f"result block {where}: only {info.st_blocks * 512:,} of its {size:,} bytes are "
+                             "reserved (posix_fallocate it, as endpoint.create_block does)")
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)
 
 
+PID_MAX_LIMIT = 1 << 22  # the kernel's ceiling on pid_max (64-bit): no process has a pid outside 1..this
+
+
 def pid_alive(pid: int) -> bool:
-    """Whether pid runs; a zombie (dead, not yet reaped by its parent) counts as dead."""
+    """Whether pid runs; a zombie (dead, not yet reaped by its parent) counts as dead, and so
+    does a number no process can have (os.kill(-1, 0) would ask about every process)."""
+    if not 0 < pid <= PID_MAX_LIMIT:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

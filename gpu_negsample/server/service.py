@@ -39,7 +39,8 @@ from ..config import SamplerConfig
 from ..engine import Engine, RandomStream
 from ..errors import DeviceFaultError, NegSampleError, RequestError
 from . import protocol as p
-from .endpoint import EXIT_JOB_TAKEN, JobTakenError, claim_job, open_block, pid_alive, pid_path, socket_path
+from .endpoint import (EXIT_JOB_TAKEN, PID_MAX_LIMIT, JobTakenError, claim_job, open_block, pid_alive, pid_path,
+                       socket_path)
 from .rank_device import VISIBLE, server_ordinal
 from .registry import CPU_LANE, HostedSampler, SamplerRegistry
 
@@ -640,6 +641,10 @@ class SamplingServer:
         """A client for one hosted sampler: local rank 0 opens it (args "open"), another rank joins
         rank 0's of the same settings and place (answered "pending" until rank 0 made it), a
         DataLoader worker attaches to it by id."""
+        rank, pid = args.int("rank"), args.int("pid")
+        if not 0 < pid <= PID_MAX_LIMIT:  # its liveness is watched, and its blocks found, by this number
+            raise RequestError(f"hello: argument 'pid' must be this client's process id (1 to {PID_MAX_LIMIT}); "
+                               f"got {pid}")
         try:
             theirs = SamplerConfig.from_wire(args["config"])
         except ValueError as e:  # from_wire's every refusal of untrusted settings
@@ -652,13 +657,12 @@ class SamplingServer:
             hosted = self.samplers.join(theirs, args.int("slot"), args.int("ordinal"))
             if hosted is None:
                 return {"pending": self.samplers.mismatch(theirs, args.int("slot"), None)}, {}
-        rank = args.int("rank")
         engine = hosted.engines.engine_for(args.get("device"))  # the rank's own GPU: its requests run there
         seed = rank_seed(hosted.seed if theirs.seed is None else theirs.seed, rank)
         if args.get("stream") is not None:  # a DataLoader worker: a stream of its own, beside its rank's
             seed = worker_seed(seed, args.int("stream"))
         hosted.clients.add(identity)
-        self.clients[identity] = Client(args.int("pid"), rank, hosted, RandomStream(seed), engine=engine,
+        self.clients[identity] = Client(pid, rank, hosted, RandomStream(seed), engine=engine,
                                         lane=hosted.engines.lane(engine))
         self.had_clients = True
         return {"server_pid": os.getpid(), "loaded": engine.loaded, "max_request_bytes": self.max_request_bytes,
@@ -684,15 +688,15 @@ class SamplingServer:
         blocks[ident] = block
 
     def op_map_block(self, identity, args, arrays):
-        client = self.clients[identity]
+        pid, fd, size = self.clients[identity].pid, args.int("fd"), args.int("size")
 
         def open_shared():
             try:
-                return SharedBlock(client.pid, args.int("fd"), args.int("size"))
+                return SharedBlock(pid, fd, size)
             except ValueError as e:
                 raise RequestError(f"map_block: {e}") from None
             except OSError as e:  # mmap's: no address space, or no more mappings (vm.max_map_count)
-                raise RequestError(f"map_block: cannot map {args.int('size'):,} bytes: {e.strerror}; answers go "
+                raise RequestError(f"map_block: cannot map {size:,} bytes: {e.strerror}; answers go "
                                    "through the socket") from None
         self._add_block(identity, args, open_shared)
         return {}, {}
