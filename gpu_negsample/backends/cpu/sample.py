@@ -117,6 +117,29 @@ def _scan_weights(ix, lo, hi, target):
 
 
 @nb.njit(inline="always", cache=True)
+def _scan_head(ix, ex, seg, remaining, target, own_lo, own_hi, drawn):
+    """Without replacement, _draw's exact head scan (the same position) with the row's head
+    items drawn so far as bits of ``drawn`` (bit h: the head's position h) instead of a
+    search of the row's outputs for each item: ids are unique and a head holds no item of
+    its tail, so an item of the head was drawn before exactly when its position was. (At
+    most HEAD_SIZE <= 64 positions.)"""
+    lo = ix.seg_offsets[seg]
+    hi = lo + ix.seg_head[seg]
+    if remaining == ix.seg_head_mass[seg]:
+        return _scan_weights(ix, lo, hi, target)
+    for p in range(lo, hi):
+        w = ix.seg_weights[p]
+        if w == 0 or (drawn >> nb.uint64(p - lo)) & 1:
+            continue
+        if _is_excluded(ix.seg_ids[p], ex, own_lo, own_hi):
+            continue
+        if target < w:
+            return p
+        target -= w
+    return nb.int64(-1)
+
+
+@nb.njit(inline="always", cache=True)
 def _tail_table(ix, ex, seg):
     """(per-call table?, its first slot, its mass) of the alias table tail draws in seg use:
     ex.batch_alias where the request built one for seg, else ix.seg_alias. A flag, not
@@ -263,6 +286,21 @@ def _touch_excluded_rows(ix, own_rows, lo, hi, scratch):
 
 
 @nb.njit(inline="always", cache=True)
+def _prefetch_head(ix, seg):
+    """Start loading seg's head (its weights and ids, at most HEAD_SIZE of each: one or two
+    lines apiece). A head scan is decided in draw order, its loads behind a branch on the
+    previous draw, so a head not yet in cache (a category this call's earlier blocks did not
+    draw from) would be one serialised miss per line; prefetched with the block's part
+    masses, those misses overlap."""
+    lo = ix.seg_offsets[seg]
+    last = lo + max(ix.seg_head[seg] - 1, 0)
+    prefetch(ix.seg_weights, lo)
+    prefetch(ix.seg_weights, last)
+    prefetch(ix.seg_ids, lo)
+    prefetch(ix.seg_ids, last)
+
+
+@nb.njit(inline="always", cache=True)
 def _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, row_total, lo, hi, touched):
     """Rows lo:hi's categories as segments (req_segs, -1: unknown), excluded ids as table
     rows (own_rows, -1: absent; row-wise exclusion only), and part masses:
@@ -302,6 +340,7 @@ def _block_masses(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining, 
             remaining[2 * k] = ix.seg_head_mass[seg] - head_out
             remaining[2 * k + 1] = ix.seg_total[seg] - ix.seg_head_mass[seg] - tail_out
             total += remaining[2 * k] + remaining[2 * k + 1]
+            _prefetch_head(ix, seg)
         row_total[i] = total
 
 
@@ -570,6 +609,7 @@ def _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
         own_hi = ex.own_offsets[i + 1]
         head = remaining[2 * c_lo]  # this row's own part masses, drawn down
         tail = remaining[2 * c_lo + 1]
+        head_drawn = nb.uint64(0)  # bit h: head position h drawn for this row
         for j in range(count):
             if total == 0:
                 _fail_row(status[i:i + 1], STATUS_TOO_FEW, out, o + j, o + count, fill_id)
@@ -577,9 +617,14 @@ def _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
             t = o + j - o_lo
             r = _stored_words(words, t)
             from_tail = mul32hi(r[3], total) >= head
-            p, used = _draw(ix, ex, seg, from_tail, tail if from_tail else head, r, call, nb.uint64(i),
-                            nb.uint64(j), k0, k1, own_lo, own_hi, True, out, o, first[t], first_id[t])
-            tally[ATTEMPTS] += used
+            if from_tail:
+                p, used = _draw(ix, ex, seg, True, tail, r, call, nb.uint64(i), nb.uint64(j), k0, k1, own_lo,
+                                own_hi, True, out, o, first[t], first_id[t])
+                tally[ATTEMPTS] += used
+            else:
+                p = _scan_head(ix, ex, seg, head, mulhi64(_uniform64(r), head), own_lo, own_hi, head_drawn)
+                if p >= 0:
+                    head_drawn |= nb.uint64(1) << nb.uint64(p - ix.seg_offsets[seg])
             out[o + j] = first_id[t] if p == first[t] else ix.seg_ids[p]
             w = first_w[t] if p == first[t] else ix.seg_weights[p]  # the pick's weight: speculated, not a miss here
             if from_tail:
