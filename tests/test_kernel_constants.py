@@ -44,3 +44,10 @@ def test_mixer_and_philox_constants_match():
     philox = (ks.kernel_dir() / "philox.cuh").read_text()
     assert {int(rng._M0), int(rng._M1), int(rng._W0), int(rng._W1)} <= hex_constants(philox)
     assert re.search(r"round < 10", philox) and np.uint64(10) == 10  # Philox4x32-*10*
+
+
+def test_a_head_fits_the_cpu_kernels_bitmask_of_drawn_head_positions():
+    """Without replacement, the CPU kernel marks a row's drawn head items as bits of one
+    uint64 (backends/cpu/sample.py, _scan_head): a head of more than 64 items would wrap."""
+    from gpu_negsample.index import HEAD_SIZE
+    assert 0 < HEAD_SIZE <= 64, HEAD_SIZE
