@@ -166,7 +166,7 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
 
     first >= 0 is attempt 0's alias pick and first_id its item id, already loaded by
     _speculate; -1 computes them here. drawn_bits: the row's filter of its outputs so far
-    (_maybe_drawn; -1: none, every id searched).
+    (_maybe_drawn; -1: all bits set, so every id is searched).
     """
     head_lo = ix.seg_offsets[seg]
     tail_lo = head_lo + ix.seg_head[seg]
