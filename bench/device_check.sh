@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU machine (one H100/H200, CUDA 13, torch cu130,
-# cupy-cuda13x, numba, pyarrow, pytest; no network, maybe no pyzmq). In under 4 minutes:
+# cupy-cuda13x, numba, pyarrow, pytest; no network, maybe no pyzmq). In about 5 minutes:
 #   1. records the card, driver, topology, MIG and compute mode, visible devices, versions;
-#   2. runs the GPU tests (the CUDA path against the CPU path bit for bit, a prefetch thread,
+#   2. fills the numba compile cache, one process per pipeline entry point (python -m
+#      gpu_negsample.precompile), so no later step spends its time limit compiling;
+#   3. runs the GPU tests (the CUDA path against the CPU path bit for bit, a prefetch thread,
 #      per-rank streams, the caller's stream, CUDA IPC results with two processes on one GPU
 #      and hot reload on a GPU server; the server tests skip themselves without pyzmq);
-#   3. runs the parity tests again under compute-sanitizer memcheck, when it is there;
-#   4. runs bench/bench_cuda.py (every figure written to JSON as soon as it is measured);
-#   5. runs the node server on the GPU with results="cuda": 1 and 4 client processes, fused
+#   4. runs the parity tests again under compute-sanitizer memcheck, when it is there;
+#   5. runs bench/bench_cuda.py (every figure written to JSON as soon as it is measured);
+#   6. runs the node server on the GPU with results="cuda": 1 and 4 client processes, fused
 #      4096x10 p50/p99 (bench/bench_server.py --node; it records "skipped" without pyzmq).
 # Every step has its own time limit (SIGINT first, so pytest still writes its report), and a
 # failing step does not stop the next. Results: $OUT when set, else bench/results/<card>/;
@@ -62,7 +64,11 @@ EOF
 export -f machine; export py
 step machine 15 bash -c machine
 cp "$out/machine.log" "$out/device_info.txt"
-step gpu_tests 65 "$py" -m pytest -q -rA -m gpu -p no:cacheprovider --continue-on-collection-errors \
+step compile 150 "$py" -m gpu_negsample.precompile
+# A hung test (a first run on a GPU may hang) must not take the step's remaining tests with it.
+per_test=()
+"$py" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 30)
+step gpu_tests 90 "$py" -m pytest -q -rA -m gpu -p no:cacheprovider --continue-on-collection-errors "${per_test[@]}" \
   --junitxml="$out/gpu_tests.xml" "${GPU_TESTS[@]}"
 grep -q "no CUDA device with cupy here" "$out/gpu_tests.log" && echo "gpu_tests: SKIPPED, no usable GPU" | tee -a "$summary"
 
