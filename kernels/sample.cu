@@ -88,13 +88,15 @@ GN_INLINE bool heavy_tail(const IndexView& ix, const u64* batch_tail_mass, i64 s
 
 // The first position p in lo..hi-1 with cum[p + 1] - cum[lo] > target (u64 differences, so a
 // wrapped sum is harmless): where target falls among the summed weights, as scan finds it.
+// The answer stays in a..a+n-1; the steps depend only on hi - lo (a select, no divergence),
+// as backends/cpu/sample.py's _prefix_search.
 GN_INLINE i64 prefix_search(const u64* cum, i64 lo, i64 hi, u64 target) {
   const u64 base = cum[lo];
-  i64 a = lo, b = hi - 1;
-  while (a < b) {
-    const i64 m = a + ((b - a) >> 1);
-    if (cum[m + 1] - base > target) b = m;
-    else a = m + 1;
+  i64 a = lo;
+  for (i64 n = hi - lo; n > 1;) {
+    const i64 half = n >> 1;
+    a += cum[a + half] - base <= target ? half : 0;
+    n -= half;
   }
   return a;
 }

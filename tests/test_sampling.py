@@ -163,7 +163,7 @@ def test_heavy_tail_binary_search_picks_what_the_exact_scan_picks():
     out = np.zeros(1, np.int64)
     for t in targets.tolist():
         want = _scan(ix, ex, lo, hi, np.uint64(t), 0, 0, False, out, 0, 0)
-        assert _prefix_search(ex.batch_cum, lo, hi, np.uint64(t)) == want >= 0, t
+        assert _prefix_search(ex, lo, hi, np.uint64(t)) == want >= 0, t
 
 
 @pytest.mark.parametrize("put_back", [True, False])

@@ -163,19 +163,23 @@ def _tail_table(ix, ex, seg):
 
 
 @nb.njit(inline="always", cache=True)
-def _prefix_search(cum, lo, hi, target):
-    """The first position p in lo:hi with cum[p + 1] - cum[lo] > target (differences in
-    uint64, so a wrapped sum is harmless): where target falls among the weights the prefix
-    sums add, as _scan finds it; target must be below cum[hi] - cum[lo]."""
-    base = cum[lo]
+def _prefix_search(ex, lo, hi, target):
+    """The first position p in lo:hi with cum[p + 1] - cum[lo] > target, cum = ex.batch_cum
+    (differences in uint64, so a wrapped sum is harmless): where target falls among the
+    weights the prefix sums add, as _scan finds it; target must be below cum[hi] - cum[lo].
+
+    The answer stays in a:a + n; each step keeps its first half or moves past it. The steps
+    depend only on hi - lo, not on the loaded sums (a select, not a branch), so no step is
+    mispredicted and the searches of consecutive draws (_speculate) overlap their misses.
+    ex.batch_cum is read through ex, not taken as an argument: an array argument would be
+    reference-counted (an atomic on a line both cores share) per draw."""
+    base = ex.batch_cum[lo]
     a = lo
-    b = hi - 1
-    while a < b:
-        m = a + ((b - a) >> 1)
-        if cum[m + 1] - base > target:
-            b = m
-        else:
-            a = m + 1
+    n = hi - lo
+    while n > 1:
+        half = n >> 1
+        a += half if ex.batch_cum[a + half] - base <= target else 0
+        n -= half
     return a
 
 
@@ -186,7 +190,7 @@ def _tail_pick(ix, ex, heavy, lo, hi, table_mass, r):
     at that target, the batch's ids at weight 0), else the alias table's pick (uniform64
     picks the slot, r2 decides between it and its alias)."""
     if heavy:
-        return _prefix_search(ex.batch_cum, lo, hi, mulhi64(_uniform64(r), table_mass))
+        return _prefix_search(ex, lo, hi, mulhi64(_uniform64(r), table_mass))
     slot = nb.int64(mulhi64(_uniform64(r), nb.uint64(hi - lo)))
     return lo + (slot if r[2] < ix.seg_alias[lo + slot, 0] else nb.int64(ix.seg_alias[lo + slot, 1]))
 
