@@ -20,7 +20,8 @@
 #define GN_STATUS_NO_CANDIDATE 1
 #define GN_STATUS_TOO_FEW 2
 
-// failed[0]: failed rows, failed[1]: first failed row (starts at ~0), failed[2]: alias draws made.
+// failed[0]: failed rows, failed[1]: first failed row (starts at ~0), failed[2]: tail draws made
+// (alias picks, or prefix-sum picks in a heavy tail).
 GN_INLINE void report_failure(signed char* status, u64* failed, i64 row, signed char why) {
   status[row] = why;
   atomicAdd(&failed[0], 1ull);

@@ -487,7 +487,8 @@ def sample_put_back(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
 
     status[i] gets STATUS_*; a failed row's slots hold fill_id; counters (the request's
     words, status.Counter) get the failed rows, the unknown categories (req_segs -1) and
-    the alias draws made (head and exact scans count none), the first failed row and
+    the tail draws made (alias picks, or prefix-sum picks in a heavy tail; head and exact
+    scans count none), the first failed row and
     unknown position; threads: the caller's numba.get_num_threads(). The CUDA twin runs a thread
     per draw; here a thread takes BLOCK_ROWS rows at a time: every draw's part and head
     scan first (the words of attempt 0; heads are a few hot lines), then _speculate issues
