@@ -10,7 +10,9 @@
 #   4. runs the parity tests again under compute-sanitizer memcheck, when it is there;
 #   5. runs bench/bench_cuda.py (every figure written to JSON as soon as it is measured);
 #   6. runs the node server on the GPU with results="cuda": 1 and 4 client processes, fused
-#      4096x10 p50/p99 (bench/bench_server.py --node; it records "skipped" without pyzmq).
+#      4096x10 p50/p99 (bench/bench_server.py --node; it records "skipped" without pyzmq);
+#   7. profiles the host side of sample_ids, batch-wide sample_ids and the fused sample() at
+#      4096x10, 65536x10 and 1Mx10 (bench/profile_request.py: cProfile, own time per call).
 # Every step has its own time limit (SIGINT first, so pytest still writes its report), and a
 # failing step does not stop the next. Results: $OUT when set, else bench/results/<card>/;
 # summary.txt lists each step's exit status (124: it ran out of time).
@@ -85,6 +87,7 @@ step bench 75 "$py" bench/bench_cuda.py --repeats 10 --out "$out"
 step server 40 "$py" bench/bench_server.py --node --device cuda --results cuda --clients 1,4 --batch-size 4096 \
   --iters 20 --client-timeout 25 --out "$out"
 grep -q "node server: SKIPPED" "$out/server.log" && echo "server: SKIPPED, no pyzmq on this machine" | tee -a "$summary"
+step profile 45 "$py" bench/profile_request.py --device cuda --sizes 4096,65536,1048576 --calls 10 --out "$out"
 
 echo "=== summary ($out)"
 cat "$summary"
