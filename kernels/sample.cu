@@ -8,8 +8,9 @@
 // sample_distinct  one thread per positive (each draw removes its item's mass).
 // batch_exclusion  batch-wide exclusion, one thread per excluded id: the request's hash set
 //                  of them and each distinct id's (head, tail) mass per segment.
-// batch_tables     batch-wide exclusion, one thread per segment: a tail alias table without
-//                  the excluded ids where they hold more than half of the tail.
+// batch_weights    batch-wide exclusion, one thread per segment position: its weight with the
+//                  excluded ids at 0, which the host's cumsum turns into the prefix sums that
+//                  tails the excluded ids hold more than half of are drawn from.
 #include "hash_probe.cuh"
 #include "philox.cuh"
 #include "rows.cuh"
@@ -76,8 +77,41 @@ GN_INLINE i64 scan(const IndexView& ix, const ExclusionView& ex, const DrawConte
   return -1;
 }
 
+// Whether the batch's ids hold more than half of seg's tail mass (and not all of it), as
+// gpu_negsample/backends/exclusion.py's heavy_tail: such a tail is drawn from the prefix sums.
+GN_INLINE bool heavy_tail(const IndexView& ix, const u64* batch_tail_mass, i64 seg) {
+  const u64 tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg];
+  const u64 out = batch_tail_mass[seg];
+  const u64 remaining = tail_mass - out;
+  return out > 0 && remaining > 0 && remaining < tail_mass - remaining;
+}
+
+// The first position p in lo..hi-1 with cum[p + 1] - cum[lo] > target (u64 differences, so a
+// wrapped sum is harmless): where target falls among the summed weights, as scan finds it.
+GN_INLINE i64 prefix_search(const u64* cum, i64 lo, i64 hi, u64 target) {
+  const u64 base = cum[lo];
+  i64 a = lo, b = hi - 1;
+  while (a < b) {
+    const i64 m = a + ((b - a) >> 1);
+    if (cum[m + 1] - base > target) b = m;
+    else a = m + 1;
+  }
+  return a;
+}
+
+// Position in the tail lo..hi-1 one draw with words r picks: in a heavy tail where
+// mulhi64(uniform64, table_mass) falls among the weights without the batch's ids, else the
+// alias table's pick (uniform64 picks the slot, r2 keeps it or takes its alias).
+GN_INLINE i64 tail_pick(const IndexView& ix, const ExclusionView& ex, bool heavy, i64 lo, i64 hi, u64 table_mass,
+                        const Philox4& r) {
+  if (heavy) return prefix_search(ex.batch_cum, lo, hi, mulhi64(uniform64(r), table_mass));
+  const i64 slot = (i64)mulhi64(uniform64(r), (u64)(hi - lo));
+  const uint2 entry = reinterpret_cast<const uint2*>(ix.seg_alias)[lo + slot];
+  return lo + (r.r2 < entry.x ? slot : (i64)entry.y);
+}
+
 // Position (in the segment arrays) of one accepted draw from the head or tail of seg;
-// adds the alias draws it made to attempts.
+// adds the tail draws it made to attempts.
 GN_INLINE i64 draw_from_part(const IndexView& ix, const ExclusionView& ex, const DrawContext& d, i64 seg,
                              bool tail, u64 remaining, Philox4 r, bool distinct, const i64* out, i64 out_lo,
                              u64& attempts) {
@@ -85,22 +119,14 @@ GN_INLINE i64 draw_from_part(const IndexView& ix, const ExclusionView& ex, const
   const i64 tail_lo = head_lo + ix.seg_head[seg];
   if (!tail) return scan(ix, ex, d, head_lo, tail_lo, mulhi64(uniform64(r), remaining), distinct, out, out_lo);
   const i64 hi = ix.seg_offsets[seg + 1];
-  const u64 size = (u64)(hi - tail_lo);
   u64 table_mass = ix.seg_total[seg] - ix.seg_head_mass[seg];
-  const u32* alias = ix.seg_alias;
-  i64 base = tail_lo;
-  if (ex.use_batch && ex.batch_table_start[seg] >= 0) {
-    alias = ex.batch_alias;
-    base = ex.batch_table_start[seg];
-    table_mass -= ex.batch_tail_mass[seg];
-  }
-  if (remaining >= table_mass - remaining) {  // acceptance >= 1/2: alias with rejection
+  const bool heavy = ex.use_batch && heavy_tail(ix, ex.batch_tail_mass, seg);
+  if (heavy) table_mass -= ex.batch_tail_mass[seg];
+  if (remaining >= table_mass - remaining) {  // acceptance >= 1/2: draws with rejection
     for (u32 a = 0; a < GN_MAX_ATTEMPTS; ++a) {
       if (a > 0) r = philox4x32_10(d.call, d.row, d.draw, a, d.k0, d.k1);
       ++attempts;
-      const i64 slot = (i64)mulhi64(uniform64(r), size);
-      const uint2 entry = reinterpret_cast<const uint2*>(alias)[base + slot];
-      const i64 p = tail_lo + (r.r2 < entry.x ? slot : (i64)entry.y);
+      const i64 p = tail_pick(ix, ex, heavy, tail_lo, hi, table_mass, r);
       const i64 item_id = ix.seg_ids[p];
       if (is_excluded(ex, d, item_id)) continue;
       if (distinct && drawn_before(out, out_lo, d.draw, item_id)) continue;
@@ -134,72 +160,20 @@ extern "C" __global__ void batch_exclusion(const IndexView* __restrict__ ixp, co
   }
 }
 
-// The weight of tail position p with the batch's ids at 0.
-GN_INLINE u64 batch_weight(const IndexView& ix, const i64* batch_slots, i64 batch_capacity, i64 p) {
-  return probe(batch_slots, batch_capacity, ix.seg_ids[p]) >= 0 ? 0ull : ix.seg_weights[p];
-}
-
-// Vose's alias table of the tail positions lo..hi, decision for decision as
-// gpu_negsample/alias.py's build_alias (the same float64 operations in the same order: no
-// multiply is followed by an add, so no fused multiply-add can change a rounding).
-GN_INLINE void build_tail_alias(const IndexView& ix, const i64* batch_slots, i64 batch_capacity, i64 lo, i64 hi,
-                                u32* __restrict__ out, double* __restrict__ scaled, u32* __restrict__ small,
-                                u32* __restrict__ large) {
-  const i64 n = hi - lo;
-  double total = 0.0;
-  for (i64 i = 0; i < n; ++i) total += (double)batch_weight(ix, batch_slots, batch_capacity, lo + i);
-  i64 n_small = 0, n_large = 0;
-  u64 heaviest_weight = 0;
-  i64 heaviest = 0;
-  for (i64 i = 0; i < n; ++i) {
-    const u64 w = batch_weight(ix, batch_slots, batch_capacity, lo + i);
-    scaled[i] = (double)w * (double)n / total;
-    if (scaled[i] < 1.0) small[n_small++] = (u32)i;
-    else large[n_large++] = (u32)i;
-    if (w > heaviest_weight) {  // the first of the heaviest, as alias.py's strict comparison
-      heaviest_weight = w;
-      heaviest = i;
-    }
-  }
-  while (n_small > 0 && n_large > 0) {
-    const u32 s = small[--n_small];
-    const u32 g = large[--n_large];
-    const double t = scaled[s] * 4294967296.0;
-    out[2 * s] = (u32)(t < 4294967295.0 ? t : 4294967295.0);
-    out[2 * s + 1] = g;
-    scaled[g] = (scaled[g] + scaled[s]) - 1.0;
-    if (scaled[g] < 1.0) small[n_small++] = g;
-    else large[n_large++] = g;
-  }
-  for (i64 k = 0; k < n_large; ++k) {
-    out[2 * large[k]] = 0xFFFFFFFFu;
-    out[2 * large[k] + 1] = large[k];
-  }
-  for (i64 k = 0; k < n_small; ++k) {  // float leftovers; a zero weight hands its slot to the heaviest
-    const u32 s = small[k];
-    const bool kept = batch_weight(ix, batch_slots, batch_capacity, lo + s) > 0;
-    out[2 * s] = kept ? 0xFFFFFFFFu : 0u;
-    out[2 * s + 1] = kept ? s : (u32)heaviest;
-  }
-}
-
-// table_start[seg] = the first tail position of seg where it got a table in `tables` (a
-// (positions, 2) array, a tail's table at its own positions), else -1. scaled, small, large:
-// scratch of one entry per position.
-extern "C" __global__ void batch_tables(const IndexView* __restrict__ ixp, const i64* __restrict__ batch_slots,
-                                        i64 batch_capacity, const u64* __restrict__ batch_mass, i64 n_seg,
-                                        i64* __restrict__ table_start, u32* __restrict__ tables,
-                                        double* __restrict__ scaled, u32* __restrict__ small, u32* __restrict__ large) {
+// cum[0] = 0 and cum[p + 1] = the weight of segment position p with the batch's ids at 0,
+// for all n_pos positions: a position's segment (is its tail heavy?) would take a search of
+// seg_offsets, dearer than this probe of the request's small hash set. The inclusive cumsum
+// the host queues next turns cum into ExclusionView's batch_cum.
+extern "C" __global__ void batch_weights(const IndexView* __restrict__ ixp, const i64* __restrict__ batch_slots,
+                                         i64 batch_capacity, i64 n_pos, u64* __restrict__ cum) {
   const IndexView ix = *ixp;
-  GN_GRID_STRIDE(seg, n_seg) {
-    const u64 tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg];
-    const u64 out = batch_mass[n_seg + seg];
-    const u64 remaining = tail_mass - out;
-    const bool heavy = out > 0 && remaining > 0 && remaining < tail_mass - remaining;
-    const i64 lo = ix.seg_offsets[seg] + ix.seg_head[seg], hi = ix.seg_offsets[seg + 1];
-    table_start[seg] = heavy ? lo : -1;
-    if (heavy) build_tail_alias(ix, batch_slots, batch_capacity, lo, hi, tables + 2 * lo, scaled + lo, small + lo,
-                                large + lo);
+  GN_GRID_STRIDE(t, n_pos + 1) {
+    if (t == 0) {
+      cum[0] = 0;
+      continue;
+    }
+    const u64 w = ix.seg_weights[t - 1];
+    cum[t] = w && probe(batch_slots, batch_capacity, ix.seg_ids[t - 1]) >= 0 ? 0ull : w;
   }
 }
 
@@ -209,13 +183,13 @@ extern "C" __global__ void part_masses(const IndexView* __restrict__ ixp,
                                        const i64* __restrict__ own_offsets, const i64* __restrict__ own_ids,
                                        i64 use_batch, const i64* __restrict__ batch_slots, i64 batch_capacity,
                                        const u64* __restrict__ batch_head_mass, const u64* __restrict__ batch_tail_mass,
-                                       const i64* __restrict__ batch_table_start, const u32* __restrict__ batch_alias,
+                                       const u64* __restrict__ batch_cum,
                                        const i64* __restrict__ req_offsets, const i64* __restrict__ req_cats,
                                        i64 n_rows, i64* __restrict__ req_segs, u64* __restrict__ remaining,
                                        u64* __restrict__ row_total, u64* __restrict__ unknown) {
   const IndexView ix = *ixp;
   const ExclusionView ex{own_offsets, own_ids, use_batch, batch_slots, batch_capacity,
-                         batch_head_mass, batch_tail_mass, batch_table_start, batch_alias};
+                         batch_head_mass, batch_tail_mass, batch_cum};
   GN_GRID_STRIDE(i, n_rows) {
     u64 total = 0;
     const i64 own_lo = ex.own_offsets[i], own_hi = ex.own_offsets[i + 1];
@@ -256,7 +230,7 @@ extern "C" __global__ void sample_put_back(const IndexView* __restrict__ ixp,
                                            const i64* __restrict__ own_offsets, const i64* __restrict__ own_ids,
                                            i64 use_batch, const i64* __restrict__ batch_slots, i64 batch_capacity,
                                            const u64* __restrict__ batch_head_mass, const u64* __restrict__ batch_tail_mass,
-                                           const i64* __restrict__ batch_table_start, const u32* __restrict__ batch_alias,
+                                           const u64* __restrict__ batch_cum,
                                            const i64* __restrict__ req_offsets, const i64* __restrict__ req_segs,
                                            const u64* __restrict__ remaining, const u64* __restrict__ row_total,
                                            const i64* __restrict__ out_offsets, i64 n_rows, i64 uniform_count,
@@ -265,7 +239,7 @@ extern "C" __global__ void sample_put_back(const IndexView* __restrict__ ixp,
                                            u64* __restrict__ failed) {
   const IndexView ix = *ixp;
   const ExclusionView ex{own_offsets, own_ids, use_batch, batch_slots, batch_capacity,
-                         batch_head_mass, batch_tail_mass, batch_table_start, batch_alias};
+                         batch_head_mass, batch_tail_mass, batch_cum};
   GN_GRID_STRIDE(t, out_offsets[n_rows]) {
     const i64 i = row_of_draw(out_offsets, n_rows, uniform_count, t);
     const i64 j = uniform_count > 0 ? t - i * uniform_count : t - out_offsets[i];
@@ -301,7 +275,7 @@ extern "C" __global__ void sample_distinct(const IndexView* __restrict__ ixp,
                                            const i64* __restrict__ own_offsets, const i64* __restrict__ own_ids,
                                            i64 use_batch, const i64* __restrict__ batch_slots, i64 batch_capacity,
                                            const u64* __restrict__ batch_head_mass, const u64* __restrict__ batch_tail_mass,
-                                           const i64* __restrict__ batch_table_start, const u32* __restrict__ batch_alias,
+                                           const u64* __restrict__ batch_cum,
                                            const i64* __restrict__ req_offsets, const i64* __restrict__ req_segs,
                                            const u64* __restrict__ remaining, const u64* __restrict__ row_total,
                                            const i64* __restrict__ out_offsets, i64 n_rows, u32 call, u32 k0,
@@ -309,7 +283,7 @@ extern "C" __global__ void sample_distinct(const IndexView* __restrict__ ixp,
                                            signed char* __restrict__ status, u64* __restrict__ failed) {
   const IndexView ix = *ixp;
   const ExclusionView ex{own_offsets, own_ids, use_batch, batch_slots, batch_capacity,
-                         batch_head_mass, batch_tail_mass, batch_table_start, batch_alias};
+                         batch_head_mass, batch_tail_mass, batch_cum};
   GN_GRID_STRIDE(i, n_rows) {
     const i64 o = out_offsets[i], count = out_offsets[i + 1] - o;
     if (count == 0) continue;

@@ -33,8 +33,7 @@ struct ExclusionView {
   i64 batch_capacity;
   const u64* batch_head_mass;
   const u64* batch_tail_mass;
-  const i64* batch_table_start;
-  const u32* batch_alias;
+  const u64* batch_cum;
 };
 
 // One dense column of a pack request: output row i is source row rows[i], row_words words

@@ -63,7 +63,8 @@ def test_with_replacement_single_and_multi_category(device):
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_batch_wide_tail_tables_of_skewed_weights_with_repeated_and_absent_ids(device):
-    """The per-call tables are built on the device in float64 as alias.py builds them on the host."""
+    """The heavy tails' prefix sums, a scan over every position on the device, per heavy tail
+    on the host, give the same draws."""
     rng = np.random.default_rng(8)
     ids, cats = np.arange(1000, 1300), np.repeat([1, 2, 3], 100)
     table = small_table(ids, cats, rng.pareto(1.1, 300) + 0.001)
@@ -73,6 +74,25 @@ def test_batch_wide_tail_tables_of_skewed_weights_with_repeated_and_absent_ids(d
     positives = one_per_row(chosen)
     tags = one_per_row(np.where(chosen >= 1200, 3, np.where(chosen >= 1100, 2, 1)))
     assert_same_calls(cpu, dev, [((positives, 7, tags), {"avoid_conflict_with_all_dedup_tags": True})] * 3)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_batch_wide_heavy_tails_without_replacement(device):
+    """Heavy tails drawn by search in the prefix sums, a row's earlier picks rejected and
+    redrawn, the exact scan once a row has drawn its tail down: the same ids on both paths."""
+    from gpu_negsample.backends.exclusion import batch_exclusion, batch_set, heavy_tail
+
+    rng = np.random.default_rng(9)
+    ids, cats = np.arange(1000, 1300), np.repeat([1, 2, 3], 100)
+    table = small_table(ids, cats, rng.pareto(1.1, 300) + 0.001)
+    cpu, dev = pair(table, device, seed=29, put_back=False, unsatisfiable="fill", fill_id=-9)
+    chosen = np.concatenate([ids[8:80], ids[100:180], ids[230:240]])
+    ix = cpu.engine.state.index.arrays
+    _, tail_out = batch_exclusion(ix, batch_set(chosen)[1], 3)
+    assert [heavy_tail(ix, tail_out, seg) for seg in range(3)] == [True, True, False]
+    tags = one_per_row(np.where(chosen >= 1200, 3, np.where(chosen >= 1100, 2, 1)))
+    counts = torch.from_numpy(rng.integers(1, 16, size=chosen.size))
+    assert_same_calls(cpu, dev, [((one_per_row(chosen), counts, tags), {"avoid_conflict_with_all_dedup_tags": True})] * 2)
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)

@@ -56,14 +56,15 @@ def test_sample_ids_uploads_only_what_its_kernels_read(sampler, monkeypatch):
 
 
 def test_batch_wide_exclusion_stays_on_the_device(sampler):
-    """Its hash set, masses and tail tables are built by kernels: no second upload, and no
+    """Its hash set, masses and prefix sums are built on the device: no second upload, and no
     download of device-resident positives to deduplicate them on the host."""
     positives = torch.from_numpy(sampler.ids[:64])  # on the emulated device's memory, as a CUDA tensor would be
     rows = one_per_row(positives)
     got = cost(sampler, lambda: sampler.sample_ids(rows, 7, one_per_row(sampler.cats[:64]),
                                                    avoid_conflict_with_all_dedup_tags=True))
-    # fill the hash set, zero the masses, batch_exclusion, batch_tables, part_masses, sample_put_back
-    assert got == OpCounts(uploads=1, downloads=1, launches=6, waits=1), got
+    # fill the hash set, zero the masses, batch_exclusion, batch_weights, their cumsum, part_masses,
+    # sample_put_back
+    assert got == OpCounts(uploads=1, downloads=1, launches=7, waits=1), got
 
 
 def test_fused_sample_with_every_kind_of_column_waits_twice(sampler):

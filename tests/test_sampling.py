@@ -129,6 +129,71 @@ def test_batch_wide_exclusion_never_returns_a_batch_id(catalogue):
     assert chi2_ok(histogram(neg, ids), probs)
 
 
+def heavy_tail_table():
+    """One category: a head of 8 items (11..18), then a tail of 24 items of weight 10 (the
+    batch's ids below: 240 of the tail's 279, so the tail is heavy) and 6 kept (4..9)."""
+    weights = np.concatenate([np.arange(18.0, 10.0, -1), np.full(24, 10.0), np.arange(4.0, 10.0)])
+    ids = np.arange(1, weights.size + 1)
+    return ids, weights, ids[8:32]
+
+
+def test_heavy_tail_binary_search_picks_what_the_exact_scan_picks():
+    """In a tail the batch's ids hold more than half of, a draw searches the call's prefix sums
+    of the weights without them: for every target it must land where the exact scan does."""
+    from gpu_negsample.backends.cpu.sample import _prefix_search, _scan
+    from gpu_negsample.backends.exclusion import batch_set, exclusion, heavy_tail
+
+    rng = np.random.default_rng(3)
+    weights = rng.pareto(1.1, 400) + 0.001
+    weights[rng.choice(400, 30, replace=False)] = 0.0  # zero weights never hold a target
+    ids = np.arange(1000, 1400)
+    s = make_sampler(small_table(ids, [1] * 400, weights))
+    ix = s.engine.state.index.arrays
+    lo, hi = int(ix.seg_offsets[0] + ix.seg_head[0]), int(ix.seg_offsets[1])
+    tail_ids = ix.seg_ids[lo:hi]
+    batch = np.concatenate([tail_ids[:150], tail_ids[200:330], [5]])  # most of the tail, an absent id
+    empty = np.zeros(0, np.int64)
+    ex = exclusion(ix, np.zeros(2, np.int64), empty, empty, batch_set(batch))
+    assert heavy_tail(ix, ex.batch_tail_mass, 0)
+    mass = int(ix.seg_total[0] - ix.seg_head_mass[0] - ex.batch_tail_mass[0])
+    assert int(ex.batch_cum[hi] - ex.batch_cum[lo]) == mass
+    bounds = (ex.batch_cum[lo + 1:hi + 1] - ex.batch_cum[lo]).astype(np.int64)
+    targets = np.unique(np.concatenate([[0, mass - 1], bounds[bounds < mass], (bounds - 1)[bounds > 0],
+                                        rng.integers(0, mass, 2000)]))
+    out = np.zeros(1, np.int64)
+    for t in targets.tolist():
+        want = _scan(ix, ex, lo, hi, np.uint64(t), 0, 0, False, out, 0, 0)
+        assert _prefix_search(ex.batch_cum, lo, hi, np.uint64(t)) == want >= 0, t
+
+
+@pytest.mark.parametrize("put_back", [True, False])
+def test_batch_wide_heavy_tail_draws_are_exact(put_back):
+    """Draws from a heavy tail (binary search in the prefix sums without the batch's ids):
+    with replacement, each kept item by its weight; without, every ordered pair (a, b) of a
+    row's two negatives with probability w_a / W * w_b / (W - w_a) (a second pick of the
+    first item from the tail is rejected and redrawn)."""
+    ids, weights, batch = heavy_tail_table()
+    s = make_sampler(small_table(ids, [7] * ids.size, weights), put_back=put_back)
+    rows, k = (3000, 20) if put_back else (30_000, 2)
+    positives = one_per_row(np.resize(batch, rows))
+    neg = s.sample_ids(positives, k, one_per_row([7] * rows), avoid_conflict_with_all_dedup_tags=True)
+    kept = [int(i) for i in ids if i not in set(batch.tolist())]
+    w = {i: weights[i - 1] for i in kept}
+    total = sum(w.values())
+    if put_back:
+        probs = expected_distribution(ids, [[7]] * ids.size, [[x] for x in weights], {7}, set(batch.tolist()))
+        assert chi2_ok(histogram(neg, ids), probs)
+        return
+    pairs = neg.reshape(rows, 2).numpy()
+    cells = [(a, b) for a in kept for b in kept if a != b]
+    index = {cell: n for n, cell in enumerate(cells)}
+    counts = np.zeros(len(cells), dtype=np.int64)
+    for a, b in pairs.tolist():
+        counts[index[(a, b)]] += 1
+    probs = np.array([w[a] / total * w[b] / (total - w[a]) for a, b in cells])
+    assert chi2_ok(counts, probs)
+
+
 def test_exclusion_holds_for_random_requests(catalogue):
     ids, cats, weights = catalogue
     rng = np.random.default_rng(5)

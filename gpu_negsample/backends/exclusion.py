@@ -2,9 +2,12 @@
 
 Row-wise exclusion: each positive excludes its own dedup ids. Batch-wide exclusion
 (``avoid_conflict_with_all_dedup_tags``): every row excludes every positive id of the
-request; its per-segment excluded masses are computed once per call, and every tail whose
-excluded mass is more than half of it gets a per-call alias table with the excluded items
-at weight 0, so draws there need no rejection.
+request; its per-segment excluded masses are computed once per call. Every tail whose
+excluded mass is more than half of it (a *heavy* tail, where rejection would stall) is drawn
+from the per-call prefix sums of its weights with the excluded items at weight 0, by binary
+search, so draws there need no rejection of the batch's ids. The weights are integers, so
+the sums are exact in any order (the CUDA backend makes them with one scan over every
+position) and a search picks exactly the item the exact scan would for the same target.
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from ..alias import build_alias
 from ..hashing import EMPTY_KEY, build_hash_table, probe
 
 
@@ -23,8 +25,9 @@ class Exclusion(NamedTuple):
 
     Row-wise: row i excludes own_ids[own_offsets[i]:own_offsets[i+1]] (own_rows: their table
     rows, -1 if absent). Batch-wide (use_batch): every id in the hash set batch_slots;
-    batch_head_mass / batch_tail_mass per segment; batch_table_start[s] >= 0 where the tail
-    of segment s has a per-call alias table in batch_alias.
+    batch_head_mass / batch_tail_mass per segment; in each heavy tail (heavy_tail) lo:hi,
+    batch_cum[p + 1] - batch_cum[lo] (in uint64) is the weight of positions lo..p with the
+    batch's ids at 0. Entries outside heavy tails are not read (and, on the CPU, not written).
     """
 
     own_offsets: np.ndarray
@@ -34,8 +37,7 @@ class Exclusion(NamedTuple):
     batch_slots: np.ndarray
     batch_head_mass: np.ndarray
     batch_tail_mass: np.ndarray
-    batch_table_start: np.ndarray
-    batch_alias: np.ndarray
+    batch_cum: np.ndarray
 
 
 @nb.njit(inline="always", cache=True)
@@ -70,42 +72,35 @@ def batch_exclusion(ix, unique_ids, n_seg):
     return head, tail
 
 
-@nb.njit(cache=True)
-def _heavy_tails(ix, tail_out):
-    """Start of each per-call table (-1: none) for tails whose excluded mass is more than
-    half of them, and the total size of those tables."""
-    n_seg = tail_out.shape[0]
-    start = np.full(n_seg, -1, dtype=np.int64)
-    size = 0
-    for seg in range(n_seg):
-        tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
-        remaining = tail_mass - tail_out[seg]
-        if tail_out[seg] > 0 and 0 < remaining < tail_mass - remaining:
-            start[seg] = size
-            size += ix.seg_offsets[seg + 1] - ix.seg_offsets[seg] - ix.seg_head[seg]
-    return start, size
+@nb.njit(inline="always", cache=True)
+def heavy_tail(ix, batch_tail_mass, seg):
+    """Whether the batch's ids hold more than half of seg's tail mass (and not all of it):
+    such a tail is drawn from the per-call prefix sums, any other from its alias table."""
+    tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
+    remaining = tail_mass - batch_tail_mass[seg]
+    return batch_tail_mass[seg] > 0 and 0 < remaining < tail_mass - remaining
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def _fill_batch_tables(ix, batch_slots, start, tables):
-    for seg in nb.prange(start.shape[0]):
-        if start[seg] < 0:
+def _fill_prefix_sums(ix, batch_slots, tail_out, cum):
+    for seg in nb.prange(tail_out.shape[0]):
+        if not heavy_tail(ix, tail_out, seg):
             continue
         lo = ix.seg_offsets[seg] + ix.seg_head[seg]
-        hi = ix.seg_offsets[seg + 1]
-        w = ix.seg_weights[lo:hi].copy()
-        for p in range(lo, hi):
-            if probe(batch_slots, ix.seg_ids[p]) >= 0:
-                w[p - lo] = 0
-        build_alias(w, tables[start[seg]: start[seg] + hi - lo])
+        acc = np.uint64(0)
+        cum[lo] = acc
+        for p in range(lo, ix.seg_offsets[seg + 1]):
+            if probe(batch_slots, ix.seg_ids[p]) < 0:
+                acc += ix.seg_weights[p]
+            cum[p + 1] = acc
 
 
-def batch_tables(ix, batch_slots, tail_out):
-    """Per-call tail alias tables without the excluded ids, where tail rejection would stall."""
-    start, size = _heavy_tails(ix, tail_out)
-    tables = np.empty((size, 2), dtype=np.uint32)
-    _fill_batch_tables(ix, batch_slots, start, tables)
-    return start, tables
+def batch_prefix_sums(ix, batch_slots, tail_out) -> np.ndarray:
+    """Exclusion.batch_cum: the heavy tails' prefix sums without the batch's ids (each tail
+    from 0 at its first position; only differences within a tail are read)."""
+    cum = np.empty(ix.seg_ids.shape[0] + 1, dtype=np.uint64)
+    _fill_prefix_sums(ix, batch_slots, tail_out, cum)
+    return cum
 
 
 def batch_set(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,22 +113,22 @@ def batch_set(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=16)
 def _no_batch(n_seg: int) -> tuple:
-    """The batch-wide fields of a row-wise Exclusion (an empty set, no masses, no tables),
-    made once per segment count: the kernels only read them."""
+    """The batch-wide fields of a row-wise Exclusion (an empty set, no masses, no prefix
+    sums), made once per segment count: the kernels only read them."""
     return (np.full((2, 2), EMPTY_KEY, dtype=np.int64), np.zeros(n_seg, np.uint64), np.zeros(n_seg, np.uint64),
-            np.full(n_seg, -1, np.int64), np.zeros((0, 2), np.uint32))
+            np.zeros(1, np.uint64))
 
 
 def exclusion(ix, own_offsets, own_ids, own_rows, batch) -> Exclusion:
     """The Exclusion of a request (host arrays); batch is None or (hash slots, unique ids) of
-    the ids every row excludes. Its per-segment masses and per-call tables are built here, on
-    the host, for both backends."""
+    the ids every row excludes. Its per-segment masses and prefix sums are built here, on
+    the host, for the CPU backend (the CUDA backend builds them with kernels)."""
     n_seg = ix.seg_total.shape[0]
     if batch is None:
         return Exclusion(own_offsets, own_ids, own_rows, False, *_no_batch(n_seg))
     batch_slots, unique_ids = batch
     head_out, tail_out = batch_exclusion(ix, unique_ids, n_seg)
-    start, tables = batch_tables(ix, batch_slots, tail_out)
-    return Exclusion(own_offsets, own_ids, own_rows, True, batch_slots, head_out, tail_out, start, tables)
+    return Exclusion(own_offsets, own_ids, own_rows, True, batch_slots, head_out, tail_out,
+                     batch_prefix_sums(ix, batch_slots, tail_out))
 
 

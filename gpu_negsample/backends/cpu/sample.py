@@ -15,6 +15,8 @@ ids E, the 2m *parts* are (head of c_1, tail of c_1, head of c_2, ...):
    a tail part: if its remaining mass is at least half of its table's mass, alias draws
    with rejection of E (and, without replacement, of ids already drawn for this row), at
    most MAX_ATTEMPTS; otherwise, or when the attempts run out, an exact scan of the tail.
+   A heavy tail of batch-wide exclusion (exclusion.heavy_tail) draws by binary search in
+   the call's prefix sums without E instead of its alias table, with the same rejection.
    Excluding popular items takes mass from heads, not tails, so the tail's acceptance
    stays high: expected alias draws per negative <= 2 for any popularity skew.
 4. without replacement the drawn item's mass leaves its part.
@@ -28,7 +30,7 @@ import numpy as np
 
 from ...hashing import probe
 from ...rng import MASK32, SHIFT32, mul32hi, mulhi64, philox4x32_10, philox_lanes
-from ..exclusion import mass_in
+from ..exclusion import heavy_tail, mass_in
 from ..kernel_constants import MAX_ATTEMPTS, STATUS_NO_CANDIDATE, STATUS_OK, STATUS_TOO_FEW
 from ..status import NONE, Counter
 from ...memory_hints import prefetch
@@ -150,21 +152,52 @@ def _scan_head(ix, ex, seg, remaining, target, own_lo, own_hi, drawn):
 
 @nb.njit(inline="always", cache=True)
 def _tail_table(ix, ex, seg):
-    """(per-call table?, its first slot, its mass) of the alias table tail draws in seg use:
-    ex.batch_alias where the request built one for seg, else ix.seg_alias. A flag, not
-    the array, so no array reference (reference-counted by numba) is made per draw."""
+    """(heavy?, mass) of what tail draws in seg pick from: the call's prefix sums without
+    the batch's ids where seg's tail is heavy (exclusion.heavy_tail), else the tail's alias
+    table. A flag, not the array, so no array reference (reference-counted by numba) is
+    made per draw."""
     tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
-    if ex.use_batch and ex.batch_table_start[seg] >= 0:
-        return True, ex.batch_table_start[seg], tail_mass - ex.batch_tail_mass[seg]
-    return False, ix.seg_offsets[seg] + ix.seg_head[seg], tail_mass
+    if ex.use_batch and heavy_tail(ix, ex.batch_tail_mass, seg):
+        return True, tail_mass - ex.batch_tail_mass[seg]
+    return False, tail_mass
+
+
+@nb.njit(inline="always", cache=True)
+def _prefix_search(cum, lo, hi, target):
+    """The first position p in lo:hi with cum[p + 1] - cum[lo] > target (differences in
+    uint64, so a wrapped sum is harmless): where target falls among the weights the prefix
+    sums add, as _scan finds it; target must be below cum[hi] - cum[lo]."""
+    base = cum[lo]
+    a = lo
+    b = hi - 1
+    while a < b:
+        m = a + ((b - a) >> 1)
+        if cum[m + 1] - base > target:
+            b = m
+        else:
+            a = m + 1
+    return a
+
+
+@nb.njit(inline="always", cache=True)
+def _tail_pick(ix, ex, heavy, lo, hi, table_mass, r):
+    """Position in the tail lo:hi that one draw with words r picks: in a heavy tail the
+    item where target mulhi64(uniform64, table_mass) falls (the pick of _scan's exact draw
+    at that target, the batch's ids at weight 0), else the alias table's pick (uniform64
+    picks the slot, r2 decides between it and its alias)."""
+    if heavy:
+        return _prefix_search(ex.batch_cum, lo, hi, mulhi64(_uniform64(r), table_mass))
+    slot = nb.int64(mulhi64(_uniform64(r), nb.uint64(hi - lo)))
+    return lo + (slot if r[2] < ix.seg_alias[lo + slot, 0] else nb.int64(ix.seg_alias[lo + slot, 1]))
 
 
 @nb.njit(inline="always", cache=True)
 def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, own_hi, distinct, out, out_lo,
           first=-1, first_id=0, drawn_bits=-1):
-    """Position (in the segment arrays) of one accepted draw from a part, and the alias attempts it took.
+    """Position (in the segment arrays) of one accepted draw from a part, and the tail draws
+    (alias or prefix-sum picks) it took.
 
-    first >= 0 is attempt 0's alias pick and first_id its item id, already loaded by
+    first >= 0 is attempt 0's tail pick and first_id its item id, already loaded by
     _speculate; -1 computes them here. drawn_bits: the row's filter of its outputs so far
     (_maybe_drawn; -1: all bits set, so every id is searched).
     """
@@ -178,8 +211,7 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
             return _scan_weights(ix, head_lo, tail_lo, target), 0
         return _scan(ix, ex, head_lo, tail_lo, target, own_lo, own_hi, distinct, out, out_lo, j), 0
     hi = ix.seg_offsets[seg + 1]
-    size = nb.uint64(hi - tail_lo)
-    per_call, base, table_mass = _tail_table(ix, ex, seg)
+    heavy, table_mass = _tail_table(ix, ex, seg)
     r = r_first
     attempts = 0
     if remaining >= table_mass - remaining:  # acceptance >= 1/2
@@ -191,7 +223,7 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
             else:
                 if a > 0:
                     r = philox4x32_10(call, row, j, nb.uint64(a), k0, k1)
-                p = tail_lo + _alias_pick(ix, ex, per_call, base, size, r)
+                p = _tail_pick(ix, ex, heavy, tail_lo, hi, table_mass, r)
                 item_id = ix.seg_ids[p]
             if _is_excluded(item_id, ex, own_lo, own_hi):
                 continue
@@ -201,16 +233,6 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
         r = philox4x32_10(call, row, j, nb.uint64(MAX_ATTEMPTS), k0, k1)
     return _scan(ix, ex, tail_lo, hi, mulhi64(_uniform64(r), remaining),
                  own_lo, own_hi, distinct, out, out_lo, j), attempts
-
-
-@nb.njit(inline="always", cache=True)
-def _alias_pick(ix, ex, per_call, base, size, r):
-    """Tail-local position an alias draw with words r picks from the table at
-    base:base + size of ex.batch_alias (per_call) or ix.seg_alias."""
-    slot = nb.int64(mulhi64(_uniform64(r), size))
-    if per_call:
-        return slot if r[2] < ex.batch_alias[base + slot, 0] else nb.int64(ex.batch_alias[base + slot, 1])
-    return slot if r[2] < ix.seg_alias[base + slot, 0] else nb.int64(ix.seg_alias[base + slot, 1])
 
 
 @nb.njit(inline="always", cache=True)
@@ -234,20 +256,19 @@ BLOCK_ROWS = 64
 @nb.njit(inline="always", cache=True)
 def _prefetch_alias(ix, ex, seg, r):
     """Start loading the alias entry that attempt 0 (words r) of a tail draw in seg reads,
-    as soon as the draw's words exist: _speculate then finds it in cache."""
+    as soon as the draw's words exist: _speculate then finds it in cache. (A heavy tail's
+    binary search has no single line to load ahead: its first steps are shared and cached.)"""
+    heavy, _ = _tail_table(ix, ex, seg)
+    if heavy:
+        return
     tail_lo = ix.seg_offsets[seg] + ix.seg_head[seg]
     size = nb.uint64(ix.seg_offsets[seg + 1] - tail_lo)
-    per_call, base, _ = _tail_table(ix, ex, seg)
-    slot = base + nb.int64(mulhi64(_uniform64(r), size))
-    if per_call:
-        prefetch(ex.batch_alias, slot)
-    else:
-        prefetch(ix.seg_alias, slot)
+    prefetch(ix.seg_alias, tail_lo + nb.int64(mulhi64(_uniform64(r), size)))
 
 
 @nb.njit(inline="always", cache=True)
 def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
-    """Attempt 0's alias pick of each of n draws, as if each went to its segment's tail:
+    """Attempt 0's tail pick (_tail_pick) of each of n draws, as if each went to its segment's tail:
     first[t] = its position in the segment arrays (first_id[t] its item id and, unless
     first_w is empty, first_w[t] its weight), or -1 (no tail, or seg_of[t] < 0).
     The scratch arrays are a thread's, sized for its largest block: n is this block's.
@@ -265,11 +286,11 @@ def _speculate(ix, ex, seg_of, words, first, first_id, first_w, n):
         if seg < 0:
             continue
         tail_lo = ix.seg_offsets[seg] + ix.seg_head[seg]
-        size = nb.uint64(ix.seg_offsets[seg + 1] - tail_lo)
-        if size == 0:
+        hi = ix.seg_offsets[seg + 1]
+        if hi == tail_lo:
             continue
-        per_call, base, _ = _tail_table(ix, ex, seg)
-        p = tail_lo + _alias_pick(ix, ex, per_call, base, size, _stored_words(words, t))
+        heavy, table_mass = _tail_table(ix, ex, seg)
+        p = _tail_pick(ix, ex, heavy, tail_lo, hi, table_mass, _stored_words(words, t))
         first[t] = p
         prefetch(ix.seg_ids, p)
         if weights:
@@ -529,7 +550,7 @@ def _put_back_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
                 out[o + j] = ix.seg_ids[p]
                 part[t] = -1
                 continue
-            _, _, table_mass = _tail_table(ix, ex, seg)
+            _, table_mass = _tail_table(ix, ex, seg)
             if remaining[r_lo + q] >= table_mass - remaining[r_lo + q]:
                 seg_of[t] = seg
                 _prefetch_alias(ix, ex, seg, r)

@@ -81,7 +81,7 @@ class CudaBackend:
         batch = self._batch_exclusion(rq, inputs) if inputs.batch else dict(ix.no_batch, use_batch=0)
         ex = (inputs.own_offsets, inputs.own_ids, batch["use_batch"], batch["batch_slots"],
               batch["batch_slots"].shape[0], batch["batch_head_mass"], batch["batch_tail_mass"],
-              batch["batch_table_start"], batch["batch_alias"])
+              batch["batch_cum"])
         req_segs = rq.empty((n_cats,), torch.int64)
         remaining = rq.empty((2 * n_cats,), torch.int64)  # u64 in the kernels
         row_total = rq.empty((n,), torch.int64)
@@ -100,8 +100,8 @@ class CudaBackend:
 
     def _batch_exclusion(self, rq: DeviceRequest, inputs: SampleInputs) -> dict:
         """Batch-wide exclusion on the device: the excluded ids' hash set and per-segment masses
-        (batch_exclusion), then the tails they would stall get alias tables without them
-        (batch_tables), each tail's at its own positions of a per-request array."""
+        (batch_exclusion), then every position's weight with those ids at 0 (batch_weights)
+        and their prefix sums (one cumsum), from which the tails the ids would stall are drawn."""
         dev, ix = self.device, inputs.ix
         n_ids, n_seg, n_pos = int(inputs.own_ids.shape[0]), ix.host.seg_total.shape[0], ix.host.seg_ids.shape[0]
         capacity = capacity_for(n_ids)
@@ -109,13 +109,11 @@ class CudaBackend:
         dev.fill(slots, EMPTY_KEY)
         mass = rq.zeros((2, n_seg), torch.int64)  # u64 in the kernels: head masses, then tail masses
         dev.launch("batch_exclusion", n_ids, ix.view, inputs.own_ids, n_ids, slots, capacity, mass, n_seg)
-        start = rq.empty((n_seg,), torch.int64)
-        tables = rq.empty((n_pos, 2), torch.int32)  # u32
-        scaled, small, large = (rq.empty((n_pos,), torch.float64), rq.empty((n_pos,), torch.int32),
-                                rq.empty((n_pos,), torch.int32))
-        dev.launch("batch_tables", n_seg, ix.view, slots, capacity, mass, n_seg, start, tables, scaled, small, large)
+        cum = rq.empty((n_pos + 1,), torch.int64)  # u64 in the kernels; a wrapped sum is harmless (differences)
+        dev.launch("batch_weights", n_pos + 1, ix.view, slots, capacity, n_pos, cum)
+        dev.cumsum(cum, cum)
         return {"use_batch": 1, "batch_slots": slots, "batch_head_mass": mass[0], "batch_tail_mass": mass[1],
-                "batch_table_start": start, "batch_alias": tables}
+                "batch_cum": cum}
 
     # ---- lookups -------------------------------------------------------------------
     def valid_ids(self, rq: DeviceRequest, ix: IndexMirror, ids, default_id: int, alloc: Allocator = host_empty):

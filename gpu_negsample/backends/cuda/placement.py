@@ -37,8 +37,7 @@ def place_index(device: Device, index: Index) -> IndexMirror:
         no_batch = {"batch_slots": device.upload(np.full((2, 2), np.iinfo(np.int64).min, dtype=np.int64)),
                     "batch_head_mass": device.upload(np.zeros(n_seg, np.uint64)),
                     "batch_tail_mass": device.upload(np.zeros(n_seg, np.uint64)),
-                    "batch_table_start": device.upload(np.full(n_seg, -1, np.int64)),
-                    "batch_alias": device.upload(np.zeros((1, 2), np.uint32))}
+                    "batch_cum": device.upload(np.zeros(1, np.uint64))}
         return IndexMirror(index.arrays, arrays, pack_view(device, "IndexView", fields), no_batch)
 
 
