@@ -148,6 +148,27 @@ def test_device_checks_profile_step_runs_on_the_emulation(tmp_path, monkeypatch,
     assert "us per call" in capsys.readouterr().out
 
 
+@needs_gxx
+def test_cuda_vs_emulation_compares_id_for_id(monkeypatch, capsys):
+    """The device check's first GPU step, run with the CPU path in the GPU's place at toy
+    sizes: both tail draws of batch-wide exclusion agree with the emulation."""
+    from gpu_negsample.backends import exclusion
+
+    heavy = []
+    prefix_sums = exclusion.batch_prefix_sums
+
+    def counting(ix, slots, tail_out):  # the CPU path's tails drawn from prefix sums, per call
+        heavy.append(sum(bool(exclusion.heavy_tail(ix, tail_out, seg)) for seg in range(tail_out.shape[0])))
+        return prefix_sums(ix, slots, tail_out)
+
+    monkeypatch.setattr(exclusion, "batch_prefix_sums", counting)
+    assert step_args("cuda_vs_emulation.py", "out") == []
+    bench = load_bench(monkeypatch, "cuda_vs_emulation")
+    assert bench.main(["--device", "cpu", "--items", "1000", "--categories", "4", "--sizes", "64,2048"])
+    assert capsys.readouterr().out.count("IDENTICAL") == 4
+    assert max(heavy) > 0, heavy
+
+
 def test_device_checks_node_server_step_says_it_skipped_without_pyzmq(tmp_path, monkeypatch):
     bench = load_bench(monkeypatch, "bench_server")
     real = importlib.util.find_spec
