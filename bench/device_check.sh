@@ -2,15 +2,20 @@
 # The one prepared check for a lent GPU machine (one H100/H200, CUDA 13, torch cu130,
 # cupy-cuda13x, numba, pyarrow, pytest; no network, maybe no pyzmq). In about 5 minutes:
 #   1. records the card, driver, topology, MIG and compute mode, visible devices, versions;
-#   2. fills the numba compile cache, one process per pipeline entry point (python -m
+#   2. checks batch-wide sample_ids on the GPU against the emulation (the same .cu through
+#      g++), id for id, before anything else needs the CPU path compiled
+#      (bench/cuda_vs_emulation.py);
+#   3. fills the numba compile cache, one process per pipeline entry point (python -m
 #      gpu_negsample.precompile), so no later step spends its time limit compiling;
-#   3. runs the GPU tests (the CUDA path against the CPU path bit for bit, a prefetch thread,
+#   4. runs the GPU tests (the CUDA path against the CPU path bit for bit, a prefetch thread,
 #      per-rank streams, the caller's stream, CUDA IPC results with two processes on one GPU
 #      and hot reload on a GPU server; the server tests skip themselves without pyzmq);
-#   4. runs the parity tests again under compute-sanitizer memcheck, when it is there;
-#   5. runs bench/bench_cuda.py (every figure written to JSON as soon as it is measured);
-#   6. runs the node server on the GPU with results="cuda": 1 and 4 client processes, fused
-#      4096x10 p50/p99 (bench/bench_server.py --node; it records "skipped" without pyzmq).
+#   5. runs the parity tests again under compute-sanitizer memcheck, when it is there;
+#   6. runs bench/bench_cuda.py (every figure written to JSON as soon as it is measured);
+#   7. runs the node server on the GPU with results="cuda": 1 and 4 client processes, fused
+#      4096x10 p50/p99 (bench/bench_server.py --node; it records "skipped" without pyzmq);
+#   8. profiles the host side of sample_ids, batch-wide sample_ids and the fused sample() at
+#      4096x10, 65536x10 and 1Mx10 (bench/profile_request.py: cProfile, own time per call).
 # Every step has its own time limit (SIGINT first, so pytest still writes its report), and a
 # failing step does not stop the next. Results: $OUT when set, else bench/results/<card>/;
 # summary.txt lists each step's exit status (124: it ran out of time).
@@ -64,6 +69,7 @@ EOF
 export -f machine; export py
 step machine 15 bash -c machine
 cp "$out/machine.log" "$out/device_info.txt"
+step emulation 60 "$py" bench/cuda_vs_emulation.py
 step compile 150 "$py" -m gpu_negsample.precompile
 # A hung test (a first run on a GPU may hang) must not take the step's remaining tests with it.
 per_test=()
@@ -85,6 +91,7 @@ step bench 75 "$py" bench/bench_cuda.py --repeats 10 --out "$out"
 step server 40 "$py" bench/bench_server.py --node --device cuda --results cuda --clients 1,4 --batch-size 4096 \
   --iters 20 --client-timeout 25 --out "$out"
 grep -q "node server: SKIPPED" "$out/server.log" && echo "server: SKIPPED, no pyzmq on this machine" | tee -a "$summary"
+step profile 45 "$py" bench/profile_request.py --device cuda --sizes 4096,65536,1048576 --calls 10 --out "$out"
 
 echo "=== summary ($out)"
 cat "$summary"

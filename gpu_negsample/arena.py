@@ -16,7 +16,9 @@ ALIGN = 64  # a cache line on the CPU, and >= the 16-byte vector loads of the GP
 
 # Arrays at least this large are copied on every thread, in chunks of _COPY_CHUNK bytes: a
 # copy into fresh memory is mostly the first touch of its pages (the kernel zeroes each),
-# which one thread would pay for alone (183 MiB on the 2-core VM: 40 -> 26 ms).
+# which one thread would pay for alone (183 MiB on the 2-core VM: 40 -> 26 ms); a copy into
+# memory already touched (a GPU request's pinned staging buffer) is bound by what one core
+# moves (48 MB took 7.5 ms of a 1Mx10 request on the H200 machine's host).
 _PARALLEL_COPY_BYTES = 1 << 20
 _COPY_CHUNK = 1 << 21
 
@@ -38,6 +40,17 @@ def _copy_bytes(dst, src):
         dst[lo:hi] = src[lo:hi]
 
 
+def copy_into(dst: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Copy array ``a`` into ``dst`` (uint8, a.nbytes long, contiguous) and return dst viewed
+    as ``a``; a large contiguous array is copied on every thread."""
+    view = dst.view(a.dtype).reshape(a.shape)
+    if a.nbytes >= _PARALLEL_COPY_BYTES and a.flags.c_contiguous:
+        _copy_bytes(dst, a.reshape(-1).view(np.uint8))
+    else:
+        view[...] = a
+    return view
+
+
 class Arena:
     """Copies a list of arrays into one buffer; ``views`` are the packed arrays, same order."""
 
@@ -55,13 +68,7 @@ class Arena:
         self.views: list[np.ndarray] = []
         for a, start in zip(arrays, layout):
             start += skip
-            dst = self.buffer[start: start + a.nbytes]
-            view = dst.view(a.dtype).reshape(a.shape)
-            if a.nbytes >= _PARALLEL_COPY_BYTES and a.flags.c_contiguous:
-                _copy_bytes(dst, a.reshape(-1).view(np.uint8))
-            else:
-                view[...] = a
-            self.views.append(view)
+            self.views.append(copy_into(self.buffer[start: start + a.nbytes], a))
 
     @property
     def nbytes(self) -> int:

@@ -22,6 +22,7 @@ log = logging.getLogger("gpu_negsample")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_NAME = __name__.rpartition(".")[0]
+DRIVERS = ("compile_cache.py", "precompile.py")  # name numba, compile nothing
 
 
 def cache_dir() -> Path:
@@ -32,11 +33,12 @@ def cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def package_digest() -> str:
-    """Digest of the package's import name and every module of it that defines or imports numba code."""
+    """Digest of the package's import name and every module of it that defines or imports numba code
+    (modules that only drive it, this one and precompile.py, are left out: editing them recompiles nothing)."""
     h = hashlib.sha256(PACKAGE_NAME.encode())
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         text = path.read_bytes()
-        if b"numba" in text and path.name != "compile_cache.py":
+        if b"numba" in text and path.name not in DRIVERS:
             h.update(str(path.relative_to(PACKAGE_DIR)).encode())
             h.update(text)
     return h.hexdigest()[:16]

@@ -97,12 +97,16 @@ def test_bench_cpu_reports_only_what_it_measured(tmp_path, monkeypatch):
     assert (tmp_path / "bench_cpu.png").stat().st_size > 0
 
 
-def node_step_args(out) -> list[str]:
-    """bench_server.py's arguments in device_check.sh's server step, with "$out" given."""
+def step_args(script: str, out) -> list[str]:
+    """The arguments device_check.sh's step gives bench/<script>, with "$out" given."""
     text = CHECK.read_text().replace("\\\n", " ")
-    (line,) = [ln for ln in text.splitlines() if "bench/bench_server.py" in ln and ln.startswith("step ")]
+    (line,) = [ln for ln in text.splitlines() if f"bench/{script}" in ln and ln.startswith("step ")]
     words = shlex.split(line.replace('"$out"', str(out)))
-    return words[words.index("bench/bench_server.py") + 1:]
+    return words[words.index(f"bench/{script}") + 1:]
+
+
+def node_step_args(out) -> list[str]:
+    return step_args("bench_server.py", out)
 
 
 TINY_ON_THE_EMULATION = ["--device", "emulated", "--results", "shm", "--items", "3000", "--categories", "10",
@@ -125,6 +129,44 @@ def test_device_checks_node_server_step_runs_on_the_emulation(tmp_path, monkeypa
         fused = results[f"clients_{n}"]["fused"]
         assert fused["calls"] == 2 * n and 0 < fused["p50_ms"] <= fused["p99_ms"], results
     assert results["settings"]["device"] == "emulated" and len(results["machine"]["load_average"]) == 3
+
+
+@needs_gxx
+def test_device_checks_profile_step_runs_on_the_emulation(tmp_path, monkeypatch, capsys):
+    """The profile step's own arguments, with toy sizes on the emulated GPU: every call kind
+    at every size gets a wall time and its functions by own time."""
+    args = step_args("profile_request.py", tmp_path)
+    assert args[args.index("--device") + 1] == "cuda"
+    bench = load_bench(monkeypatch, "profile_request")
+    results = bench.main(args + ["--device", "emulated", "--items", "3000", "--categories", "10",
+                                 "--sizes", "64,128", "--calls", "2", "--top", "5"])
+    assert json.loads((tmp_path / "profile_request.json").read_text()) == results
+    kinds = [k for k in results if k not in ("settings", "device")]
+    assert len(kinds) == 6 and {k.rsplit(" ", 1)[1] for k in kinds} == {"64x10", "128x10"}
+    for kind in kinds:
+        assert results[kind]["wall_us_per_call"] > 0 and len(results[kind]["top"]) == 5
+    assert "us per call" in capsys.readouterr().out
+
+
+@needs_gxx
+def test_cuda_vs_emulation_compares_id_for_id(monkeypatch, capsys):
+    """The device check's first GPU step, run with the CPU path in the GPU's place at toy
+    sizes: both tail draws of batch-wide exclusion agree with the emulation."""
+    from gpu_negsample.backends import exclusion
+
+    heavy = []
+    prefix_sums = exclusion.batch_prefix_sums
+
+    def counting(ix, slots, tail_out):  # the CPU path's tails drawn from prefix sums, per call
+        heavy.append(sum(bool(exclusion.heavy_tail(ix, tail_out, seg)) for seg in range(tail_out.shape[0])))
+        return prefix_sums(ix, slots, tail_out)
+
+    monkeypatch.setattr(exclusion, "batch_prefix_sums", counting)
+    assert step_args("cuda_vs_emulation.py", "out") == []
+    bench = load_bench(monkeypatch, "cuda_vs_emulation")
+    assert bench.main(["--device", "cpu", "--items", "1000", "--categories", "4", "--sizes", "64,2048"])
+    assert capsys.readouterr().out.count("IDENTICAL") == 4
+    assert max(heavy) > 0, heavy
 
 
 def test_device_checks_node_server_step_says_it_skipped_without_pyzmq(tmp_path, monkeypatch):

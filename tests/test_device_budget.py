@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from gpu_negsample.backends.cuda.device import OpCounts
+from gpu_negsample.backends.cuda.request import ALIGN
+from gpu_negsample.backends.status import initial_counters
 from conftest import make_sampler, one_per_row
 from devices import needs_gxx
 from test_cuda_parity import feature_table
@@ -38,6 +40,19 @@ def test_sample_ids_is_one_upload_two_launches_one_wait(sampler):
     args = (one_per_row(sampler.ids[:64]), 7, one_per_row(sampler.cats[:64]))
     got = cost(sampler, lambda: sampler.sample_ids(*args))
     assert got == OpCounts(uploads=1, downloads=1, launches=2, waits=1), got
+
+
+def test_sample_ids_uploads_only_what_its_kernels_read(sampler, monkeypatch):
+    """Offsets and ids of the excluded positives, category offsets and categories, output
+    offsets and the counters: not the per-row counts (the output offsets carry them), which
+    at 1M positives were 8 MB more to copy into the staging buffer on the host."""
+    device = sampler.engine.backend.device
+    uploaded, upload = [], device.upload
+    monkeypatch.setattr(device, "upload", lambda host: uploaded.append(host.nbytes) or upload(host))
+    n = 150
+    sampler.sample_ids(one_per_row(sampler.ids[:n]), 7, one_per_row(sampler.cats[:n]))
+    padded = -(-8 * (n + 1) // ALIGN) * ALIGN
+    assert len(uploaded) == 1 and uploaded[0] <= 5 * padded + -(-initial_counters().nbytes // ALIGN) * ALIGN, uploaded
 
 
 def test_batch_wide_exclusion_stays_on_the_device(sampler):

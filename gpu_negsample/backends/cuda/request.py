@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...arena import copy_into
 from ..status import Counter, RequestStatus, initial_counters
 from .device import Device
 
@@ -64,7 +65,7 @@ class DeviceRequest:
             offset += -(-a.nbytes // ALIGN) * ALIGN
         staging = self.device.allocate_host(max(offset, ALIGN))
         for name, a in host.items():
-            staging[layout[name]:layout[name] + a.nbytes] = a.reshape(-1).view(np.uint8)
+            copy_into(staging[layout[name]:layout[name] + a.nbytes], a)
         self._staging.append(staging)
         buffer = self.device.upload(staging)
         # Handed over with the outputs: a request may return a staged input (fused sample's
