@@ -80,9 +80,8 @@ GN_INLINE i64 scan(const IndexView& ix, const ExclusionView& ex, const DrawConte
 
 // Whether the batch's ids hold more than half of seg's tail mass (and not all of it), as
 // gpu_negsample/backends/exclusion.py's heavy_tail: such a tail is drawn from the prefix sums.
-GN_INLINE bool heavy_tail(const IndexView& ix, const u64* batch_tail_mass, i64 seg) {
+GN_INLINE bool heavy_tail(const IndexView& ix, i64 seg, u64 out) {
   const u64 tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg];
-  const u64 out = batch_tail_mass[seg];
   const u64 remaining = tail_mass - out;
   return out > 0 && remaining > 0 && remaining < tail_mass - remaining;
 }
@@ -123,7 +122,7 @@ GN_INLINE i64 draw_from_part(const IndexView& ix, const ExclusionView& ex, const
   if (!tail) return scan(ix, ex, d, head_lo, tail_lo, mulhi64(uniform64(r), remaining), distinct, out, out_lo);
   const i64 hi = ix.seg_offsets[seg + 1];
   u64 table_mass = ix.seg_total[seg] - ix.seg_head_mass[seg];
-  const bool heavy = ex.use_batch && heavy_tail(ix, ex.batch_tail_mass, seg);
+  const bool heavy = ex.use_batch && heavy_tail(ix, seg, ex.batch_tail_mass[seg]);
   if (heavy) table_mass -= ex.batch_tail_mass[seg];
   if (remaining >= table_mass - remaining) {  // acceptance >= 1/2: draws with rejection
     for (u32 a = 0; a < GN_MAX_ATTEMPTS; ++a) {

@@ -158,7 +158,7 @@ def test_cuda_vs_emulation_compares_id_for_id(monkeypatch, capsys):
     prefix_sums = exclusion.batch_prefix_sums
 
     def counting(ix, slots, tail_out):  # the CPU path's tails drawn from prefix sums, per call
-        heavy.append(sum(bool(exclusion.heavy_tail(ix, tail_out, seg)) for seg in range(tail_out.shape[0])))
+        heavy.append(sum(bool(exclusion.heavy_tail(ix, seg, tail_out[seg])) for seg in range(tail_out.shape[0])))
         return prefix_sums(ix, slots, tail_out)
 
     monkeypatch.setattr(exclusion, "batch_prefix_sums", counting)

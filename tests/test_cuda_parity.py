@@ -89,7 +89,7 @@ def test_batch_wide_heavy_tails_without_replacement(device):
     chosen = np.concatenate([ids[8:80], ids[100:180], ids[230:240]])
     ix = cpu.engine.state.index.arrays
     _, tail_out = batch_exclusion(ix, batch_set(chosen)[1], 3)
-    assert [heavy_tail(ix, tail_out, seg) for seg in range(3)] == [True, True, False]
+    assert [heavy_tail(ix, seg, tail_out[seg]) for seg in range(3)] == [True, True, False]
     tags = one_per_row(np.where(chosen >= 1200, 3, np.where(chosen >= 1100, 2, 1)))
     counts = torch.from_numpy(rng.integers(1, 16, size=chosen.size))
     assert_same_calls(cpu, dev, [((one_per_row(chosen), counts, tags), {"avoid_conflict_with_all_dedup_tags": True})] * 2)

@@ -154,7 +154,7 @@ def test_heavy_tail_binary_search_picks_what_the_exact_scan_picks():
     batch = np.concatenate([tail_ids[:150], tail_ids[200:330], [5]])  # most of the tail, an absent id
     empty = np.zeros(0, np.int64)
     ex = exclusion(ix, np.zeros(2, np.int64), empty, empty, batch_set(batch))
-    assert heavy_tail(ix, ex.batch_tail_mass, 0)
+    assert heavy_tail(ix, 0, ex.batch_tail_mass[0])
     mass = int(ix.seg_total[0] - ix.seg_head_mass[0] - ex.batch_tail_mass[0])
     assert int(ex.batch_cum[hi] - ex.batch_cum[lo]) == mass
     bounds = (ex.batch_cum[lo + 1:hi + 1] - ex.batch_cum[lo]).astype(np.int64)

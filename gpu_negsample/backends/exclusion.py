@@ -73,18 +73,20 @@ def batch_exclusion(ix, unique_ids, n_seg):
 
 
 @nb.njit(inline="always", cache=True)
-def heavy_tail(ix, batch_tail_mass, seg):
-    """Whether the batch's ids hold more than half of seg's tail mass (and not all of it):
-    such a tail is drawn from the per-call prefix sums, any other from its alias table."""
+def heavy_tail(ix, seg, out):
+    """Whether the batch's ids, of tail mass `out` in seg, hold more than half of seg's tail
+    mass (and not all of it): such a tail is drawn from the per-call prefix sums, any other
+    from its alias table. out is a number, not the mass array: an array argument would be
+    reference-counted at every draw that asks (an atomic on a line both cores share)."""
     tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
-    remaining = tail_mass - batch_tail_mass[seg]
-    return batch_tail_mass[seg] > 0 and 0 < remaining < tail_mass - remaining
+    remaining = tail_mass - out
+    return out > 0 and 0 < remaining < tail_mass - remaining
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
 def _fill_prefix_sums(ix, batch_slots, tail_out, cum):
     for seg in nb.prange(tail_out.shape[0]):
-        if not heavy_tail(ix, tail_out, seg):
+        if not heavy_tail(ix, seg, tail_out[seg]):
             continue
         lo = ix.seg_offsets[seg] + ix.seg_head[seg]
         acc = np.uint64(0)

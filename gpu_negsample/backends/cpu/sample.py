@@ -157,7 +157,7 @@ def _tail_table(ix, ex, seg):
     table. A flag, not the array, so no array reference (reference-counted by numba) is
     made per draw."""
     tail_mass = ix.seg_total[seg] - ix.seg_head_mass[seg]
-    if ex.use_batch and heavy_tail(ix, ex.batch_tail_mass, seg):
+    if ex.use_batch and heavy_tail(ix, seg, ex.batch_tail_mass[seg]):
         return True, tail_mass - ex.batch_tail_mass[seg]
     return False, tail_mass
 
