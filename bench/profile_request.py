@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
+import platform
 import pstats
 import sys
 import time
@@ -72,7 +74,11 @@ def main(argv=None) -> dict:
     sampler = NegativeSampler(SAMPLE_TAG, DEDUP_TAG, WEIGHT_TAG, SKEY, seed=1, device=args.device)
     sampler.reload(cat.table)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    results = {"settings": vars(args), "device": sampler.engine.backend.name}
+    machine = {"device": sampler.engine.backend.name, "host": platform.node(), "processor": platform.processor(),
+               "cpus": os.cpu_count(), "torch": torch.__version__, "numpy": np.__version__,
+               "python": platform.python_version(), "load_average": list(os.getloadavg())}
+    print(f"machine: {json.dumps(machine)}\nsettings: {json.dumps(vars(args))}", flush=True)
+    results = {"settings": vars(args), "device": sampler.engine.backend.name, "machine": machine}
     rng = np.random.default_rng(0)
     for size in (int(s) for s in args.sizes.split(",")):
         batch = positive_batch(cat, size, rng)[0]

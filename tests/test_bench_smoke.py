@@ -141,7 +141,8 @@ def test_device_checks_profile_step_runs_on_the_emulation(tmp_path, monkeypatch,
     results = bench.main(args + ["--device", "emulated", "--items", "3000", "--categories", "10",
                                  "--sizes", "64,128", "--calls", "2", "--top", "5"])
     assert json.loads((tmp_path / "profile_request.json").read_text()) == results
-    kinds = [k for k in results if k not in ("settings", "device")]
+    assert results["machine"]["cpus"] > 0 and len(results["machine"]["load_average"]) == 3
+    kinds = [k for k in results if k not in ("settings", "device", "machine")]
     assert len(kinds) == 6 and {k.rsplit(" ", 1)[1] for k in kinds} == {"64x10", "128x10"}
     for kind in kinds:
         assert results[kind]["wall_us_per_call"] > 0 and len(results[kind]["top"]) == 5
