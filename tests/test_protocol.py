@@ -189,3 +189,35 @@ def test_an_answer_in_shared_memory_is_watched_by_one_finalizer_for_all_its_arra
     del derived
     gc.collect()
     assert block.reusable() and block.live_arrays == 0
+
+
+def test_arrays_placed_in_a_result_block_are_copied_out_and_checked():
+    """A request's arrays ride in the client's result block when they fit; the server uses
+    private copies, each placement checked against the block, all bounded by max_bytes."""
+    block = bytearray(4096)
+    arrays = {}
+    rt = RaggedTensor(torch.tensor([3, 4, 5]), torch.tensor([0, 1, 3]))
+    args = {"r": p.encode("r", rt, arrays), "t": p.encode("t", torch.arange(4.0), arrays)}
+    frames = p.pack_request(5, {"args": args}, arrays, memoryview(block))
+    header, inline = p.unpack_request(frames, 1 << 20)
+    assert inline == {} and len(frames[0]) < 512
+    got = p.copy_placed(block, header.pop("request_placed"), 1 << 20)
+    block[:] = b"\xff" * len(block)  # the client may write its block at any time: the copies keep what was sent
+    back = {k: p.decode(v, got) for k, v in header["args"].items()}
+    assert back["r"].to_list() == rt.to_list() and torch.equal(back["t"], torch.arange(4.0))
+    assert all(a.flags.writeable for a in got.values())
+
+    frames = p.pack_request(6, {}, {"x": np.zeros(1000)}, memoryview(bytearray(64)))  # does not fit: inline
+    header, inline = p.unpack_request(frames, 1 << 20)
+    assert "request_placed" not in header and inline["x"].shape == (1000,)
+
+    with pytest.raises(RequestError, match="outside the 4096-byte result block"):
+        p.copy_placed(block, [["x", "<i8", [1000], 0]], 1 << 20)
+    with pytest.raises(RequestError, match="outside"):
+        p.copy_placed(block, [["x", "<i8", [1], -8]], 1 << 20)
+    with pytest.raises(RequestError, match="exceeds the server's limit of 64 bytes"):
+        p.copy_placed(block, [["x", "<i8", [8], 0], ["y", "<i8", [8], 64]], 64)
+    with pytest.raises(RequestError, match="list of placements"):
+        p.copy_placed(block, {"x": 1}, 1 << 20)
+    with pytest.raises(RequestError, match="not allowed"):
+        p.copy_placed(block, [["x", "|O", [1], 0]], 1 << 20)

@@ -201,3 +201,37 @@ def test_an_answer_bigger_than_the_server_lets_one_take_is_refused_and_the_serve
             assert big["error"] == "RequestError" and "more of the server's memory than one answer may take" \
                 in big["message"], big
         assert pack(cat.ids[:4])["ok"] and sample(2)["ok"]
+
+
+def test_arrays_placed_in_a_block_are_refused_unless_inside_a_block_the_client_mapped_and_within_the_limit(job):
+    """A request's arrays may ride in its client's result block (the real client's way when
+    they fit): the server copies them out only from a block this client mapped, each
+    placement inside it and all within max_request_bytes; otherwise the request is answered
+    with a RequestError and the server answers on."""
+    import mmap
+    cat = catalogue()
+    size = 2 << 20
+    fd = create_block(size)
+    try:
+        memory = mmap.mmap(fd, size)
+        with server_on_thread(job, max_request_bytes=1 << 20) as server, raw_client(server) as c:
+            load(c, cat)
+            args = {"ids": {"array": "ids", "numpy": True}, "default": -1}
+            head = c.ask("valid_sample_ids", args, request_placed=[["ids", "<i8", [4], 0]], block=7)
+            assert head["error"] == "RequestError" and "not a shared-memory block this client mapped" in head["message"]
+            assert c.ask("map_block", {"fd": fd, "size": size, "block": 7})["ok"]
+            for placed, message in (([["ids", "<i8", [size // 8], 64]], "outside the"),
+                                    ([["ids", "<i8", [200_000], 0]], "exceeds the server's limit"),
+                                    ({"ids": 0}, "list of placements")):
+                head = c.ask("valid_sample_ids", args, request_placed=placed, block=7)
+                assert head["error"] == "RequestError" and message in head["message"], head
+            ids = np.concatenate([cat.ids[:3], [-5]])
+            np.frombuffer(memory, np.int64, 4)[:] = ids
+            head = c.ask("valid_sample_ids", args, request_placed=[["ids", "<i8", [4], 0]], block=7)
+            assert head["ok"], head
+            got = p.read_block(memory, head["placed"])["out"] if "placed" in head else head["arrays"]["out"]
+            assert got.tolist() == [*cat.ids[:3].tolist(), -1]
+            del got
+            memory.close()
+    finally:
+        os.close(fd)

@@ -1,5 +1,6 @@
 """Wire format between LocalRpcDataSampler and the node server. A request is one frame (its
-sequence number, a JSON header, then its arrays: see ``pack_request``); a reply is a JSON
+sequence number, a JSON header, then its arrays, or the places of its arrays in the client's
+result block: see ``pack_request``, ``copy_placed``); a reply is a JSON
 header frame plus one raw frame (or one shared-memory range) per array. Nothing received is
 unpickled: arrays are rebuilt from (dtype, shape) after checking the dtype is plain numbers
 or bytes in this machine's byte order and the sizes agree. Values: tensors and numpy arrays
@@ -151,9 +152,16 @@ def _nbytes(dtype: np.dtype, shape) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def pack_request(seq: int, header: dict, arrays: dict) -> list:
-    """The frames of one request (a single frame; see above)."""
+def pack_request(seq: int, header: dict, arrays: dict, block: memoryview | None = None) -> list:
+    """The frames of one request (a single frame; see above). With `block` (the client's
+    shared-memory result block the request offers) the arrays go there when they fit, and
+    the frame carries only their placements (``request_placed``: see ``copy_placed``)."""
     arrays = {name: host(a) for name, a in arrays.items()}
+    if block is not None and arrays:
+        metas, needed = layout(arrays)
+        if needed <= len(block):
+            write_block(block, arrays, metas)
+            header, arrays = dict(header, request_placed=metas), {}
     head = json.dumps(dict(header, arrays=_metas(arrays))).encode()
     offset = aligned(_PREFIX.size + len(head))
     starts = []
@@ -267,6 +275,23 @@ def placed_range(meta, size: int) -> tuple[str, np.dtype, tuple, int, int]:
         raise RequestError(f"array {name!r} is placed at bytes {str(offset)[:40]}..+{nbytes}, outside "
                            f"the {size}-byte result block")
     return name, dtype, shape, offset, nbytes
+
+
+def copy_placed(block, metas, max_bytes: int) -> dict:
+    """Private copies of the arrays a request placed in its client's result block
+    (``pack_request``), each placement checked first (``placed_range``) and all of them
+    together bounded by max_bytes, as a request frame is. Copied before anything reads them:
+    the client can write to its block at any time, and what the server checks must be what
+    it then uses."""
+    if not isinstance(metas, list):
+        raise RequestError(f"request_placed must be a list of placements; got {str(metas)[:100]}")
+    placed = [placed_range(meta, len(block)) for meta in metas]
+    total = sum(nbytes for *_, nbytes in placed)
+    if total > max_bytes:
+        raise RequestError(f"request of {total:,} bytes exceeds the server's limit of {max_bytes:,} bytes "
+                           "(max_request_bytes); reload big tables from a Parquet path instead")
+    return {name: np.frombuffer(block, dtype, nbytes // dtype.itemsize, offset).reshape(shape).copy()
+            for name, dtype, shape, offset, nbytes in placed}
 
 
 def read_block(block, metas: list) -> dict:
