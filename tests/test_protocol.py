@@ -221,3 +221,30 @@ def test_arrays_placed_in_a_result_block_are_copied_out_and_checked():
         p.copy_placed(block, {"x": 1}, 1 << 20)
     with pytest.raises(RequestError, match="not allowed"):
         p.copy_placed(block, [["x", "|O", [1], 0]], 1 << 20)
+
+
+def test_placements_must_follow_one_another_and_name_each_array_once():
+    """Otherwise a frame of a few kB could make the server copy its whole limit (255 places of
+    1 MiB, all at offset 0 of a 1 MiB block, took 257 MB)."""
+    block = bytearray(4096)
+    with pytest.raises(RequestError, match="before the end \\(64\\) of the array placed before it"):
+        p.copy_placed(block, [["x", "<i8", [8], 0], ["y", "<i8", [8], 0]], 1 << 20)
+    with pytest.raises(RequestError, match="names an array twice"):
+        p.copy_placed(block, [["x", "<i8", [8], 0], ["x", "<i8", [8], 64]], 1 << 20)
+    got = p.copy_placed(block, [["x", "<i8", [8], 0], ["e", "<i8", [0], 64], ["y", "<i8", [8], 64]], 1 << 20)
+    assert [a.shape for a in got.values()] == [(8,), (0,), (8,)]
+
+
+def test_a_request_of_more_arrays_than_the_server_accepts_is_refused_before_any_is_read():
+    many = [["x", "<i8", [0], 0]] * (p.MAX_REQUEST_ARRAYS + 1)
+    with pytest.raises(RequestError, match="at most 4,096 are accepted"):
+        p.copy_placed(bytearray(64), many, 1 << 20)
+    with pytest.raises(RequestError, match="at most 4,096 are accepted"):
+        p.unpack_request(request({"arrays": [{"name": "x", "dtype": "<i8", "shape": [0]}] * 4097}), 1 << 20)
+
+
+def test_a_bool_in_a_shape_or_offset_is_a_request_error():
+    with pytest.raises(RequestError, match="must be a list of at most 8 non-negative ints"):
+        p.unpack_request(request({"arrays": [{"name": "x", "dtype": "<i8", "shape": [True, 4]}]}, b"\0" * 64), 1 << 20)
+    with pytest.raises(RequestError, match="outside"):
+        p.copy_placed(bytearray(64), [["x", "<i8", [1], True]], 1 << 20)

@@ -143,6 +143,39 @@ def test_a_requests_arrays_ride_in_the_result_block_not_through_the_socket(job):
         assert recording.sent[0] < 2048, recording.sent  # the request (a bigger block may be mapped after it)
 
 
+def test_a_call_after_an_interrupted_one_gets_its_own_answer(job):
+    """A caller that gives up on a request (Ctrl-C while it waits) leaves its result block
+    written by that request's answer until the answer arrives: the next request must not
+    place its arrays there. Before: the next call's inputs were overwritten by the old answer
+    and it returned other ids, without an error (found by a hostile review)."""
+    cat = catalogue()
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
+    ref.reload(cat.table)
+    default = int(cat.ids[0])
+    with client(job) as s:
+        s.reload(cat.table)
+        s.sample(*positives(cat, 0), default_value=default)  # maps a block
+        transport = s._transport
+        real = transport._sock
+
+        class Interrupted:
+            """The socket of a caller interrupted right after sending its request."""
+
+            def poll(self, ms):
+                transport._sock = real
+                raise KeyboardInterrupt
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        transport._sock = Interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            s.sample(*positives(cat, 1, n=100_000), default_value=default)  # runs ~0.1 s
+        ids = torch.from_numpy(cat.ids[5:13].copy())
+        assert torch.equal(s.valid_sample_ids(ids, default), ref.valid_sample_ids(ids, default))
+        assert all(block.pending_seq is None for block in transport._blocks)  # the old answer arrived since
+
+
 def test_killed_server_becomes_an_error_in_every_client_within_10s(job):
     with client(job) as starter:
         starter.reload(catalogue().table)

@@ -222,9 +222,13 @@ def test_arrays_placed_in_a_block_are_refused_unless_inside_a_block_the_client_m
             assert c.ask("map_block", {"fd": fd, "size": size, "block": 7})["ok"]
             for placed, message in (([["ids", "<i8", [size // 8], 64]], "outside the"),
                                     ([["ids", "<i8", [200_000], 0]], "exceeds the server's limit"),
+                                    ([["ids", "<i8", [(1 << 17) - 2], 0]], "exceeds"),  # with its frame's bytes
                                     ({"ids": 0}, "list of placements")):
                 head = c.ask("valid_sample_ids", args, request_placed=placed, block=7)
                 assert head["error"] == "RequestError" and message in head["message"], head
+            head = c.ask("valid_sample_ids", args, {"ids": np.zeros(4, np.int64)},
+                         request_placed=[["ids", "<i8", [4], 0]], block=7)
+            assert head["error"] == "RequestError" and "not both" in head["message"], head
             ids = np.concatenate([cat.ids[:3], [-5]])
             np.frombuffer(memory, np.int64, 4)[:] = ids
             head = c.ask("valid_sample_ids", args, request_placed=[["ids", "<i8", [4], 0]], block=7)

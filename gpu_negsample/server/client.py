@@ -63,6 +63,9 @@ class _Block:
     def __init__(self, ident: int, size: int):
         self.ident, self.size = ident, size
         self.live_arrays = 0
+        # The sequence number of a request sent with this block and not answered yet (its
+        # caller gave up: an interrupt, a timeout): the server may still write that answer here.
+        self.pending_seq: int | None = None
 
     def release(self) -> None:
         self.live_arrays -= 1
@@ -73,8 +76,13 @@ class _Block:
         """Called when the caller holds no view of the block any more."""
 
     def reusable(self) -> bool:
-        """Whether the server may write the next answer here now."""
-        return self.live_arrays == 0
+        """Whether the next request may use this block now (its arrays written here, its
+        answer too): no view of an answer here is held, no request sent with it is unanswered,
+        and (``_settled``) nothing queued still reads it."""
+        return self.live_arrays == 0 and self.pending_seq is None and self._settled()
+
+    def _settled(self) -> bool:
+        return True
 
     def views(self, metas: list) -> dict:
         """The answer's arrays in this block. Their lifetime is that of their ``owners`` (the
@@ -154,8 +162,8 @@ class _CudaBlock(_Block):
         for event, stream in zip(self._done, streams):
             event.record(stream)
 
-    def reusable(self) -> bool:
-        return self.live_arrays == 0 and all(event.query() for event in self._done)
+    def _settled(self) -> bool:
+        return all(event.query() for event in self._done)
 
     def close(self) -> None:
         if self.live_arrays == 0:  # else the caller's tensors keep using it until the process ends
@@ -423,6 +431,8 @@ class ServerTransport:
         if size > limit:  # the server would drop a bigger frame unanswered (zmq's ZMQ_MAXMSGSIZE), and refuse bigger arrays
             raise RequestError(f"{op}: request of {size:,} bytes exceeds max_request_bytes={limit:,} (the smaller of "
                                "this rank's and the server's); reload big tables from a Parquet path")
+        if block is not None:
+            block.pending_seq = seq
         self._sock.send_multipart(frames, copy=False)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -430,6 +440,7 @@ class ServerTransport:
                 reply = self._sock.recv_multipart(copy=False)  # reply_arrays copies each array once
                 with _server_fault():
                     head = p.reply_header(reply[0])
+                self._answered_up_to(head.get("seq"))
                 if head.get("seq") != seq:
                     continue  # the answer to an earlier request that timed out
                 return self._decode_reply(head, reply, block)
@@ -438,6 +449,15 @@ class ServerTransport:
                                   "restart the job (local rank 0 starts a new server)")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(op)
+
+    def _answered_up_to(self, seq) -> None:
+        """The server answered request `seq`, so every earlier one too (a client's requests are
+        answered in order): their blocks are no longer written by those answers."""
+        if type(seq) is not int:
+            return
+        for block in self._blocks:
+            if block.pending_seq is not None and block.pending_seq <= seq:
+                block.pending_seq = None
 
     def _decode_reply(self, head: dict, reply: list, block) -> dict:
         if not head.get("ok"):

@@ -22,6 +22,10 @@ from ..ragged import RaggedTensor
 from ..request import listed_array
 
 ALLOWED_KINDS = "biufS"  # bool, signed, unsigned, float, fixed-width bytes
+# The most arrays one request may carry: each costs the server's loop a few microseconds to
+# check before any is used, so a frame of a million empty ones would hold it for seconds. A
+# reload sends at most three per column.
+MAX_REQUEST_ARRAYS = 4096
 ALIGN = 64
 
 
@@ -60,7 +64,7 @@ def _check_meta(meta) -> tuple[np.dtype, tuple]:
 def _dtype_and_shape(name, dtype, shape) -> tuple[np.dtype, tuple]:
     """An array's dtype and shape as received, checked (``_check_meta``, ``placed_range``)."""
     dtype = _wire_dtype(name, dtype)
-    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**62 for d in shape) or len(shape) > 8:
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**62 for d in shape) or len(shape) > 8:
         raise RequestError(f"array {name!r}: shape {str(shape)[:100]} must be a list of at most 8 non-negative ints")
     if math.prod(shape) * dtype.itemsize >= 2**62:
         raise RequestError(f"array {name!r}: shape {shape} is too big")
@@ -198,7 +202,13 @@ def unpack_request(frames: list, max_bytes: int) -> tuple[dict, dict]:
     metas = header.pop("arrays", [])
     if not isinstance(metas, list):
         raise RequestError("request header: 'arrays' must be a list")
+    _check_count(len(metas))
     return header, _arrays(metas, frame, aligned(_PREFIX.size + head_len), len(frame))
+
+
+def _check_count(n: int) -> None:
+    if n > MAX_REQUEST_ARRAYS:
+        raise RequestError(f"request carries {n:,} arrays; at most {MAX_REQUEST_ARRAYS:,} are accepted")
 
 
 def _header(text: bytes) -> dict:
@@ -271,7 +281,7 @@ def placed_range(meta, size: int) -> tuple[str, np.dtype, tuple, int, int]:
     name = str(name)
     dtype, shape = _dtype_and_shape(name, dtype, shape)
     nbytes = _nbytes(dtype, shape)
-    if not isinstance(offset, int) or offset < 0 or offset + nbytes > size:
+    if type(offset) is not int or offset < 0 or offset + nbytes > size:
         raise RequestError(f"array {name!r} is placed at bytes {str(offset)[:40]}..+{nbytes}, outside "
                            f"the {size}-byte result block")
     return name, dtype, shape, offset, nbytes
@@ -279,13 +289,23 @@ def placed_range(meta, size: int) -> tuple[str, np.dtype, tuple, int, int]:
 
 def copy_placed(block, metas, max_bytes: int) -> dict:
     """Private copies of the arrays a request placed in its client's result block
-    (``pack_request``), each placement checked first (``placed_range``) and all of them
-    together bounded by max_bytes, as a request frame is. Copied before anything reads them:
-    the client can write to its block at any time, and what the server checks must be what
-    it then uses."""
+    (``pack_request``). Each placement is checked first (``placed_range``); they must follow
+    one another without overlap, as ``layout`` places them, so a request copies at most its
+    block's bytes, each once; their names must differ; all of them together are bounded by
+    max_bytes, as a request frame is. Copied before anything reads them: the client can write
+    to its block at any time, and what the server checks must be what it then uses."""
     if not isinstance(metas, list):
         raise RequestError(f"request_placed must be a list of placements; got {str(metas)[:100]}")
+    _check_count(len(metas))
     placed = [placed_range(meta, len(block)) for meta in metas]
+    end = 0
+    for name, _, _, offset, nbytes in placed:
+        if offset < end:
+            raise RequestError(f"array {name!r} is placed at byte {offset}, before the end ({end}) of the array "
+                               "placed before it; placements follow one another without overlap")
+        end = offset + nbytes
+    if len({name for name, *_ in placed}) != len(placed):
+        raise RequestError("request_placed names an array twice")
     total = sum(nbytes for *_, nbytes in placed)
     if total > max_bytes:
         raise RequestError(f"request of {total:,} bytes exceeds the server's limit of {max_bytes:,} bytes "

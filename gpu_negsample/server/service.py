@@ -479,7 +479,9 @@ class SamplingServer:
             header, arrays = p.unpack_request(body, self.max_request_bytes)
             header["seq"] = seq
             if "request_placed" in header:
-                arrays.update(self._placed_arrays(identity, header))
+                if arrays:
+                    raise RequestError("a request carries its arrays in its frame or in its result block, not both")
+                arrays = self._placed_arrays(identity, header, self.max_request_bytes - len(body[0]))
             op = header.get("op")
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
@@ -595,13 +597,14 @@ class SamplingServer:
     def _error(header: dict, kind: str, message: str) -> list:
         return p.pack({"ok": False, "seq": header.get("seq"), "error": kind, "message": message}, {})
 
-    def _placed_arrays(self, identity: bytes, request: dict) -> dict:
-        """Copies of the arrays a request placed in the result block it offers."""
+    def _placed_arrays(self, identity: bytes, request: dict, max_bytes: int) -> dict:
+        """Copies of the arrays a request placed in the result block it offers, at most
+        max_bytes (what its frame left of max_request_bytes)."""
         block = self._offered_block(identity, request)
         if not isinstance(block, SharedBlock):
             raise RequestError(f"the request places its arrays in result block {str(request.get('block'))[:40]}, "
                                "which is not a shared-memory block this client mapped (map_block)")
-        return p.copy_placed(block.memory, request.pop("request_placed"), self.max_request_bytes)
+        return p.copy_placed(block.memory, request.pop("request_placed"), max_bytes)
 
     def _offered_block(self, identity: bytes, request: dict):
         """The result block the request offers (None if none)."""
