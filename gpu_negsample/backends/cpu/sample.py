@@ -98,16 +98,24 @@ def _uniform64(r):
 
 
 @nb.njit(inline="always", cache=True)
-def _scan(ix, ex, lo, hi, target, own_lo, own_hi, distinct, out, out_lo, j):
-    """Exact draw: the position in lo:hi where target falls among the remaining weights."""
+def _scan(ix, ex, lo, hi, target, own_lo, own_hi, distinct, out, out_lo, j, by_position=False, drawn_positions=0):
+    """Exact draw: the position in lo:hi where target falls among the remaining weights.
+
+    distinct: ids already drawn for the row are skipped too, found by a search of its
+    outputs out[out_lo:out_lo + j], or with by_position (a head: at most HEAD_SIZE <= 64
+    positions) by the bits of drawn_positions (bit h: position lo + h drawn): ids are
+    unique and a head holds no item of its tail, so an item of the head was drawn before
+    exactly when its position was."""
     for p in range(lo, hi):
         w = ix.seg_weights[p]
         if w == 0:
             continue
+        if by_position and (nb.uint64(drawn_positions) >> nb.uint64(p - lo)) & 1:
+            continue
         item_id = ix.seg_ids[p]
         if _is_excluded(item_id, ex, own_lo, own_hi):
             continue
-        if distinct and _drawn_before(item_id, out, out_lo, j):
+        if distinct and not by_position and _drawn_before(item_id, out, out_lo, j):
             continue
         if target < w:
             return p
@@ -128,26 +136,16 @@ def _scan_weights(ix, lo, hi, target):
 
 
 @nb.njit(inline="always", cache=True)
-def _scan_head(ix, ex, seg, remaining, target, own_lo, own_hi, drawn):
-    """Without replacement, _draw's exact head scan (the same position) with the row's head
-    items drawn so far as bits of ``drawn`` (bit h: the head's position h) instead of a
-    search of the row's outputs for each item: ids are unique and a head holds no item of
-    its tail, so an item of the head was drawn before exactly when its position was. (At
-    most HEAD_SIZE <= 64 positions.)"""
+def _scan_head(ix, ex, seg, remaining, target, own_lo, own_hi, distinct, out, out_lo, j, by_position=False,
+               drawn_positions=0):
+    """_scan over seg's head, whose remaining mass is `remaining`."""
     lo = ix.seg_offsets[seg]
     hi = lo + ix.seg_head[seg]
     if remaining == ix.seg_head_mass[seg]:
+        # The head has all its mass: no excluded or drawn item in it has a weight (their
+        # weights leave remaining), so _scan's id checks would skip nothing.
         return _scan_weights(ix, lo, hi, target)
-    for p in range(lo, hi):
-        w = ix.seg_weights[p]
-        if w == 0 or (drawn >> nb.uint64(p - lo)) & 1:
-            continue
-        if _is_excluded(ix.seg_ids[p], ex, own_lo, own_hi):
-            continue
-        if target < w:
-            return p
-        target -= w
-    return nb.int64(-1)
+    return _scan(ix, ex, lo, hi, target, own_lo, own_hi, distinct, out, out_lo, j, by_position, drawn_positions)
 
 
 @nb.njit(inline="always", cache=True)
@@ -205,15 +203,10 @@ def _draw(ix, ex, seg, tail, remaining, r_first, call, row, j, k0, k1, own_lo, o
     _speculate; -1 computes them here. drawn_bits: the row's filter of its outputs so far
     (_maybe_drawn; -1: all bits set, so every id is searched).
     """
-    head_lo = ix.seg_offsets[seg]
-    tail_lo = head_lo + ix.seg_head[seg]
     if not tail:
-        target = mulhi64(_uniform64(r_first), remaining)
-        if remaining == ix.seg_head_mass[seg]:
-            # The head has all its mass: no excluded or drawn item in it has a weight (their
-            # weights leave remaining), so _scan's id checks would skip nothing.
-            return _scan_weights(ix, head_lo, tail_lo, target), 0
-        return _scan(ix, ex, head_lo, tail_lo, target, own_lo, own_hi, distinct, out, out_lo, j), 0
+        return _scan_head(ix, ex, seg, remaining, mulhi64(_uniform64(r_first), remaining), own_lo, own_hi, distinct,
+                          out, out_lo, j), 0
+    tail_lo = ix.seg_offsets[seg] + ix.seg_head[seg]
     hi = ix.seg_offsets[seg + 1]
     heavy, table_mass = _tail_table(ix, ex, seg)
     r = r_first
@@ -659,7 +652,8 @@ def _distinct_block(ix, ex, own_rows, req_offsets, req_cats, req_segs, remaining
                                 own_hi, True, out, o, first[t], first_id[t], drawn_bits)
                 tally[ATTEMPTS] += used
             else:
-                p = _scan_head(ix, ex, seg, head, mulhi64(_uniform64(r), head), own_lo, own_hi, head_drawn)
+                p = _scan_head(ix, ex, seg, head, mulhi64(_uniform64(r), head), own_lo, own_hi, True, out, o, j,
+                               True, head_drawn)
                 if p >= 0:
                     head_drawn |= nb.uint64(1) << nb.uint64(p - ix.seg_offsets[seg])
             out[o + j] = first_id[t] if p == first[t] else ix.seg_ids[p]
