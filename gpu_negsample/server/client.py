@@ -440,7 +440,7 @@ class ServerTransport:
                 reply = self._sock.recv_multipart(copy=False)  # reply_arrays copies each array once
                 with _server_fault():
                     head = p.reply_header(reply[0])
-                self._answered_up_to(head.get("seq"))
+                self._answered(head.get("seq"))
                 if head.get("seq") != seq:
                     continue  # the answer to an earlier request that timed out
                 return self._decode_reply(head, reply, block)
@@ -450,13 +450,12 @@ class ServerTransport:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(op)
 
-    def _answered_up_to(self, seq) -> None:
-        """The server answered request `seq`, so every earlier one too (a client's requests are
-        answered in order): their blocks are no longer written by those answers."""
-        if type(seq) is not int:
-            return
+    def _answered(self, seq) -> None:
+        """The server answered request `seq`: the block sent with it is no longer written by
+        that answer. (Only that one: a request refused while others of this client wait is
+        answered at once, ahead of them.)"""
         for block in self._blocks:
-            if block.pending_seq is not None and block.pending_seq <= seq:
+            if block.pending_seq == seq:
                 block.pending_seq = None
 
     def _decode_reply(self, head: dict, reply: list, block) -> dict:
