@@ -58,6 +58,13 @@ def collect(results, n, timeout=180):
     return out
 
 
+def reference(cat, seed: int = 1) -> NegativeSampler:
+    """An in-process sampler of cat's table with client(job)'s settings (its rank's seed)."""
+    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=seed, device="cpu")
+    ref.reload(cat.table)
+    return ref
+
+
 def client(job, **kw):
     kw.setdefault("seed", 1)
     kw.setdefault("device", "cpu")
@@ -85,8 +92,7 @@ def test_a_ranks_results_depend_on_seed_rank_and_its_own_calls(job):
         proc.join(60)
     cat = catalogue()
     for rank, calls in got.items():
-        ref = NegativeSampler("category", "item_id", "weight", "skey", seed=rank_seed(seed, rank), device="cpu")
-        ref.reload(cat.table)
+        ref = reference(cat, rank_seed(seed, rank))
         for call, ids in enumerate(calls):
             assert np.array_equal(ids, ref.sample_ids(*positives(cat, call)).numpy()), (rank, call)
     assert not np.array_equal(got[0][0], got[1][0])  # ranks draw different streams
@@ -94,8 +100,7 @@ def test_a_ranks_results_depend_on_seed_rank_and_its_own_calls(job):
 
 def test_results_by_shared_memory_and_by_socket_agree_with_in_process(job):
     cat = catalogue()
-    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
-    ref.reload(cat.table)
+    ref = reference(cat)
     with client(job) as shm:
         shm.reload(cat.table)
         for call in range(3):  # the first result comes by socket, then by the grown shared block
@@ -129,8 +134,7 @@ def test_a_requests_arrays_ride_in_the_result_block_not_through_the_socket(job):
     its I/O threads on the 2-core VM); now they are written into the result block the request
     offers, and the socket carries their placements."""
     cat = catalogue()
-    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
-    ref.reload(cat.table)
+    ref = reference(cat)
     default = int(cat.ids[0])
     with client(job) as s:
         s.reload(cat.table)
@@ -149,8 +153,7 @@ def test_a_call_after_an_interrupted_one_gets_its_own_answer(job):
     place its arrays there. Before: the next call's inputs were overwritten by the old answer
     and it returned other ids, without an error (found by a hostile review)."""
     cat = catalogue()
-    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
-    ref.reload(cat.table)
+    ref = reference(cat)
     default = int(cat.ids[0])
     with client(job) as s:
         s.reload(cat.table)
@@ -199,8 +202,7 @@ def test_killed_client_frees_its_state_and_others_go_on(job):
         time.sleep(0.5)
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].join(10)
-        ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
-        ref.reload(cat.table)
+        ref = reference(cat)
         for call in range(3):
             assert torch.equal(survivor.sample_ids(*positives(cat, call)), ref.sample_ids(*positives(cat, call)))
 
@@ -264,8 +266,7 @@ def test_requests_are_bounded(job):
 @pytest.mark.gpu
 def test_results_in_cuda_ipc_buffers_on_the_ranks_gpu(job):
     cat = catalogue()
-    ref = NegativeSampler("category", "item_id", "weight", "skey", seed=1, device="cpu")
-    ref.reload(cat.table)
+    ref = reference(cat)
     with client(job, device="cuda", results="cuda") as s:
         s.reload(cat.table)
         for call in range(3):  # the first answer grows the buffers; the next ones land in them
