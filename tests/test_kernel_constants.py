@@ -48,6 +48,6 @@ def test_mixer_and_philox_constants_match():
 
 def test_a_head_fits_the_cpu_kernels_bitmask_of_drawn_head_positions():
     """Without replacement, the CPU kernel marks a row's drawn head items as bits of one
-    uint64 (backends/cpu/sample.py, _scan_head): a head of more than 64 items would wrap."""
+    uint64 (backends/cpu/sample.py, _scan's drawn_positions): a head of more than 64 items would wrap."""
     from gpu_negsample.index import HEAD_SIZE
     assert 0 < HEAD_SIZE <= 64, HEAD_SIZE

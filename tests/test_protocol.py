@@ -198,7 +198,9 @@ def test_arrays_placed_in_a_result_block_are_copied_out_and_checked():
     arrays = {}
     rt = RaggedTensor(torch.tensor([3, 4, 5]), torch.tensor([0, 1, 3]))
     args = {"r": p.encode("r", rt, arrays), "t": p.encode("t", torch.arange(4.0), arrays)}
-    frames = p.pack_request(5, {"args": args}, arrays, memoryview(block))
+    header = {"args": args}
+    assert p.place_arrays(header, arrays, memoryview(block))
+    frames = p.pack_request(5, header, {})
     header, inline = p.unpack_request(frames, 1 << 20)
     assert inline == {} and len(frames[0]) < 512
     got = p.copy_placed(block, header.pop("request_placed"), 1 << 20)
@@ -207,9 +209,9 @@ def test_arrays_placed_in_a_result_block_are_copied_out_and_checked():
     assert back["r"].to_list() == rt.to_list() and torch.equal(back["t"], torch.arange(4.0))
     assert all(a.flags.writeable for a in got.values())
 
-    frames = p.pack_request(6, {}, {"x": np.zeros(1000)}, memoryview(bytearray(64)))  # does not fit: inline
-    header, inline = p.unpack_request(frames, 1 << 20)
-    assert "request_placed" not in header and inline["x"].shape == (1000,)
+    header = {}
+    assert not p.place_arrays(header, {"x": np.zeros(1000)}, memoryview(bytearray(64)))  # does not fit
+    assert header == {} and not p.place_arrays(header, {}, memoryview(block))  # nothing to place
 
     with pytest.raises(RequestError, match="outside the 4096-byte result block"):
         p.copy_placed(block, [["x", "<i8", [1000], 0]], 1 << 20)

@@ -178,6 +178,14 @@ def test_a_call_after_an_interrupted_one_gets_its_own_answer(job):
         assert torch.equal(s.valid_sample_ids(ids, default), ref.valid_sample_ids(ids, default))
         assert all(block.pending_seq is None for block in transport._blocks)  # the old answer arrived since
 
+        transport._sock = Interrupted()  # once more, and this time the old answer is in before the next call
+        with pytest.raises(KeyboardInterrupt):
+            s.sample(*positives(cat, 2, n=100_000), default_value=default)
+        assert real.poll(60_000) and any(block.pending_seq is not None for block in transport._blocks)
+        transport._free_block()  # what the next call does first: its block is offered again, not passed over
+        assert all(block.pending_seq is None for block in transport._blocks)
+        assert torch.equal(s.valid_sample_ids(ids, default), ref.valid_sample_ids(ids, default))
+
 
 def test_killed_server_becomes_an_error_in_every_client_within_10s(job):
     with client(job) as starter:

@@ -55,17 +55,18 @@ def _server_fault():
 
 
 class _Block:
-    """A result block the server writes answers into; offered again only when no array the
-    caller holds views it any more (``reusable``)."""
+    """A result block the server writes answers into (and a request's arrays go into, when
+    they fit); offered again only when no array the caller holds views it any more and no
+    answer to a request sent with it is still to come (``reusable``)."""
 
     kind = ""
+    # The sequence number of a request sent with this block and not answered yet (its caller
+    # gave up: an interrupt): the server may still write that answer here.
+    pending_seq: int | None = None
 
     def __init__(self, ident: int, size: int):
         self.ident, self.size = ident, size
         self.live_arrays = 0
-        # The sequence number of a request sent with this block and not answered yet (its
-        # caller gave up: an interrupt, a timeout): the server may still write that answer here.
-        self.pending_seq: int | None = None
 
     def release(self) -> None:
         self.live_arrays -= 1
@@ -166,7 +167,9 @@ class _CudaBlock(_Block):
         return all(event.query() for event in self._done)
 
     def close(self) -> None:
-        if self.live_arrays == 0:  # else the caller's tensors keep using it until the process ends
+        # Else the caller's tensors keep using it, or the server may still write an answer
+        # there through its IPC mapping, until the process ends.
+        if self.live_arrays == 0 and self.pending_seq is None:
             for event in self._done:
                 event.synchronize()  # the rank's queued kernels may still read it
             with self._cupy.cuda.Device(self.device):
@@ -424,11 +427,12 @@ class ServerTransport:
         if block is not None:
             header["block"] = block.ident
         # The arrays ride in the result block when they fit (the server copies them out): a
-        # 4096x10 fused request then sends ~0.3 kB, not 131 kB, through zmq's I/O threads.
-        frames = p.pack_request(seq, header, arrays, block.memory if isinstance(block, _ShmBlock) else None)
-        size = max(sum(memoryview(f).nbytes for f in frames), sum(a.nbytes for a in arrays.values()))
+        # 4096x10 fused request then sends ~0.4 kB, not 131 kB, through zmq's I/O threads.
+        placed = isinstance(block, _ShmBlock) and p.place_arrays(header, arrays, block.memory)
+        frames = p.pack_request(seq, header, {} if placed else arrays)
+        size = sum(memoryview(f).nbytes for f in frames) + (sum(a.nbytes for a in arrays.values()) if placed else 0)
         limit = min(self.max_request_bytes, self._server_max_request_bytes)
-        if size > limit:  # the server would drop a bigger frame unanswered (zmq's ZMQ_MAXMSGSIZE), and refuse bigger arrays
+        if size > limit:  # the server would drop a bigger frame unanswered (zmq's ZMQ_MAXMSGSIZE), or refuse it
             raise RequestError(f"{op}: request of {size:,} bytes exceeds max_request_bytes={limit:,} (the smaller of "
                                "this rank's and the server's); reload big tables from a Parquet path")
         if block is not None:
@@ -449,6 +453,15 @@ class ServerTransport:
                                   "restart the job (local rank 0 starts a new server)")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(op)
+
+    def _read_abandoned_answers(self) -> None:
+        """Read the answers already here to requests whose callers gave up (the lock is held
+        and no request of ours is in flight, so every reply waiting is one of those), so that
+        their blocks are offered again rather than passed over for new ones."""
+        while any(b.pending_seq is not None for b in self._blocks) and self._sock.poll(0):
+            reply = self._sock.recv_multipart(copy=False)
+            with _server_fault():
+                self._answered(p.reply_header(reply[0]).get("seq"))
 
     def _answered(self, seq) -> None:
         """The server answered request `seq`: the block sent with it is no longer written by
@@ -474,6 +487,7 @@ class ServerTransport:
     def _free_block(self):
         if self.results == "socket":
             return None
+        self._read_abandoned_answers()
         free = [b for b in self._blocks if b.reusable()]
         return max(free, key=lambda b: b.size) if free else (self._new_block(MIN_BLOCK_BYTES)
                                                              if len(self._blocks) < MAX_BLOCKS else None)

@@ -139,7 +139,8 @@ def reply_arrays(header: dict, frames: list) -> dict:
 # (4 bytes), the JSON header, and the arrays, each at a 64-byte aligned offset. The server
 # reads the sequence number before anything else, so even a request it cannot parse gets an
 # answer its caller is waiting for; and zmq's per-frame limit (ZMQ_MAXMSGSIZE) then bounds
-# the whole request before it is buffered.
+# the frame before it is buffered (arrays placed in the client's block count against the
+# same limit when they are copied: ``copy_placed``).
 _PREFIX = struct.Struct("<QI")
 
 
@@ -156,16 +157,23 @@ def _nbytes(dtype: np.dtype, shape) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def pack_request(seq: int, header: dict, arrays: dict, block: memoryview | None = None) -> list:
-    """The frames of one request (a single frame; see above). With `block` (the client's
-    shared-memory result block the request offers) the arrays go there when they fit, and
-    the frame carries only their placements (``request_placed``: see ``copy_placed``)."""
+def place_arrays(header: dict, arrays: dict, block) -> bool:
+    """Write a request's arrays into `block` (the client's shared-memory result block the
+    request offers) when they fit, and their placements into header["request_placed"] (see
+    ``copy_placed``); whether they were (the frame then carries none of them)."""
+    if not arrays:
+        return False
+    metas, needed = layout(arrays)
+    if needed > len(block):
+        return False
+    write_block(block, arrays, metas)
+    header["request_placed"] = metas
+    return True
+
+
+def pack_request(seq: int, header: dict, arrays: dict) -> list:
+    """The frames of one request (a single frame; see above)."""
     arrays = {name: host(a) for name, a in arrays.items()}
-    if block is not None and arrays:
-        metas, needed = layout(arrays)
-        if needed <= len(block):
-            write_block(block, arrays, metas)
-            header, arrays = dict(header, request_placed=metas), {}
     head = json.dumps(dict(header, arrays=_metas(arrays))).encode()
     offset = aligned(_PREFIX.size + len(head))
     starts = []
@@ -273,7 +281,7 @@ def write_block(block: memoryview, arrays: dict, metas: list) -> None:
 
 
 def placed_range(meta, size: int) -> tuple[str, np.dtype, tuple, int, int]:
-    """(name, dtype, shape, offset, bytes) of an array a reply places in a result block of
+    """(name, dtype, shape, offset, bytes) of an array a reply or request places in a result block of
     `size` bytes (``placed_meta``), checked to lie inside it: RequestError otherwise."""
     if not isinstance(meta, list) or len(meta) != 4:
         raise RequestError(f"array placement must be [name, dtype, shape, offset]; got {str(meta)[:100]}")

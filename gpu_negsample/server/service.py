@@ -478,16 +478,16 @@ class SamplingServer:
                 raise DeviceFaultError(self.fault)
             header, arrays = p.unpack_request(body, self.max_request_bytes)
             header["seq"] = seq
-            if "request_placed" in header:
-                if arrays:
-                    raise RequestError("a request carries its arrays in its frame or in its result block, not both")
-                arrays = self._placed_arrays(identity, header, self.max_request_bytes - len(body[0]))
             op = header.get("op")
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
                 raise RequestError(f"unknown request {op!r}")
             if op != "hello" and identity not in self.clients:
                 raise RequestError("this client has not said hello (or was dropped); reconnect")
+            if "request_placed" in header:
+                if arrays:
+                    raise RequestError("a request carries its arrays in its frame or in its result block, not both")
+                arrays = self._placed_arrays(identity, header, self.max_request_bytes - len(body[0]))
         except Exception as e:
             self.sock.send_multipart([identity, *self._failure(seq, e)], copy=False)
             return
