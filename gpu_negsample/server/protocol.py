@@ -1,6 +1,6 @@
 """Wire format between LocalRpcDataSampler and the node server. A request is one frame (its
 sequence number, a JSON header, then its arrays, or the places of its arrays in the client's
-result block: see ``pack_request``, ``copy_placed``); a reply is a JSON
+result block: see ``pack_request``, ``place_arrays``, ``copy_placed``); a reply is a JSON
 header frame plus one raw frame (or one shared-memory range) per array. Nothing received is
 unpickled: arrays are rebuilt from (dtype, shape) after checking the dtype is plain numbers
 or bytes in this machine's byte order and the sizes agree. Values: tensors and numpy arrays
@@ -297,7 +297,7 @@ def placed_range(meta, size: int) -> tuple[str, np.dtype, tuple, int, int]:
 
 def copy_placed(block, metas, max_bytes: int) -> dict:
     """Private copies of the arrays a request placed in its client's result block
-    (``pack_request``). Each placement is checked first (``placed_range``); they must follow
+    (``place_arrays``). Each placement is checked first (``placed_range``); they must follow
     one another without overlap, as ``layout`` places them, so a request copies at most its
     block's bytes, each once; their names must differ; all of them together are bounded by
     max_bytes, as a request frame is. Copied before anything reads them: the client can write
