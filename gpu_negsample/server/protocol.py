@@ -216,7 +216,8 @@ def unpack_request(frames: list, max_bytes: int) -> tuple[dict, dict]:
 
 def _check_count(n: int) -> None:
     if n > MAX_REQUEST_ARRAYS:
-        raise RequestError(f"request carries {n:,} arrays; at most {MAX_REQUEST_ARRAYS:,} are accepted")
+        raise RequestError(f"request carries {n:,} arrays; at most {MAX_REQUEST_ARRAYS:,} are accepted (a reload "
+                           "sends up to three a column: reload a table that wide from a Parquet path instead)")
 
 
 def _header(text: bytes) -> dict:
