@@ -640,8 +640,10 @@ class LocalRpcDataSampler(SamplerBase):
       answer's tensors are views of those buffers);
     * connect_timeout, wait_for_table_timeout: seconds to wait for the server to come up
       and for local rank 0's reload;
-    * max_request_bytes: the server refuses bigger requests (reload a bigger table from a
-      Parquet path, which the server reads itself).
+    * max_request_bytes: the server refuses bigger requests, and requests of more than
+      4,096 arrays (a reload sends up to three a column); reload a bigger or wider table
+      from a Parquet path, which the server reads itself. A request's arrays go into this
+      rank's result block when they fit, not through the socket.
 
     RecIS's ``rpc_*`` keyword arguments are accepted and ignored: the transport is a local
     socket. With a seed, a rank's results depend only on (seed, RANK, its own calls);
